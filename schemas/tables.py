@@ -1,0 +1,153 @@
+"""Arrow schemas: the data contracts every stage reads and writes.
+
+Conventions (after Lhotse's manifests):
+- times are seconds as float64, sample positions are int64 at the table's `sampling_rate`;
+- required fields first, optional (nullable) fields after, so new columns can be added without breaking
+  old files; every schema carries `jstip.schema_version` and `jstip.table` in its metadata;
+- `utterance_id` is kept in every per-utterance table, exactly as the source manifest gave it.
+
+Bump SCHEMA_VERSION when a field changes meaning or type; adding a nullable field does not need a bump.
+"""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+SCHEMA_VERSION = "1"
+
+
+def _schema(table: str, fields: list[pa.Field]) -> pa.Schema:
+    return pa.schema(fields, metadata={"jstip.schema_version": SCHEMA_VERSION, "jstip.table": table})
+
+
+def _req(name: str, type_: pa.DataType) -> pa.Field:
+    return pa.field(name, type_, nullable=False)
+
+
+def _opt(name: str, type_: pa.DataType) -> pa.Field:
+    return pa.field(name, type_, nullable=True)
+
+
+# A source audio file as the manifest describes it (one row per file, not per utterance).
+RECORDINGS = _schema("recordings", [
+    _req("recording_id", pa.string()),
+    _req("audio_path", pa.string()),
+    _opt("sampling_rate", pa.int32()),
+    _opt("num_samples", pa.int64()),
+    _opt("duration", pa.float64()),
+    _opt("num_channels", pa.int32()),
+])
+
+# A transcribed stretch of a recording (Lhotse's SupervisionSegment, NeMo's manifest line).
+UTTERANCES = _schema("utterances", [
+    _req("utterance_id", pa.string()),
+    _req("recording_id", pa.string()),
+    _req("audio_path", pa.string()),
+    _req("start", pa.float64()),  # offset into the recording
+    _opt("duration", pa.float64()),  # null: to the end of the recording
+    _req("text", pa.string()),
+    _opt("channel", pa.int32()),
+    _opt("language", pa.string()),
+    _opt("speaker", pa.string()),
+    _opt("domain", pa.string()),
+    _opt("entities", pa.list_(pa.string())),
+    _req("source", pa.string()),  # "manifest.jsonl:17": where the utterance came from
+])
+
+# Audio after normalisation: decoded, mono, resampled, written as FLAC into the content-addressed pool.
+NORMALIZED_AUDIO = _schema("normalized_audio", [
+    _req("utterance_id", pa.string()),
+    _req("audio_hash", pa.string()),  # sha256 of the decoded, normalised 16-bit PCM
+    _req("flac_path", pa.string()),
+    _req("sampling_rate", pa.int32()),
+    _req("num_samples", pa.int64()),
+    _req("duration", pa.float64()),
+    _opt("orig_sampling_rate", pa.int32()),
+    _opt("orig_num_channels", pa.int32()),
+    _opt("peak_dbfs", pa.float64()),
+    _opt("rms_dbfs", pa.float64()),
+    _opt("clipping_ratio", pa.float64()),
+])
+
+# One row per transcript word with its time in the normalised audio.
+WORD_ALIGNMENTS = _schema("word_alignments", [
+    _req("utterance_id", pa.string()),
+    _req("word_index", pa.int32()),  # position in the transcript's whitespace tokens, from 0
+    _req("word", pa.string()),  # the transcript's own word, as written
+    _req("start", pa.float64()),
+    _req("end", pa.float64()),
+    _opt("score", pa.float64()),  # aligner-specific confidence; higher is better
+    _req("aligner", pa.string()),
+])
+
+# One row per failed check: an utterance may appear more than once (one row per reason).
+QUARANTINE = _schema("quarantine", [
+    _req("utterance_id", pa.string()),
+    _req("stage", pa.string()),  # ingest | normalize | align | check | plan
+    _req("check", pa.string()),  # machine-readable name, e.g. "duration_max"
+    _opt("value", pa.string()),  # the measured value, as text (checks measure different types)
+    _opt("threshold", pa.string()),
+    _req("reason", pa.string()),  # a sentence for humans, naming the input and the problem
+    _opt("source", pa.string()),  # file:line of the manifest entry, where known
+])
+
+# One row per (plan, utterance): how an utterance was cut into spans.
+INTERLEAVE_PLANS = _schema("interleave_plans", [
+    _req("plan_id", pa.string()),
+    _req("utterance_id", pa.string()),
+    _req("strategy", pa.string()),  # word | segment | mixed-* | asr | text
+    _req("format", pa.string()),  # F1 (transcribe-as-you-go) | F2 (continuation)
+    _req("seed", pa.int64()),
+    _req("num_spans", pa.int32()),
+    _req("num_words", pa.int32()),
+    _req("speech_words", pa.int32()),
+    _req("speech_seconds", pa.float64()),
+])
+
+# One row per span of a plan. Speech spans carry audio bounds; text spans carry none.
+SPANS = _schema("spans", [
+    _req("plan_id", pa.string()),
+    _req("utterance_id", pa.string()),
+    _req("span_index", pa.int32()),
+    _req("modality", pa.string()),  # speech | text
+    _req("first_word", pa.int32()),
+    _req("last_word", pa.int32()),  # inclusive
+    _req("num_words", pa.int32()),
+    _req("text", pa.string()),
+    _opt("audio_start", pa.float64()),
+    _opt("audio_end", pa.float64()),
+    _opt("start_sample", pa.int64()),
+    _opt("end_sample", pa.int64()),  # exclusive
+])
+
+# Domain text without audio (JSTIP: domain text adapts as well as synthetic TTS pairs).
+TEXT_CORPUS = _schema("text_corpus", [
+    _req("text_id", pa.string()),
+    _req("domain", pa.string()),
+    _req("text", pa.string()),
+    _req("source", pa.string()),
+])
+
+# The catalog's record of each published version (also stored in the DuckDB catalog as a table).
+DATASET_VERSIONS = _schema("dataset_versions", [
+    _req("version_id", pa.string()),
+    _req("name", pa.string()),
+    _opt("parent_version", pa.string()),
+    _req("created_at", pa.timestamp("us", tz="UTC")),
+    _req("config_json", pa.string()),
+    _req("code_version", pa.string()),
+    _req("input_hash", pa.string()),
+    _req("row_counts_json", pa.string()),
+    _req("status", pa.string()),  # published
+    _req("path", pa.string()),
+])
+
+TABLES: dict[str, pa.Schema] = {
+    s.metadata[b"jstip.table"].decode(): s
+    for s in (RECORDINGS, UTTERANCES, NORMALIZED_AUDIO, WORD_ALIGNMENTS, QUARANTINE, INTERLEAVE_PLANS, SPANS,
+              TEXT_CORPUS, DATASET_VERSIONS)
+}
+
+# Tables a published dataset version holds (dataset_versions lives in the catalog, not in a version).
+DATASET_TABLES = ("recordings", "utterances", "normalized_audio", "word_alignments", "quarantine",
+                  "interleave_plans", "spans", "text_corpus")
