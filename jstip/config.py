@@ -27,6 +27,19 @@ class NormalizeConfig(_Section):
     sample_rate: int = Field(16000, description="target rate in Hz; 16 kHz is what ASR encoders expect")
 
 
+class AlignRetry(_Section):
+    """pocketsphinx decoder settings for one alignment pass."""
+
+    beam: float = Field(gt=0, lt=1)
+    wbeam: float = Field(gt=0, lt=1)
+    pbeam: float = Field(gt=0, lt=1)
+    topn: int = Field(32, ge=1, le=128)
+    frate: int = Field(100, ge=50, le=400, description="frames per second")
+
+    def describe(self) -> str:
+        return f"beam={self.beam:g} wbeam={self.wbeam:g} pbeam={self.pbeam:g} topn={self.topn} frate={self.frate}"
+
+
 class AlignConfig(_Section):
     aligner: Literal["pocketsphinx"] = "pocketsphinx"
     # Much wider beams than pocketsphinx's defaults: with the defaults, forced alignment sometimes fails
@@ -34,6 +47,10 @@ class AlignConfig(_Section):
     beam: float = 1e-80
     wbeam: float = 1e-60
     pbeam: float = 1e-80
+    topn: int = 32
+    frate: int = 100
+    # Passes tried, in order, when the first one fails or drops words.
+    retries: tuple[AlignRetry, ...] = (AlignRetry(beam=1e-80, wbeam=1e-60, pbeam=1e-80, topn=32, frate=100),)
 
 
 class CheckConfig(_Section):

@@ -50,7 +50,8 @@ UTTERANCES = _schema("utterances", [
     _opt("language", pa.string()),
     _opt("speaker", pa.string()),
     _opt("domain", pa.string()),
-    _opt("entities", pa.list_(pa.string())),
+    # list child named "element" as Parquet names it, so a table read back equals its schema
+    _opt("entities", pa.list_(pa.field("element", pa.string()))),
     _req("source", pa.string()),  # "manifest.jsonl:17": where the utterance came from
 ])
 
@@ -110,6 +111,9 @@ SPANS = _schema("spans", [
     _req("utterance_id", pa.string()),
     _req("span_index", pa.int32()),
     _req("modality", pa.string()),  # speech | text
+    # speech: words given as audio; text: words given only as text; transcript: (F1) the text of the
+    # speech span just before it, repeated as the prediction target
+    _req("role", pa.string()),
     _req("first_word", pa.int32()),
     _req("last_word", pa.int32()),  # inclusive
     _req("num_words", pa.int32()),

@@ -1,0 +1,87 @@
+"""Flow `build-interleaved`: a speech corpus in, a published, versioned interleaved dataset out.
+
+    ingest -> shards -> normalize -> align -> check -> plan -> publish
+                        (one task per shard and stage; results cached by content under <store>/work)
+
+The flow only wires tasks; each stage's logic is a function in jstip.tasks, its caching in
+jstip.storage.work, publishing in jstip.storage.store.
+"""
+
+from __future__ import annotations
+
+from jstip.runtime import apply_offline_defaults
+
+apply_offline_defaults()
+
+from prefect import flow, task, unmapped  # noqa: E402
+from prefect.cache_policies import NONE  # noqa: E402
+from prefect.task_runners import ThreadPoolTaskRunner  # noqa: E402
+
+from jstip.config import BuildConfig, load_config  # noqa: E402
+from jstip.tasks import stages  # noqa: E402
+
+# Stage results are cached by content on disk (jstip.storage.work); Prefect's own result cache is off so
+# that there is exactly one cache and its keys are ours.
+_TASK_OPTIONS = dict(cache_policy=NONE, persist_result=False)
+
+
+@task(name="ingest", **_TASK_OPTIONS)
+def ingest(manifest: str, text_corpus: str | None, store: str, config: BuildConfig) -> stages.Ingested:
+    return stages.ingest(manifest, text_corpus, store, config)
+
+
+@task(name="normalize", task_run_name="normalize-{shard.shard_id}", **_TASK_OPTIONS)
+def normalize(shard: stages.Shard, store: str, config: BuildConfig) -> stages.StageOutput:
+    return stages.normalize(shard, store, config)
+
+
+@task(name="align", task_run_name="align-{shard.shard_id}", **_TASK_OPTIONS)
+def align(shard: stages.Shard, normalized: stages.StageOutput, store: str, config: BuildConfig) -> stages.StageOutput:
+    return stages.align(shard, normalized, store, config)
+
+
+@task(name="check", task_run_name="check-{shard.shard_id}", **_TASK_OPTIONS)
+def check(shard: stages.Shard, normalized: stages.StageOutput, aligned: stages.StageOutput, store: str,
+          config: BuildConfig) -> stages.StageOutput:
+    return stages.check(shard, normalized, aligned, store, config)
+
+
+@task(name="plan", task_run_name="plan-{shard.shard_id}", **_TASK_OPTIONS)
+def plan(shard: stages.Shard, checked: stages.StageOutput, store: str, config: BuildConfig) -> stages.StageOutput:
+    return stages.plan(shard, checked, store, config)
+
+
+@task(name="publish", **_TASK_OPTIONS)
+def publish(ingested: stages.Ingested, checked: list[stages.StageOutput], planned: list[stages.StageOutput],
+            store: str, config: BuildConfig) -> stages.Published:
+    return stages.publish(ingested, checked, planned, store, config)
+
+
+@flow(name="build-interleaved", task_runner=ThreadPoolTaskRunner(max_workers=2), log_prints=True)
+def build_interleaved(
+    manifest: str | None = None,
+    store: str = "./data",
+    config_path: str | None = None,
+    name: str | None = None,
+    text_corpus: str | None = None,
+    shard_size: int | None = None,
+) -> stages.Published:
+    """Build and publish an interleaved dataset version.
+
+    manifest: a Lhotse manifest (cuts, or supervisions beside recordings), a NeMo JSONL manifest or a
+      directory of audio files with .txt transcripts; None builds the embedded demo corpus.
+    store: root of the versioned dataset store.  config_path: YAML build config (None: the demo config).
+    name: dataset name (overrides the config's).  text_corpus: domain text, `domain<TAB>sentence` lines.
+    """
+    config = load_config(config_path, name=name, shard_size=shard_size)
+    if manifest is None:
+        manifest, text_corpus = stages.demo_corpus(store, text_corpus)
+    ingested = ingest(manifest, text_corpus, store, config)
+    shards = ingested.shards
+    store_, config_ = unmapped(store), unmapped(config)
+    normalized = normalize.map(shards, store_, config_)
+    aligned = align.map(shards, normalized, store_, config_)
+    checked = check.map(shards, normalized, aligned, store_, config_)
+    planned = plan.map(shards, checked, store_, config_)
+    return publish(ingested, checked.result(), planned.result(), store, config)
+

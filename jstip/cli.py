@@ -1,0 +1,179 @@
+"""The `jstip` command line: synthesise a demo corpus, build datasets, inspect the catalog."""
+
+from __future__ import annotations
+
+from jstip.runtime import apply_offline_defaults
+
+apply_offline_defaults()
+
+import json  # noqa: E402
+import sys  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import Annotated, Optional  # noqa: E402
+
+import typer  # noqa: E402
+from rich.console import Console  # noqa: E402
+from rich.table import Table  # noqa: E402
+
+app = typer.Typer(help="jstip: interleaved speech-text data for speech-LLM pretraining.", no_args_is_help=True,
+                  add_completion=False, pretty_exceptions_enable=False)
+catalog_app = typer.Typer(help="Inspect published dataset versions in a store's DuckDB catalog.",
+                          no_args_is_help=True)
+app.add_typer(catalog_app, name="catalog")
+console = Console()
+
+StoreOption = Annotated[Path, typer.Option("--store", help="Root of the versioned dataset store.")]
+
+SPAN_STATISTICS_SQL = """
+SELECT role, count(*) AS spans, round(avg(num_words), 2) AS mean_words,
+       round(avg(audio_end - audio_start), 3) AS mean_seconds
+FROM spans GROUP BY role ORDER BY role
+"""
+
+
+def _fail(message: str) -> None:
+    console.print(f"[red]error:[/red] {message}")
+    raise typer.Exit(code=1)
+
+
+def _print_relation(columns: list[str], rows: list[tuple], title: str | None = None) -> None:
+    table = Table(title=title)
+    for column in columns:
+        table.add_column(column)
+    for row in rows:
+        table.add_row(*("" if v is None else str(v) for v in row))
+    console.print(table)
+
+
+@app.command()
+def synth(
+    out: Annotated[Path, typer.Option(help="Output directory for audio, manifests and the text corpus.")],
+    utterances: Annotated[int, typer.Option(min=1, help="Number of utterances to synthesise.")] = 50,
+    seed: Annotated[int, typer.Option(help="Random seed: the same seed gives the same bytes.")] = 0,
+):
+    """Synthesise a medical/banking demo corpus with espeak-ng (audio, Lhotse + NeMo manifests, word timings)."""
+    from jstip.tasks.synth import synthesize_corpus
+
+    result = synthesize_corpus(out, utterances=utterances, seed=seed)
+    console.print(result)
+
+
+def _run_build(manifest, store, config, name, text_corpus, shard_size):
+    from jstip.config import ConfigError
+    from jstip.flows.build_interleaved import build_interleaved
+    from jstip.tasks.ingest import ManifestError
+
+    try:
+        return build_interleaved(manifest=None if manifest is None else str(manifest), store=str(store),
+                                 config_path=None if config is None else str(config), name=name,
+                                 text_corpus=None if text_corpus is None else str(text_corpus),
+                                 shard_size=shard_size)
+    except (ConfigError, ManifestError) as e:
+        _fail(str(e))
+
+
+def _report(published, store: Path) -> None:
+    from jstip.storage import DatasetStore
+
+    console.print(f"\n[bold green]published[/bold green] {published.name}/{published.version_id}"
+                  f"  (parent: {published.parent_version or 'none'})")
+    console.print(f"ingested {published.ingested} utterances: {published.accepted} accepted, "
+                  f"{published.quarantined} quarantined")
+    with DatasetStore(store).connect(read_only=True) as con:
+        rel = con.execute(SPAN_STATISTICS_SQL)
+        _print_relation([d[0] for d in rel.description], rel.fetchall(), title="span statistics (DuckDB over `spans`)")
+    console.print(f"dataset files: {published.path}")
+    console.print(f"catalog:       {DatasetStore(store).catalog_path}   (try: jstip query --store {store} "
+                  f"\"SELECT * FROM quarantine\")")
+
+
+@app.command()
+def build(
+    manifest: Annotated[Optional[Path], typer.Option(
+        help="Lhotse manifest (cuts, or supervisions beside recordings), NeMo JSONL manifest, or a directory "
+             "of audio files with .txt transcripts. Default: the embedded demo corpus.")] = None,
+    store: StoreOption = Path("data"),
+    config: Annotated[Optional[Path], typer.Option(help="YAML build config. Default: the demo config "
+                                                        "(configs/demo.yaml).")] = None,
+    name: Annotated[Optional[str], typer.Option(help="Dataset name (overrides the config's).")] = None,
+    text_corpus: Annotated[Optional[Path], typer.Option(help="Domain text: `domain<TAB>sentence` lines.")] = None,
+    shard_size: Annotated[Optional[int], typer.Option(min=1, help="Utterances per shard task.")] = None,
+):
+    """Run the build-interleaved flow (on an ephemeral Prefect server) and publish a dataset version."""
+    published = _run_build(manifest, store, config, name, text_corpus, shard_size)
+    _report(published, store)
+
+
+@app.command()
+def demo(store: StoreOption = Path("data")):
+    """Synthesise the demo corpus, build it, and show what was published."""
+    published = _run_build(None, store, None, None, None, None)
+    _report(published, store)
+
+
+@app.command()
+def query(
+    sql: Annotated[str, typer.Argument(help="SQL over the catalog's views (spans, utterances, quarantine, ...).")],
+    store: StoreOption = Path("data"),
+):
+    """Run a read-only DuckDB query against the store's catalog."""
+    from jstip.storage import DatasetStore, StoreError
+
+    try:
+        with DatasetStore(store).connect(read_only=True) as con:
+            rel = con.execute(sql)
+            _print_relation([d[0] for d in rel.description], rel.fetchall())
+    except StoreError as e:
+        _fail(str(e))
+    except Exception as e:  # duckdb raises many error types; all mean "this query failed"
+        _fail(f"query failed: {e}")
+
+
+@catalog_app.command("list")
+def catalog_list(
+    store: StoreOption = Path("data"),
+    name: Annotated[Optional[str], typer.Option(help="Only versions of this dataset.")] = None,
+):
+    """List published dataset versions, oldest first."""
+    from jstip.storage import DatasetStore
+
+    versions = DatasetStore(store).versions(name)
+    if not versions:
+        console.print(f"no published versions in {DatasetStore(store).catalog_path}")
+        return
+    _print_relation(
+        ["version", "name", "parent", "created (UTC)", "utterances", "spans", "quarantine", "code"],
+        [(v.version_id, v.name, v.parent_version, v.created_at.strftime("%Y-%m-%d %H:%M:%S"),
+          v.row_counts.get("utterances"), v.row_counts.get("spans"), v.row_counts.get("quarantine"),
+          v.code_version) for v in versions],
+    )
+
+
+@catalog_app.command("show")
+def catalog_show(
+    version: Annotated[str, typer.Argument(help="Version id (or a unique prefix).")],
+    store: StoreOption = Path("data"),
+):
+    """Show one version: lineage, config, row counts and where its tables are."""
+    from jstip.storage import DatasetStore, StoreError
+
+    try:
+        v = DatasetStore(store).version(version)
+    except StoreError as e:
+        _fail(str(e))
+    console.print(f"[bold]{v.name}/{v.version_id}[/bold]  status={v.status}")
+    console.print(f"parent:  {v.parent_version or 'none'}")
+    console.print(f"created: {v.created_at.isoformat()}   code: {v.code_version}")
+    console.print(f"path:    {v.path}")
+    console.print(f"query:   SELECT * FROM v_{v.version_id}.spans")
+    _print_relation(["table", "rows"], sorted(v.row_counts.items()), title="tables")
+    console.print("config:")
+    console.print_json(json.dumps(v.config))
+
+
+def main() -> None:  # pragma: no cover - console entry point
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(app())

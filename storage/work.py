@@ -1,0 +1,59 @@
+"""The stage cache: each shard result of each stage lives under a key made from its content.
+
+A key is a hash of the stage name, the keys/hashes of the stage's inputs, the stage's config and the code
+version, so a rerun with unchanged inputs finds every result already there and does no stage work, and a
+changed config or code misses the cache instead of reusing a stale result.
+A result directory appears only complete (written to a temporary sibling, then renamed).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import uuid
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from jstip.schemas import conform
+
+
+def stage_key(stage: str, *parts: str) -> str:
+    return hashlib.sha256("\0".join((stage, *parts)).encode()).hexdigest()[:24]
+
+
+def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def result_dir(work_dir: Path, stage: str, key: str) -> Path:
+    return Path(work_dir) / stage / key
+
+
+def cached_stage(
+    work_dir: Path, stage: str, key: str, compute: Callable[[], Mapping[str, pa.Table]]
+) -> tuple[dict[str, Path], bool]:
+    """Return ({table name: parquet path}, was_cached); run `compute` only when the key has no result."""
+    out = result_dir(work_dir, stage, key)
+    if out.is_dir():
+        return {p.stem: p for p in sorted(out.glob("*.parquet"))}, True
+    tmp = out.parent / f".{key}.{uuid.uuid4().hex[:8]}.tmp"
+    tmp.mkdir(parents=True)
+    try:
+        for name, table in compute().items():
+            pq.write_table(conform(name, table), tmp / f"{name}.parquet")
+        try:
+            os.rename(tmp, out)
+        except OSError:
+            if not out.is_dir():  # another worker finishing the same key first is fine; anything else is not
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return {p.stem: p for p in sorted(out.glob("*.parquet"))}, False

@@ -1,0 +1,716 @@
+"""Ingestion: speech manifests -> `recordings` + `utterances`, domain text -> `text_corpus`.
+
+Every entry that cannot be used becomes one `quarantine` row (stage "ingest") and one log warning; nothing is
+dropped silently, and `accepted + quarantined == num_entries` always holds, so a caller can check it.
+
+Formats of `ingest_manifest`, detected from the content of the first line that parses as JSON (names are
+only used to find a Lhotse manifest's partner file):
+- Lhotse CutSet (`"type": "MonoCut"`): one utterance per supervision; start = cut start + supervision start.
+- Lhotse supervisions (a line with `recording_id`) or recordings (a line with `sources`): the partner file is
+  found beside it by Lhotse's naming (`X_supervisions_Y.jsonl.gz` <-> `X_recordings_Y.jsonl.gz`), else the
+  only `*recordings*.jsonl[.gz]` / `*supervisions*.jsonl[.gz]` in the same directory.
+- NeMo (a line with `audio_filepath`): `text`, optional `duration`, `offset`, `id`, `domain`, `entities`,
+  `speaker`, `lang`.
+- A directory: exactly one Lhotse recordings + one supervisions manifest (or, failing that, exactly one cuts
+  manifest) at its top level; otherwise audio files with same-name `.txt` transcripts, searched recursively.
+
+Ids (deterministic, so reruns produce the same tables):
+- Lhotse: utterance_id = supervision id, recording_id = recording id, as the manifest gives them.
+- NeMo: utterance_id = the `id` field if present, else `<audio stem>-<sha1(audio path|offset|duration)[:12]>`;
+  recording_id = `<audio stem>-<sha1(audio path)[:12]>`. The audio path is the absolute, normalised path
+  (symlinks not resolved); offset/duration are formatted to the millisecond ("" for no duration). Deriving from
+  the segment rather than the line number keeps ids stable when a manifest is re-sharded or reordered, and makes
+  an exact repeat of a segment a `duplicate_id`. 12 hex digits (48 bits), not 8: ids of files sharing a stem
+  would collide by the birthday bound at ~10^5 files with 32 bits.
+- Audio directory: utterance_id = recording_id = path relative to the directory, without extension, '/' -> '_'.
+- Entries with no id of their own are quarantined as `<manifest stem>:line<N>`.
+- `source` is `<absolute manifest path>:<line>` (for an audio directory: the transcript's, else the audio's path).
+
+The first entry to name an id claims it, even when that entry is itself quarantined; later ones are
+`duplicate_id`. So no accepted utterance_id ever appears in this stage's quarantine table.
+
+Audio is not opened here (13M lines must stay fast): only `os.path.exists`, cached. Recording metadata that a
+manifest does not give (NeMo, audio directories) stays null; the normaliser measures it. The recordings table
+holds only recordings that an accepted utterance uses.
+"""
+
+from __future__ import annotations
+
+import functools
+import gzip
+import hashlib
+import json
+import logging
+import math
+import os
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+
+from jstip.schemas.validate import conform, schema_for
+from jstip.tasks.text import split_words
+
+try:  # lhotse's own choice too: orjson is several times faster on 13M-line manifests
+    import orjson
+
+    _JSON_ERRORS: tuple[type[Exception], ...] = (ValueError, orjson.JSONDecodeError)
+    _fast_loads = orjson.loads
+except ImportError:  # pragma: no cover - orjson comes with lhotse
+    _JSON_ERRORS = (ValueError,)
+    _fast_loads = json.loads
+
+logger = logging.getLogger(__name__)
+
+STAGE = "ingest"
+
+# Extensions of files that libsndfile (soundfile) reads; audio is not opened at ingest, so this is by name.
+AUDIO_EXTENSIONS = frozenset({
+    ".wav", ".wave", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aiff", ".aif", ".aifc", ".au", ".snd",
+    ".caf", ".w64", ".rf64", ".sph", ".nist",
+})
+TRANSCRIPT_EXTENSION = ".txt"
+
+_CUT_TYPES = frozenset({"MonoCut", "MultiCut", "MixedCut", "PaddingCut", "Cut"})
+_RECORDING_KEYS = ("id", "sources", "sampling_rate", "num_samples", "duration")
+_SUPERVISION_KEYS = ("id", "recording_id", "start", "duration")
+_MANIFEST_HINT = "expected a Lhotse/NeMo manifest or a directory of audio files with .txt transcripts"
+
+
+class ManifestError(ValueError):
+    """The manifest as a whole cannot be used (missing, unreadable, unknown format)."""
+
+
+@dataclass
+class IngestResult:
+    recordings: pa.Table
+    utterances: pa.Table
+    quarantine: pa.Table
+    format: str  # lhotse_cuts | lhotse_supervisions | nemo | audio_dir | empty
+    num_entries: int  # good + bad entries seen: utterances.num_rows + quarantine.num_rows
+
+
+@dataclass
+class TextIngestResult:
+    text_corpus: pa.Table
+    quarantine: pa.Table
+    num_lines: int  # non-blank lines seen: text_corpus.num_rows + quarantine.num_rows
+
+
+# ---------------------------------------------------------------------------------------------- plumbing
+
+
+class _Reject(Exception):
+    """One entry is unusable: `check` is the machine name, `problem` the human half of the reason."""
+
+    def __init__(self, check: str, problem: str, value: Any = None):
+        super().__init__(problem)
+        self.check = check
+        self.problem = problem
+        self.value = None if value is None else str(value)[:200]
+
+
+class _Rows:
+    """Column-wise accumulator for one schema table (row dicts would cost ~10x the memory at 13M rows)."""
+
+    def __init__(self, table_name: str):
+        self.table_name = table_name
+        self.schema = schema_for(table_name)
+        self.columns: dict[str, list[Any]] = {name: [] for name in self.schema.names}
+
+    def append(self, **values: Any) -> None:
+        unknown = values.keys() - self.columns.keys()
+        if unknown:
+            raise KeyError(f"{self.table_name}: no column(s) {sorted(unknown)}")
+        for name, column in self.columns.items():
+            column.append(values.get(name))
+
+    def __len__(self) -> int:
+        return len(self.columns[self.schema.names[0]])
+
+    def table(self) -> pa.Table:
+        arrays = {name: pa.array(values, type=self.schema.field(name).type) for name, values in self.columns.items()}
+        return conform(self.table_name, pa.table(arrays))
+
+
+class _Quarantine(_Rows):
+    def __init__(self) -> None:
+        super().__init__("quarantine")
+
+    def reject(self, utterance_id: str, source: str, error: _Reject) -> None:
+        reason = f"{source}: {error.problem}"
+        logger.warning(reason)
+        self.append(utterance_id=utterance_id, stage=STAGE, check=error.check, value=error.value, reason=reason,
+                    source=source)
+
+
+class _Claims:
+    """First entry to name an id keeps it; later ones are duplicates."""
+
+    def __init__(self) -> None:
+        self.first: dict[str, str] = {}
+
+    def claim(self, utterance_id: str, source: str) -> None:
+        first = self.first.get(utterance_id)
+        if first is not None:
+            raise _Reject("duplicate_id", f"duplicate utterance id {utterance_id!r} (first at {first})",
+                          utterance_id)
+        self.first[utterance_id] = source
+
+
+def _open_binary(path: Path):
+    return gzip.open(path, "rb") if path.name.endswith(".gz") else open(path, "rb")
+
+
+def _lines(path: Path) -> Iterator[tuple[int, bytes]]:
+    """(1-based line number, raw bytes) of every line; a file that breaks mid-read is a ManifestError."""
+    line_no = 0
+    try:
+        with _open_binary(path) as f:
+            for line_no, raw in enumerate(f, 1):
+                yield line_no, raw
+    except (OSError, EOFError, zlib.error) as e:
+        raise ManifestError(f"cannot read {path} after line {line_no}: {e} (is the file truncated or not "
+                            f"gzip despite its .gz name?)") from None
+
+
+def _loads(raw: bytes) -> Any:
+    try:
+        return _fast_loads(raw)
+    except _JSON_ERRORS:
+        return json.loads(raw)  # json accepts what orjson refuses (NaN, Infinity); still ValueError if broken
+
+
+def _json_object(raw: bytes) -> dict:
+    try:
+        value = _loads(raw)
+    except ValueError as e:  # JSONDecodeError and UnicodeDecodeError both are
+        raise _Reject("malformed_json", f"malformed JSON: {e}", raw.decode("utf-8", "replace").strip()) from None
+    if not isinstance(value, dict):
+        raise _Reject("malformed_json", f"expected a JSON object, got {type(value).__name__}",
+                      raw.decode("utf-8", "replace").strip())
+    return value
+
+
+def _manifest_stem(path: Path) -> str:
+    name = path.name
+    for suffix in (".gz", ".jsonl", ".json", ".tsv", ".txt"):
+        name = name.removesuffix(suffix)
+    return name or path.name
+
+
+def _short_hash(text: str, digits: int = 12) -> str:
+    return hashlib.sha1(text.encode("utf-8")).hexdigest()[:digits]
+
+
+def _resolve(audio: str, base: str) -> str:
+    return os.path.normpath(audio if os.path.isabs(audio) else os.path.join(base, audio))
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _positive_duration(value: Any, what: str = "duration") -> float:
+    if not _is_number(value) or not math.isfinite(value) or value <= 0:
+        raise _Reject("invalid_duration", f"{what} must be a positive number of seconds, got {value!r}", value)
+    return float(value)
+
+
+def _offset(value: Any, what: str = "offset") -> float:
+    if not _is_number(value) or not math.isfinite(value) or value < 0:
+        raise _Reject("invalid_offset", f"{what} must be a non-negative number of seconds, got {value!r}", value)
+    return float(value)
+
+
+def _text(value: Any, field: str = "text") -> str:
+    if value is None:
+        raise _Reject("missing_field", f"no {field!r} (transcript)", field)
+    if not isinstance(value, str):
+        raise _Reject("invalid_field", f"{field!r} must be a string, got {type(value).__name__}", value)
+    text = value.strip()
+    if not text:
+        raise _Reject("empty_text", "empty transcript", value)
+    return text
+
+
+def _id(value: Any, field: str) -> str:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    if not isinstance(value, str) or not value.strip():
+        raise _Reject("invalid_field", f"{field!r} must be a non-empty string, got {value!r}", value)
+    return value
+
+
+def _optional_str(value: Any, field: str) -> str | None:
+    if value is None or value == "":
+        return None
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)  # numeric speaker ids are common in NeMo manifests
+    if not isinstance(value, str):
+        raise _Reject("invalid_field", f"{field!r} must be a string, got {value!r}", value)
+    return value
+
+
+def _entities(value: Any) -> list[str] | None:
+    if value is None:
+        return None
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, list) and all(isinstance(item, str) for item in value):
+        return value
+    raise _Reject("invalid_field", f"'entities' must be a string or a list of strings, got {value!r}", value)
+
+
+# ------------------------------------------------------------------------------------------ detection
+
+
+def _lhotse_files(directory: Path, kind: str) -> list[Path]:
+    return sorted(p for p in directory.iterdir()
+                  if p.is_file() and kind in p.name and (p.name.endswith(".jsonl") or p.name.endswith(".jsonl.gz")))
+
+
+def _partner(path: Path, own: str, other: str) -> Path:
+    """Lhotse's naming: X_supervisions_Y.jsonl.gz <-> X_recordings_Y.jsonl.gz; else the only `other` beside it."""
+    name = path.name
+    if own in name:
+        head, _, tail = name.rpartition(own)
+        candidate = path.parent / f"{head}{other}{tail}"
+        if candidate.is_file():
+            return candidate
+    else:
+        candidate = path.parent / f"*{other}*.jsonl[.gz]"
+    beside = _lhotse_files(path.parent, other)
+    if len(beside) == 1:
+        return beside[0]
+    found = f"; found {len(beside)}: {', '.join(p.name for p in beside)}" if beside else ""
+    raise ManifestError(f"no Lhotse {other} manifest for {path} (looked for {candidate}{found}); put it beside the "
+                        f"{own} manifest named by Lhotse's convention (X_{own}_Y.jsonl.gz -> X_{other}_Y.jsonl.gz), "
+                        f"or pass a directory holding exactly one recordings and one supervisions manifest")
+
+
+def _sniff(path: Path) -> dict | None:
+    """The first line of `path` that parses as a JSON object, or None if the file has no non-blank line."""
+    seen_content = False
+    for _, raw in _lines(path):
+        if not raw.strip():
+            continue
+        seen_content = True
+        try:
+            return _json_object(raw)
+        except _Reject:
+            continue
+    if seen_content:
+        raise ManifestError(f"no line of {path} parses as a JSON object ({_MANIFEST_HINT})")
+    return None
+
+
+def _detect(path: Path) -> tuple[str, tuple[Path, ...]]:
+    if not path.exists():
+        raise ManifestError(f"manifest not found: {path} ({_MANIFEST_HINT})")
+    if path.is_dir():
+        recordings, supervisions = _lhotse_files(path, "recordings"), _lhotse_files(path, "supervisions")
+        cuts = _lhotse_files(path, "cuts")
+        if len(recordings) == 1 and len(supervisions) == 1:
+            return "lhotse_supervisions", (supervisions[0], recordings[0])
+        if not recordings and not supervisions and len(cuts) == 1:
+            return "lhotse_cuts", (cuts[0],)
+        if recordings or supervisions or cuts:
+            names = ", ".join(p.name for p in recordings + supervisions + cuts)
+            raise ManifestError(f"{path} holds Lhotse manifests ({names}) but not exactly one recordings + one "
+                                f"supervisions manifest (or one cuts manifest); pass the manifest file itself")
+        return "audio_dir", ()
+    first = _sniff(path)
+    if first is None:
+        return "empty", ()
+    if "audio_filepath" in first:
+        return "nemo", (path,)
+    if first.get("type") in _CUT_TYPES:
+        return "lhotse_cuts", (path,)
+    if "sources" in first:
+        return "lhotse_supervisions", (_partner(path, "recordings", "supervisions"), path)
+    if "recording_id" in first:
+        return "lhotse_supervisions", (path, _partner(path, "supervisions", "recordings"))
+    raise ManifestError(f"unknown manifest format: {path} (its first entry has keys {sorted(first)}; "
+                        f"{_MANIFEST_HINT}: NeMo lines need 'audio_filepath' and 'text'; for text-only corpora "
+                        f"use ingest_text_corpus)")
+
+
+# ------------------------------------------------------------------------------------------ the readers
+
+
+class _Ingest:
+    """State shared by the format readers: output tables, id claims, the cached existence check."""
+
+    def __init__(self) -> None:
+        self.recordings = _Rows("recordings")
+        self.recording_ids: set[str] = set()
+        self.utterances = _Rows("utterances")
+        self.quarantine = _Quarantine()
+        self.claims = _Claims()
+        self.num_entries = 0
+        self.exists = functools.lru_cache(maxsize=1 << 16)(os.path.exists)
+
+    def require_audio(self, audio_path: str) -> None:
+        if not self.exists(audio_path):
+            raise _Reject("audio_not_found", f"audio file not found: {audio_path}", audio_path)
+
+    def accept(self, recording: dict, **utterance: Any) -> None:
+        if recording["recording_id"] not in self.recording_ids:
+            self.recording_ids.add(recording["recording_id"])
+            self.recordings.append(**recording)
+        self.utterances.append(recording_id=recording["recording_id"], audio_path=recording["audio_path"],
+                               **utterance)
+
+    def result(self, format_: str) -> IngestResult:
+        quarantine = self.quarantine.table()
+        utterances = self.utterances.table()
+        assert utterances.num_rows + quarantine.num_rows == self.num_entries, "an entry was lost"
+        return IngestResult(recordings=self.recordings.table(), utterances=utterances, quarantine=quarantine,
+                            format=format_, num_entries=self.num_entries)
+
+    # -- NeMo ------------------------------------------------------------------------------------------
+
+    def nemo(self, path: Path) -> None:
+        base, stem = str(path.parent.absolute()), _manifest_stem(path)
+        for line_no, raw in _lines(path):
+            if not raw.strip():
+                continue
+            self.num_entries += 1
+            source = f"{path}:{line_no}"
+            utterance_id = f"{stem}:line{line_no}"
+            try:
+                entry = _json_object(raw)
+                explicit = entry.get("id") is not None
+                if explicit:
+                    utterance_id = _id(entry["id"], "id")
+                    self.claims.claim(utterance_id, source)
+                audio = entry.get("audio_filepath")
+                if audio is None or audio == "":
+                    raise _Reject("missing_field", "no 'audio_filepath'", "audio_filepath")
+                if not isinstance(audio, str):
+                    raise _Reject("invalid_field", f"'audio_filepath' must be a string, got {audio!r}", audio)
+                audio_path = _resolve(audio, base)
+                offset = 0.0 if entry.get("offset") is None else _offset(entry["offset"])
+                duration = None if entry.get("duration") is None else _positive_duration(entry["duration"])
+                audio_stem = Path(audio_path).stem
+                if not explicit:
+                    segment = f"{audio_path}|{offset:.3f}|{'' if duration is None else f'{duration:.3f}'}"
+                    utterance_id = f"{audio_stem}-{_short_hash(segment)}"
+                    self.claims.claim(utterance_id, source)
+                text = _text(entry.get("text"))
+                fields = dict(speaker=_optional_str(entry.get("speaker"), "speaker"),
+                              language=_optional_str(entry.get("lang", entry.get("language")), "lang"),
+                              domain=_optional_str(entry.get("domain"), "domain"),
+                              entities=_entities(entry.get("entities")))
+                self.require_audio(audio_path)
+            except _Reject as error:
+                self.quarantine.reject(utterance_id, source, error)
+                continue
+            recording = dict(recording_id=f"{audio_stem}-{_short_hash(audio_path)}", audio_path=audio_path)
+            self.accept(recording, utterance_id=utterance_id, start=offset, duration=duration, text=text,
+                        source=source, **fields)
+
+    # -- Lhotse ----------------------------------------------------------------------------------------
+
+    @staticmethod
+    def _recording_row(recording: Any, base: str) -> dict:
+        """A recordings row from a lhotse Recording; the audio's existence is checked per use, not here."""
+        if not isinstance(recording.id, str) or not recording.id:
+            raise _Reject("invalid_field", f"recording id must be a non-empty string, got {recording.id!r}",
+                          recording.id)
+        sampling_rate, num_samples = recording.sampling_rate, recording.num_samples
+        if not isinstance(sampling_rate, int) or isinstance(sampling_rate, bool) or sampling_rate <= 0:
+            raise _Reject("invalid_field", f"recording {recording.id!r}: sampling_rate must be a positive integer, "
+                          f"got {sampling_rate!r}", sampling_rate)
+        if not isinstance(num_samples, int) or isinstance(num_samples, bool) or num_samples < 0:
+            raise _Reject("invalid_field", f"recording {recording.id!r}: num_samples must be a non-negative "
+                          f"integer, got {num_samples!r}", num_samples)
+        duration = _positive_duration(recording.duration, f"recording {recording.id!r} duration")
+        if not recording.sources:
+            raise _Reject("invalid_field", f"recording {recording.id!r} has no audio sources", recording.id)
+        first = recording.sources[0]
+        if first.type != "file" or not isinstance(first.source, str):
+            # url/command/memory/shar sources are not files the normaliser can open with soundfile
+            raise _Reject("unsupported_audio_source", f"recording {recording.id!r}: audio source of type "
+                          f"{first.type!r} is not supported (only 'file')", first.type)
+        return dict(recording_id=recording.id, audio_path=_resolve(first.source, base), sampling_rate=sampling_rate,
+                    num_samples=num_samples, duration=duration, num_channels=recording.num_channels)
+
+    @staticmethod
+    def _supervision_fields(supervision: Any, cut_start: float = 0.0) -> dict:
+        start = supervision.start
+        if not _is_number(start) or not math.isfinite(start):
+            raise _Reject("invalid_offset", f"start must be a number of seconds, got {start!r}", start)
+        start = _offset(cut_start + start, "start in the recording")
+        duration = _positive_duration(supervision.duration)
+        text = _text(supervision.text)
+        channel = supervision.channel
+        if isinstance(channel, list):  # a multi-channel supervision has no single channel to record
+            channel = channel[0] if len(channel) == 1 else None
+        if channel is not None and (not isinstance(channel, int) or isinstance(channel, bool)):
+            raise _Reject("invalid_field", f"channel must be an integer or a list of integers, got {channel!r}",
+                          channel)
+        custom = supervision.custom or {}
+        if not isinstance(custom, dict):
+            raise _Reject("invalid_field", f"'custom' must be an object, got {custom!r}", custom)
+        return dict(start=start, duration=duration, text=text, channel=channel,
+                    language=_optional_str(supervision.language, "language"),
+                    speaker=_optional_str(supervision.speaker, "speaker"),
+                    domain=_optional_str(custom.get("domain"), "custom.domain"),
+                    entities=_entities(custom.get("entities")))
+
+    def lhotse_supervisions(self, supervisions_path: Path, recordings_path: Path) -> None:
+        from lhotse import Recording, SupervisionSegment
+
+        # recording id -> its row, or the _Reject (with its source) that quarantined its line
+        recordings: dict[str, dict | tuple[str, _Reject]] = {}
+        base, stem = str(recordings_path.parent.absolute()), _manifest_stem(recordings_path)
+        for line_no, raw in _lines(recordings_path):
+            if not raw.strip():
+                continue
+            source = f"{recordings_path}:{line_no}"
+            recording_id = None
+            try:
+                entry = _json_object(raw)
+                missing = [key for key in _RECORDING_KEYS if key not in entry]
+                if missing:
+                    raise _Reject("missing_field", f"recording has no {', '.join(map(repr, missing))}", missing[0])
+                if isinstance(entry["id"], str):
+                    recording_id = entry["id"]
+                    if recording_id in recordings:
+                        recording_id = None  # keep the first definition
+                        raise _Reject("duplicate_id", f"duplicate recording id {entry['id']!r}", entry["id"])
+                try:
+                    recording = Recording.from_dict(entry)
+                except Exception as e:  # lhotse raises TypeError/KeyError/ValueError, depending on the field
+                    raise _Reject("invalid_entry", f"not a Lhotse recording: {e}") from None
+                recordings[recording.id] = self._recording_row(recording, base)
+            except _Reject as error:
+                # a bad recordings line is an entry of its own; its supervisions are quarantined again below
+                self.num_entries += 1
+                self.quarantine.reject(f"{stem}:line{line_no}", source, error)
+                if recording_id is not None:
+                    recordings[recording_id] = (source, error)
+
+        stem = _manifest_stem(supervisions_path)
+        for line_no, raw in _lines(supervisions_path):
+            if not raw.strip():
+                continue
+            self.num_entries += 1
+            source = f"{supervisions_path}:{line_no}"
+            utterance_id = f"{stem}:line{line_no}"
+            try:
+                entry = _json_object(raw)
+                if entry.get("id") is not None:
+                    utterance_id = _id(entry["id"], "id")
+                    self.claims.claim(utterance_id, source)
+                missing = [key for key in _SUPERVISION_KEYS if key not in entry]
+                if missing:
+                    raise _Reject("missing_field", f"supervision has no {', '.join(map(repr, missing))}", missing[0])
+                try:
+                    supervision = SupervisionSegment.from_dict(entry)
+                except Exception as e:
+                    raise _Reject("invalid_entry", f"not a Lhotse supervision: {e}") from None
+                recording = recordings.get(supervision.recording_id)
+                if recording is None:
+                    raise _Reject("unknown_recording", f"recording {supervision.recording_id!r} is not in "
+                                  f"{recordings_path}", supervision.recording_id)
+                if isinstance(recording, tuple):
+                    bad_source, bad = recording
+                    raise _Reject("bad_recording", f"recording {supervision.recording_id!r} was quarantined "
+                                  f"({bad_source}: {bad.problem})", supervision.recording_id)
+                fields = self._supervision_fields(supervision)
+                self.require_audio(recording["audio_path"])
+            except _Reject as error:
+                self.quarantine.reject(utterance_id, source, error)
+                continue
+            self.accept(recording, utterance_id=utterance_id, source=source, **fields)
+
+    def lhotse_cuts(self, path: Path) -> None:
+        from lhotse import MonoCut
+        from lhotse.serialization import deserialize_item
+
+        base, stem = str(path.parent.absolute()), _manifest_stem(path)
+        recordings: dict[str, dict | _Reject] = {}  # first definition of each recording id wins
+        for line_no, raw in _lines(path):
+            if not raw.strip():
+                continue
+            source = f"{path}:{line_no}"
+            line_id = f"{stem}:line{line_no}"
+            try:
+                entry = _json_object(raw)
+                try:
+                    cut = deserialize_item(entry)
+                except Exception as e:
+                    raise _Reject("invalid_entry", f"not a Lhotse cut: {e}") from None
+            except _Reject as error:
+                self.num_entries += 1
+                self.quarantine.reject(line_id, source, error)
+                continue
+            supervisions = list(getattr(cut, "supervisions", None) or [])
+            cut_error = None
+            if not isinstance(cut, MonoCut):
+                cut_error = _Reject("unsupported_cut", f"cut {getattr(cut, 'id', None)!r} is a "
+                                    f"{type(cut).__name__}; only MonoCut is supported", type(cut).__name__)
+            elif not supervisions:
+                cut_error = _Reject("no_supervision", f"cut {cut.id!r} has no supervision (no transcript)", cut.id)
+            elif not cut.has_recording:
+                cut_error = _Reject("no_recording", f"cut {cut.id!r} has no recording", cut.id)
+            elif not _is_number(cut.start) or not math.isfinite(cut.start):
+                cut_error = _Reject("invalid_offset", f"cut {cut.id!r}: start must be a number, got {cut.start!r}",
+                                    cut.start)
+            else:
+                if cut.recording.id not in recordings:
+                    try:
+                        recordings[cut.recording.id] = self._recording_row(cut.recording, base)
+                    except _Reject as error:
+                        recordings[cut.recording.id] = error
+                recording = recordings[cut.recording.id]
+                if isinstance(recording, _Reject):
+                    cut_error = recording
+            if not supervisions:
+                self.num_entries += 1
+                self.quarantine.reject(line_id, source, cut_error)
+                continue
+            for supervision in supervisions:
+                self.num_entries += 1
+                utterance_id = line_id
+                try:
+                    utterance_id = _id(supervision.id, "supervision id")
+                    self.claims.claim(utterance_id, source)
+                    if cut_error is not None:
+                        raise cut_error
+                    fields = self._supervision_fields(supervision, cut_start=cut.start)
+                    self.require_audio(recording["audio_path"])
+                except _Reject as error:
+                    self.quarantine.reject(utterance_id, source, error)
+                    continue
+                self.accept(recording, utterance_id=utterance_id, source=source, **fields)
+
+    # -- audio directory -------------------------------------------------------------------------------
+
+    def audio_dir(self, root: Path) -> None:
+        root = root.absolute()
+        audio: dict[str, list[Path]] = {}
+        transcripts: dict[str, Path] = {}
+        for dirpath, dirnames, filenames in os.walk(root):
+            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+            for name in sorted(filenames):
+                if name.startswith("."):
+                    continue
+                file = Path(dirpath, name)
+                key = file.relative_to(root).with_suffix("").as_posix()
+                suffix = file.suffix.lower()
+                if suffix == TRANSCRIPT_EXTENSION:
+                    transcripts[key] = file
+                elif suffix in AUDIO_EXTENSIONS:
+                    audio.setdefault(key, []).append(file)
+        if not audio and not transcripts:
+            raise ManifestError(f"no audio files or .txt transcripts in {root} ({_MANIFEST_HINT}; audio is "
+                                f"recognised by extension: {', '.join(sorted(AUDIO_EXTENSIONS))})")
+        for key in sorted(audio.keys() | transcripts.keys()):
+            utterance_id = key.replace("/", "_")
+            transcript = transcripts.get(key)
+            if key not in audio:
+                self.num_entries += 1
+                self.quarantine.reject(utterance_id, str(transcript), _Reject(
+                    "audio_not_found", f"transcript has no audio file beside it (no {key}.<audio extension>)",
+                    str(transcript)))
+                continue
+            for audio_file in audio[key]:
+                self.num_entries += 1
+                source = str(transcript if transcript is not None else audio_file)
+                try:
+                    self.claims.claim(utterance_id, str(audio_file))
+                    if transcript is None:
+                        raise _Reject("no_transcript", f"no transcript {Path(key).name}.txt beside {audio_file}",
+                                      str(audio_file))
+                    try:
+                        content = transcript.read_bytes().decode("utf-8-sig")
+                    except UnicodeDecodeError as e:
+                        raise _Reject("malformed_text", f"transcript is not UTF-8: {e}") from None
+                    # a transcript file may wrap lines: one utterance, whitespace collapsed
+                    text = _text(" ".join(content.split()))
+                except _Reject as error:
+                    self.quarantine.reject(utterance_id, source, error)
+                    continue
+                recording = dict(recording_id=utterance_id, audio_path=str(audio_file))
+                self.accept(recording, utterance_id=utterance_id, start=0.0, duration=None, text=text,
+                            source=source)
+
+
+# ------------------------------------------------------------------------------------------ public API
+
+
+def ingest_manifest(path: str | Path) -> IngestResult:
+    """Read one speech manifest (Lhotse, NeMo or a directory of audio + .txt) into recordings + utterances.
+
+    Bad entries become quarantine rows (and log warnings); problems with the manifest as a whole raise
+    ManifestError. `num_entries == utterances.num_rows + quarantine.num_rows`, where an entry is a non-blank
+    line of a NeMo or supervisions manifest, a supervision of a cut (or the cut line itself when it yields no
+    supervision), an audio file or orphan transcript of a directory, and each quarantined recordings line.
+    """
+    path = Path(path).absolute()  # sources and error messages name the file unambiguously
+    format_, files = _detect(path)
+    ingest = _Ingest()
+    if format_ == "nemo":
+        ingest.nemo(files[0])
+    elif format_ == "lhotse_cuts":
+        ingest.lhotse_cuts(files[0])
+    elif format_ == "lhotse_supervisions":
+        ingest.lhotse_supervisions(*files)
+    elif format_ == "audio_dir":
+        ingest.audio_dir(path)
+    return ingest.result(format_)
+
+
+def ingest_text_corpus(path: str | Path, domain: str | None = None) -> TextIngestResult:
+    """Read a text-only domain corpus: `domain<TAB>sentence` lines, or plain sentences tagged with `domain`.
+
+    A line with a tab names its own domain (the text before the first tab; `domain` fills in when that is
+    empty); a line without one takes `domain`. Blank lines are skipped. A line with no word
+    (jstip.tasks.text.split_words), no domain, or a sentence already seen in the same domain is quarantined.
+    text_id = `<domain>-<sha1(sentence)[:12]>`. `num_lines` counts non-blank lines:
+    `num_lines == text_corpus.num_rows + quarantine.num_rows`.
+    """
+    path = Path(path).absolute()
+    if not path.is_file():
+        raise ManifestError(f"text corpus not found: {path} (expected a file of 'domain<TAB>sentence' lines, or "
+                            f"one sentence per line with the domain argument)")
+    corpus, quarantine = _Rows("text_corpus"), _Quarantine()
+    first_seen: dict[str, str] = {}
+    stem, num_lines = _manifest_stem(path), 0
+    for line_no, raw in _lines(path):
+        if not raw.strip():
+            continue
+        num_lines += 1
+        source = f"{path}:{line_no}"
+        text_id = f"{stem}:line{line_no}"
+        try:
+            try:
+                line = raw.decode("utf-8-sig" if line_no == 1 else "utf-8").rstrip("\r\n")
+            except UnicodeDecodeError as e:
+                raise _Reject("malformed_text", f"line is not UTF-8: {e}") from None
+            tag, sentence = domain, line
+            if "\t" in line:
+                tag, sentence = line.split("\t", 1)
+                tag = tag.strip() or domain
+            sentence = sentence.strip()
+            if not tag:
+                raise _Reject("missing_domain", "no domain (write 'domain<TAB>sentence' or pass domain=...)")
+            if not split_words(sentence):
+                raise _Reject("empty_text", "no words in the sentence", sentence)
+            text_id = f"{tag}-{_short_hash(sentence)}"
+            first = first_seen.get(text_id)
+            if first is not None:
+                raise _Reject("duplicate_sentence", f"duplicate sentence (first at {first})", sentence)
+            first_seen[text_id] = source
+        except _Reject as error:
+            quarantine.reject(text_id, source, error)
+            continue
+        corpus.append(text_id=text_id, domain=tag, text=sentence, source=source)
+    return TextIngestResult(text_corpus=corpus.table(), quarantine=quarantine.table(), num_lines=num_lines)

@@ -1,0 +1,276 @@
+"""Shard-level entry points of every stage, as the flows call them.
+
+Each function takes and returns small, serialisable descriptions (paths, keys, counts), reads its shard's
+Parquet inputs, runs the stage's pure function (jstip.tasks.<stage>) and stores the result in the stage
+cache under a content key, so that a rerun with unchanged inputs, config and code does no stage work.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import duckdb
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from jstip.config import BuildConfig, config_json
+from jstip.schemas import empty
+from jstip.storage import DatasetStore
+from jstip.storage.work import cached_stage, file_sha256, stage_key
+from jstip.tasks.align import align_shard
+from jstip.tasks.checks import check_shard
+from jstip.tasks.ingest import ingest_manifest, ingest_text_corpus
+from jstip.tasks.normalize import normalize_shard
+from jstip.tasks.plan import plan_shard
+from jstip.tasks.shard import shard_key, split_shards
+from jstip.version import code_version
+
+log = logging.getLogger(__name__)
+
+# Quarantine rows of the text-only corpus: not speech utterances, so not part of the speech accounting.
+TEXT_CORPUS_STAGE = "text_corpus"
+
+DEMO_UTTERANCES = 50
+DEMO_SEED = 0
+
+
+@dataclass(frozen=True)
+class Shard:
+    shard_id: str  # human-readable position, e.g. "s0003"
+    key: str  # content key (rows + audio file stats)
+    path: str  # Parquet file of the shard's utterances
+    num_utterances: int
+
+
+@dataclass(frozen=True)
+class StageOutput:
+    stage: str
+    shard_id: str
+    key: str
+    tables: dict[str, str]  # table name -> Parquet path
+    row_counts: dict[str, int]
+    cached: bool
+
+    def read(self, table: str) -> pa.Table:
+        return pq.read_table(self.tables[table])
+
+    def summary(self) -> str:
+        counts = ", ".join(f"{n} {t}" for t, n in sorted(self.row_counts.items()))
+        return f"{self.stage} {self.shard_id}: {counts}{' (cached)' if self.cached else ''}"
+
+
+@dataclass(frozen=True)
+class Ingested:
+    manifest: str
+    format: str
+    num_entries: int
+    key: str
+    tables: dict[str, str]  # recordings, quarantine, text_corpus
+    shards: list[Shard] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Published:
+    version_id: str
+    name: str
+    path: str
+    parent_version: str | None
+    row_counts: dict[str, int]
+    accepted: int
+    quarantined: int
+    ingested: int
+
+
+def _work_dir(store: str) -> Path:
+    return DatasetStore(store).work_dir
+
+
+def _output(stage: str, shard_id: str, key: str, paths: dict[str, Path], cached: bool) -> StageOutput:
+    counts = {name: pq.ParquetFile(path).metadata.num_rows for name, path in paths.items()}
+    return StageOutput(stage, shard_id, key, {n: str(p) for n, p in paths.items()}, counts, cached)
+
+
+def demo_corpus(store: str, text_corpus: str | None = None) -> tuple[str, str]:
+    """Synthesise the embedded demo corpus into the store (once; it is deterministic) and return
+    (manifest, text corpus) paths."""
+    from jstip.tasks.synth import synthesize_corpus
+
+    out = Path(store).resolve() / "demo_corpus"
+    cuts = out / "lhotse" / "demo_cuts_all.jsonl.gz"
+    if not cuts.exists():
+        synthesize_corpus(out, utterances=DEMO_UTTERANCES, seed=DEMO_SEED)
+    return str(cuts), text_corpus or str(out / "text_corpus.tsv")
+
+
+def ingest(manifest: str, text_corpus: str | None, store: str, config: BuildConfig) -> Ingested:
+    """Read the manifest (and domain text), cut the utterances into content-keyed shards."""
+    result = ingest_manifest(manifest)
+    text_table, text_quarantine = empty("text_corpus"), empty("quarantine")
+    if text_corpus:
+        text = ingest_text_corpus(text_corpus)
+        text_table = text.text_corpus
+        text_quarantine = text.quarantine.set_column(
+            text.quarantine.schema.get_field_index("stage"), "stage",
+            pa.array([TEXT_CORPUS_STAGE] * text.quarantine.num_rows, pa.string()))
+
+    work = _work_dir(store)
+    shards = []
+    for index, table in enumerate(split_shards(result.utterances, config.shard_size)):
+        key = shard_key(table)
+        path = work / "shards" / f"{key}.parquet"
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(".tmp")
+            pq.write_table(table, tmp)
+            tmp.replace(path)
+        shards.append(Shard(f"s{index:04d}", key, str(path), table.num_rows))
+
+    tables = {"recordings": result.recordings, "quarantine": pa.concat_tables([result.quarantine, text_quarantine]),
+              "text_corpus": text_table}
+    digest = hashlib.sha256()
+    for shard in shards:
+        digest.update(shard.key.encode())
+    for table in tables.values():
+        sink = pa.BufferOutputStream()
+        with pa.ipc.new_stream(sink, table.schema) as writer:
+            writer.write_table(table)
+        digest.update(sink.getvalue().to_pybytes())
+    key = stage_key("ingest", digest.hexdigest(), code_version())
+    paths, _ = cached_stage(work, "ingest", key, lambda: tables)
+    return Ingested(manifest=str(manifest), format=result.format, num_entries=result.num_entries, key=key,
+                    tables={n: str(p) for n, p in paths.items()}, shards=shards)
+
+
+def normalize(shard: Shard, store: str, config: BuildConfig) -> StageOutput:
+    key = stage_key("normalize", shard.key, config.normalize.fingerprint(), code_version())
+    audio_dir = DatasetStore(store).audio_dir
+
+    def compute():
+        result = normalize_shard(pq.read_table(shard.path), audio_dir, config.normalize)
+        return {"normalized_audio": result.normalized_audio, "quarantine": result.quarantine}
+
+    return _output("normalize", shard.shard_id, key, *cached_stage(_work_dir(store), "normalize", key, compute))
+
+
+def align(shard: Shard, normalized: StageOutput, store: str, config: BuildConfig) -> StageOutput:
+    key = stage_key("align", normalized.key, config.align.fingerprint(), code_version())
+
+    def compute():
+        result = align_shard(pq.read_table(shard.path), normalized.read("normalized_audio"), config.align)
+        return {"word_alignments": result.word_alignments, "quarantine": result.quarantine}
+
+    return _output("align", shard.shard_id, key, *cached_stage(_work_dir(store), "align", key, compute))
+
+
+def check(shard: Shard, normalized: StageOutput, aligned: StageOutput, store: str, config: BuildConfig) -> StageOutput:
+    """Run the checks and keep only accepted utterances; the shard's quarantine gathers every stage's rows."""
+    key = stage_key("check", aligned.key, config.checks.fingerprint(), code_version())
+
+    def compute():
+        utterances = pq.read_table(shard.path)
+        audio = normalized.read("normalized_audio")
+        words = aligned.read("word_alignments")
+        result = check_shard(utterances, audio, words, config.checks)
+        accepted = pa.array(result.accepted_ids, pa.string())
+
+        def keep(table: pa.Table) -> pa.Table:
+            return table.filter(pc.is_in(table.column("utterance_id"), value_set=accepted))
+
+        quarantine = pa.concat_tables([normalized.read("quarantine"), aligned.read("quarantine"), result.quarantine])
+        return {"utterances": keep(utterances), "normalized_audio": keep(audio), "word_alignments": keep(words),
+                "quarantine": quarantine}
+
+    return _output("check", shard.shard_id, key, *cached_stage(_work_dir(store), "check", key, compute))
+
+
+def plan(shard: Shard, checked: StageOutput, store: str, config: BuildConfig) -> StageOutput:
+    key = stage_key("plan", checked.key, config.plan.fingerprint(), code_version())
+
+    def compute():
+        result = plan_shard(checked.read("utterances"), checked.read("word_alignments"),
+                            checked.read("normalized_audio"), config.plan)
+        return {"interleave_plans": result.interleave_plans, "spans": result.spans}
+
+    return _output("plan", shard.shard_id, key, *cached_stage(_work_dir(store), "plan", key, compute))
+
+
+class AccountingError(RuntimeError):
+    pass
+
+
+def _scan(files: list[str], columns: list[str]) -> tuple[str, list]:
+    """SQL (and its parameters) for the given columns of a set of Parquet files; no files, no rows."""
+    if files:
+        return f"SELECT {', '.join(columns)} FROM read_parquet(?)", [files]
+    return "SELECT " + ", ".join(f"NULL::VARCHAR AS {c}" for c in columns) + " WHERE false", []
+
+
+def _account(ingested: Ingested, utterance_files: list[str], quarantine_files: list[str],
+             plan_files: list[str]) -> tuple[int, int]:
+    """Every ingested entry is accepted or quarantined, never both, never neither; every accepted one
+    has a plan. Counted in SQL over the shard files: entries are identified by their `source` (file:line)."""
+    accepted_sql, accepted_args = _scan(utterance_files, ["utterance_id", "source"])
+    planned_sql, planned_args = _scan(plan_files, ["utterance_id"])
+    with duckdb.connect() as con:
+        accepted, quarantined, both, unplanned = con.execute(
+            f"""
+            WITH a AS ({accepted_sql}),
+                 q AS (SELECT DISTINCT source FROM read_parquet(?) WHERE stage <> ?),
+                 p AS (SELECT DISTINCT utterance_id FROM ({planned_sql}))
+            SELECT (SELECT count(*) FROM a), (SELECT count(*) FROM q),
+                   (SELECT count(*) FROM a JOIN q USING (source)),
+                   (SELECT count(*) FROM a ANTI JOIN p USING (utterance_id))
+            """,
+            [*accepted_args, quarantine_files, TEXT_CORPUS_STAGE, *planned_args],
+        ).fetchone()
+    problems = []
+    if both:
+        problems.append(f"{both} entr(y/ies) are both accepted and quarantined")
+    if accepted + quarantined - both != ingested.num_entries:
+        problems.append(f"accepted ({accepted}) + quarantined ({quarantined}) != ingested ({ingested.num_entries})")
+    if unplanned:
+        problems.append(f"{unplanned} accepted utterance(s) have no interleave plan")
+    if problems:
+        raise AccountingError(f"accounting failed for {ingested.manifest}; nothing was published: " + "; ".join(problems))
+    return accepted, quarantined
+
+
+def publish(ingested: Ingested, checked: list[StageOutput], planned: list[StageOutput], store: str,
+            config: BuildConfig) -> Published:
+    """Check the accounting invariant, then publish the version atomically."""
+    def files(outputs: list[StageOutput], table: str) -> list[str]:
+        return [o.tables[table] for o in outputs]
+
+    quarantine_files = [ingested.tables["quarantine"], *files(checked, "quarantine")]
+    utterance_files = files(checked, "utterances")
+    accepted, quarantined = _account(ingested, utterance_files, quarantine_files, files(planned, "spans"))
+
+    def paths(items: list[str]) -> list[Path]:
+        return [Path(p) for p in items]
+
+    tables = {
+        "recordings": paths([ingested.tables["recordings"]]),
+        "utterances": paths(utterance_files),
+        "normalized_audio": paths(files(checked, "normalized_audio")),
+        "word_alignments": paths(files(checked, "word_alignments")),
+        "quarantine": paths(quarantine_files),
+        "interleave_plans": paths(files(planned, "interleave_plans")),
+        "spans": paths(files(planned, "spans")),
+        "text_corpus": paths([ingested.tables["text_corpus"]]),
+    }
+    input_hash = stage_key("inputs", ingested.key, *(o.key for o in checked), *(o.key for o in planned))
+    version = DatasetStore(store).publish(config.name, tables, input_hash=input_hash,
+                                          config_json=config_json(config), code_version=code_version())
+    return Published(version.version_id, version.name, str(version.path), version.parent_version,
+                     version.row_counts, accepted, quarantined, ingested.num_entries)
+
+
+def to_json(obj) -> str:
+    from dataclasses import asdict
+
+    return json.dumps(asdict(obj), indent=2, default=str)
