@@ -38,8 +38,8 @@ def _fail(message: str) -> None:
 
 def _print_relation(columns: list[str], rows: list[tuple], title: str | None = None) -> None:
     table = Table(title=title)
-    for column in columns:
-        table.add_column(column)
+    for index, column in enumerate(columns):
+        table.add_column(column, no_wrap=index == 0)  # ids in the first column must stay copy-pasteable
     for row in rows:
         table.add_row(*("" if v is None else str(v) for v in row))
     console.print(table)

@@ -24,10 +24,14 @@ Ids (deterministic, so reruns produce the same tables):
   would collide by the birthday bound at ~10^5 files with 32 bits.
 - Audio directory: utterance_id = recording_id = path relative to the directory, without extension, '/' -> '_'.
 - Entries with no id of their own are quarantined as `<manifest stem>:line<N>`.
-- `source` is `<absolute manifest path>:<line>` (for an audio directory: the transcript's, else the audio's path).
+- `source` names one entry, uniquely (callers count entries by it): `<absolute manifest path>:<line>`; the k-th
+  supervision of a cut with several is `<path>:<line>#<k>`; in an audio directory, the audio file's path (an
+  orphan transcript: its own path).
 
 The first entry to name an id claims it, even when that entry is itself quarantined; later ones are
-`duplicate_id`. So no accepted utterance_id ever appears in this stage's quarantine table.
+`duplicate_id`, filed under `<manifest stem>:line<N>` (an audio directory: the audio file's relative path) with
+the repeated id as `value`. So no accepted utterance_id ever appears in this stage's quarantine table, and
+`utterances` anti-joined with `quarantine` on utterance_id keeps every accepted utterance.
 
 Audio is not opened here (13M lines must stay fast): only `os.path.exists`, cached. Recording metadata that a
 manifest does not give (NeMo, audio directories) stays null; the normaliser measures it. The recordings table
@@ -106,11 +110,12 @@ class TextIngestResult:
 class _Reject(Exception):
     """One entry is unusable: `check` is the machine name, `problem` the human half of the reason."""
 
-    def __init__(self, check: str, problem: str, value: Any = None):
+    def __init__(self, check: str, problem: str, value: Any = None, row_id: str | None = None):
         super().__init__(problem)
         self.check = check
         self.problem = problem
         self.value = None if value is None else str(value)[:200]
+        self.row_id = row_id  # the quarantine row's id when it must not be the entry's own (duplicates)
 
 
 class _Rows:
@@ -143,21 +148,25 @@ class _Quarantine(_Rows):
     def reject(self, utterance_id: str, source: str, error: _Reject) -> None:
         reason = f"{source}: {error.problem}"
         logger.warning(reason)
-        self.append(utterance_id=utterance_id, stage=STAGE, check=error.check, value=error.value, reason=reason,
-                    source=source)
+        self.append(utterance_id=error.row_id or utterance_id, stage=STAGE, check=error.check, value=error.value,
+                    reason=reason, source=source)
 
 
 class _Claims:
-    """First entry to name an id keeps it; later ones are duplicates."""
+    """First entry to name an id keeps it; later ones are duplicates.
+
+    A duplicate's quarantine row is filed under `entry_id` (its place in the manifest), not under the id it
+    repeats: quarantine is keyed by utterance_id, and the accepted first entry must not look quarantined.
+    """
 
     def __init__(self) -> None:
         self.first: dict[str, str] = {}
 
-    def claim(self, utterance_id: str, source: str) -> None:
+    def claim(self, utterance_id: str, source: str, entry_id: str) -> None:
         first = self.first.get(utterance_id)
         if first is not None:
             raise _Reject("duplicate_id", f"duplicate utterance id {utterance_id!r} (first at {first})",
-                          utterance_id)
+                          utterance_id, row_id=entry_id)
         self.first[utterance_id] = source
 
 
@@ -376,31 +385,37 @@ class _Ingest:
 
     def nemo(self, path: Path) -> None:
         base, stem = str(path.parent.absolute()), _manifest_stem(path)
+
+        @functools.lru_cache(maxsize=1 << 16)  # segments of one long file come in runs
+        def audio_identity(audio: str) -> tuple[str, str, str]:
+            audio_path = _resolve(audio, base)
+            audio_stem = os.path.splitext(os.path.basename(audio_path))[0]
+            return audio_path, audio_stem, f"{audio_stem}-{_short_hash(audio_path)}"
+
         for line_no, raw in _lines(path):
             if not raw.strip():
                 continue
             self.num_entries += 1
             source = f"{path}:{line_no}"
-            utterance_id = f"{stem}:line{line_no}"
+            utterance_id = line_id = f"{stem}:line{line_no}"
             try:
                 entry = _json_object(raw)
                 explicit = entry.get("id") is not None
                 if explicit:
                     utterance_id = _id(entry["id"], "id")
-                    self.claims.claim(utterance_id, source)
+                    self.claims.claim(utterance_id, source, line_id)
                 audio = entry.get("audio_filepath")
                 if audio is None or audio == "":
                     raise _Reject("missing_field", "no 'audio_filepath'", "audio_filepath")
                 if not isinstance(audio, str):
                     raise _Reject("invalid_field", f"'audio_filepath' must be a string, got {audio!r}", audio)
-                audio_path = _resolve(audio, base)
+                audio_path, audio_stem, recording_id = audio_identity(audio)
                 offset = 0.0 if entry.get("offset") is None else _offset(entry["offset"])
                 duration = None if entry.get("duration") is None else _positive_duration(entry["duration"])
-                audio_stem = Path(audio_path).stem
                 if not explicit:
                     segment = f"{audio_path}|{offset:.3f}|{'' if duration is None else f'{duration:.3f}'}"
                     utterance_id = f"{audio_stem}-{_short_hash(segment)}"
-                    self.claims.claim(utterance_id, source)
+                    self.claims.claim(utterance_id, source, line_id)
                 text = _text(entry.get("text"))
                 fields = dict(speaker=_optional_str(entry.get("speaker"), "speaker"),
                               language=_optional_str(entry.get("lang", entry.get("language")), "lang"),
@@ -410,7 +425,7 @@ class _Ingest:
             except _Reject as error:
                 self.quarantine.reject(utterance_id, source, error)
                 continue
-            recording = dict(recording_id=f"{audio_stem}-{_short_hash(audio_path)}", audio_path=audio_path)
+            recording = dict(recording_id=recording_id, audio_path=audio_path)
             self.accept(recording, utterance_id=utterance_id, start=offset, duration=duration, text=text,
                         source=source, **fields)
 
@@ -476,14 +491,14 @@ class _Ingest:
             recording_id = None
             try:
                 entry = _json_object(raw)
-                missing = [key for key in _RECORDING_KEYS if key not in entry]
-                if missing:
-                    raise _Reject("missing_field", f"recording has no {', '.join(map(repr, missing))}", missing[0])
-                if isinstance(entry["id"], str):
+                if isinstance(entry.get("id"), str):
                     recording_id = entry["id"]
                     if recording_id in recordings:
                         recording_id = None  # keep the first definition
                         raise _Reject("duplicate_id", f"duplicate recording id {entry['id']!r}", entry["id"])
+                missing = [key for key in _RECORDING_KEYS if key not in entry]
+                if missing:
+                    raise _Reject("missing_field", f"recording has no {', '.join(map(repr, missing))}", missing[0])
                 try:
                     recording = Recording.from_dict(entry)
                 except Exception as e:  # lhotse raises TypeError/KeyError/ValueError, depending on the field
@@ -502,12 +517,12 @@ class _Ingest:
                 continue
             self.num_entries += 1
             source = f"{supervisions_path}:{line_no}"
-            utterance_id = f"{stem}:line{line_no}"
+            utterance_id = line_id = f"{stem}:line{line_no}"
             try:
                 entry = _json_object(raw)
                 if entry.get("id") is not None:
                     utterance_id = _id(entry["id"], "id")
-                    self.claims.claim(utterance_id, source)
+                    self.claims.claim(utterance_id, source, line_id)
                 missing = [key for key in _SUPERVISION_KEYS if key not in entry]
                 if missing:
                     raise _Reject("missing_field", f"supervision has no {', '.join(map(repr, missing))}", missing[0])
@@ -576,20 +591,23 @@ class _Ingest:
                 self.num_entries += 1
                 self.quarantine.reject(line_id, source, cut_error)
                 continue
-            for supervision in supervisions:
+            for index, supervision in enumerate(supervisions, 1):
+                # `source` identifies one entry: the k-th supervision of a cut that has several is "file:line#k"
+                entry_source, entry_id = (source, line_id) if len(supervisions) == 1 else \
+                    (f"{source}#{index}", f"{line_id}#{index}")
                 self.num_entries += 1
-                utterance_id = line_id
+                utterance_id = entry_id
                 try:
                     utterance_id = _id(supervision.id, "supervision id")
-                    self.claims.claim(utterance_id, source)
+                    self.claims.claim(utterance_id, entry_source, entry_id)
                     if cut_error is not None:
                         raise cut_error
                     fields = self._supervision_fields(supervision, cut_start=cut.start)
                     self.require_audio(recording["audio_path"])
                 except _Reject as error:
-                    self.quarantine.reject(utterance_id, source, error)
+                    self.quarantine.reject(utterance_id, entry_source, error)
                     continue
-                self.accept(recording, utterance_id=utterance_id, source=source, **fields)
+                self.accept(recording, utterance_id=utterance_id, source=entry_source, **fields)
 
     # -- audio directory -------------------------------------------------------------------------------
 
@@ -621,14 +639,14 @@ class _Ingest:
                     "audio_not_found", f"transcript has no audio file beside it (no {key}.<audio extension>)",
                     str(transcript)))
                 continue
-            for audio_file in audio[key]:
+            for audio_file in audio[key]:  # an entry is an audio file; its path is the entry's source
                 self.num_entries += 1
-                source = str(transcript if transcript is not None else audio_file)
+                source = str(audio_file)
                 try:
-                    self.claims.claim(utterance_id, str(audio_file))
+                    self.claims.claim(utterance_id, source, audio_file.relative_to(root).as_posix())
                     if transcript is None:
-                        raise _Reject("no_transcript", f"no transcript {Path(key).name}.txt beside {audio_file}",
-                                      str(audio_file))
+                        expected = audio_file.with_suffix(TRANSCRIPT_EXTENSION)
+                        raise _Reject("no_transcript", f"no transcript (expected {expected})", str(expected))
                     try:
                         content = transcript.read_bytes().decode("utf-8-sig")
                     except UnicodeDecodeError as e:
@@ -706,8 +724,9 @@ def ingest_text_corpus(path: str | Path, domain: str | None = None) -> TextInges
                 raise _Reject("empty_text", "no words in the sentence", sentence)
             text_id = f"{tag}-{_short_hash(sentence)}"
             first = first_seen.get(text_id)
-            if first is not None:
-                raise _Reject("duplicate_sentence", f"duplicate sentence (first at {first})", sentence)
+            if first is not None:  # filed under the line, not the text_id the kept first line has
+                raise _Reject("duplicate_sentence", f"duplicate sentence (first at {first})", sentence,
+                              row_id=f"{stem}:line{line_no}")
             first_seen[text_id] = source
         except _Reject as error:
             quarantine.reject(text_id, source, error)

@@ -19,7 +19,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from jstip.config import BuildConfig, config_json
-from jstip.schemas import empty
+from jstip.schemas import conform, empty
 from jstip.storage import DatasetStore
 from jstip.storage.work import cached_stage, file_sha256, stage_key
 from jstip.tasks.align import align_shard
@@ -114,9 +114,9 @@ def ingest(manifest: str, text_corpus: str | None, store: str, config: BuildConf
     if text_corpus:
         text = ingest_text_corpus(text_corpus)
         text_table = text.text_corpus
-        text_quarantine = text.quarantine.set_column(
+        text_quarantine = conform("quarantine", text.quarantine.set_column(
             text.quarantine.schema.get_field_index("stage"), "stage",
-            pa.array([TEXT_CORPUS_STAGE] * text.quarantine.num_rows, pa.string()))
+            pa.array([TEXT_CORPUS_STAGE] * text.quarantine.num_rows, pa.string())))
 
     work = _work_dir(store)
     shards = []

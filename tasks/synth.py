@@ -23,29 +23,42 @@ corpus is a pure function of (seed, N), a corpus of N utterances is a prefix of 
 text-only count never changes the speech. Utterance i's domain alternates: even i medical, odd banking.
 
 Reference word timings (`word_timings.jsonl`), in seconds from the start of the WAV file:
-- start: espeak-ng's WORD event for the word. Each word of `split_words(text)` is matched to the event
-  whose character offset equals the word's offset in the transcript; a word without one is an error.
-- end: espeak-ng reports no word ends. The end is taken as the end of the last 10 ms frame, between the
-  word's start and the next word's start (the end of espeak's audio for the last word), whose RMS is
-  above a silence threshold of 40 dB below the utterance's loudest frame; i.e. the next start minus any
-  pause before it (espeak's pauses are digital silence, so the threshold only has to be below speech).
-  The end never passes the next start. If no frame in that stretch is above the threshold, the end is
-  the next start.
+- start: the word's espeak-ng WORD event (1 ms resolution). Each word of `split_words(text)` is matched
+  to the event whose character offset equals the word's offset in the transcript; a word without one is
+  an error (espeak-ng speaks "for the" and "of the" as one word with one event, so the templates avoid
+  those pairs). espeak puts the event where the word's first phoneme begins, which for a word starting
+  with a stop consonant is the start of its closure: digital silence. Measured on 50 utterances: 177
+  of 556 words start with up to 50 ms of silence (the first word of an utterance included, so the WAV's
+  first non-zero sample can lie up to ~50 ms after the first start). An aligner that puts starts at
+  the burst is that much late by this reference.
+- end: espeak-ng reports no word ends. The end is derived from espeak's own output in 10 ms frames
+  counted from the word's start: the end of the last frame, before the next word's start (before the
+  end of espeak's audio for the last word), whose RMS is above a silence threshold 40 dB below the
+  utterance's loudest frame; i.e. the next start minus any pause or closure before it (espeak's pauses
+  are digital silence, so the threshold only has to sit below speech). The end never passes the next
+  start; if no frame in that stretch is audible, the end is the next start.
 
 Audio: 16-bit mono WAV at espeak-ng's native 22050 Hz, with 0.2-0.4 s of digital silence (seeded)
 added before and after the speech.
 
-Determinism: the same seed, N and out_dir give byte-identical files. The Lhotse and NeMo manifests hold
-absolute audio paths (so they work from any cwd), so the same corpus written to two different
-directories differs in those paths only. gzip writes a modification time into its header; the
-`.jsonl.gz` manifests are written by Lhotse and then have that field set to 0 ("no time stamp").
+Determinism: the same seed, N and out_dir give byte-identical files. libespeak-ng seeds its noise
+generator from the clock and keeps synthesis state between calls that no API resets, so the noise
+generator is reseeded per utterance and all audio of a corpus is made in one freshly spawned process
+(`synthesize_in_fresh_process`). The Lhotse and NeMo manifests hold absolute audio paths (so they work
+from any cwd), so the same corpus written to two different directories differs in those paths only. gzip
+writes a modification time into its header; the `.jsonl.gz` manifests are written by Lhotse and then
+have that field set to 0 ("no time stamp").
 """
 
 from __future__ import annotations
 
+import ctypes
 import json
+import pickle
 import re
 import string
+import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -53,6 +66,7 @@ import numpy as np
 import soundfile as sf
 from num2words import num2words
 
+from jstip.tasks import espeak
 from jstip.tasks.espeak import Synthesis, synthesize
 from jstip.tasks.text import split_words, word_char_spans
 
@@ -262,6 +276,7 @@ class DemoUtterance:
     pitch_range: int
     lead_silence_s: float
     trail_silence_s: float
+    noise_seed: int  # espeak-ng's noise generator (breath, aspiration) is reseeded with this
 
 
 def demo_utterances(count: int, seed: int) -> list[DemoUtterance]:
@@ -282,6 +297,7 @@ def demo_utterances(count: int, seed: int) -> list[DemoUtterance]:
             pitch_range=int(rng.integers(PITCH_RANGE[0], PITCH_RANGE[1] + 1)),
             lead_silence_s=round(float(rng.uniform(*EDGE_SILENCE_S)), 3),
             trail_silence_s=round(float(rng.uniform(*EDGE_SILENCE_S)), 3),
+            noise_seed=int(rng.integers(1, 2**31 - 1)),
         ))
     return out
 
@@ -315,7 +331,7 @@ class WordTiming:
 def reference_word_timings(text: str, synthesis: Synthesis, offset_samples: int = 0) -> list[WordTiming]:
     """Word timings of `synthesis` (espeak output for `text`), shifted by `offset_samples`.
 
-    Starts are espeak's WORD events; ends are derived from short-time energy (see the module docstring).
+    Starts are espeak's WORD events; ends come from short-time energy. See the module docstring.
     """
     samples = synthesis.samples.astype(np.float64)
     sr = synthesis.sample_rate
@@ -324,14 +340,14 @@ def reference_word_timings(text: str, synthesis: Synthesis, offset_samples: int 
     event_start = {}
     for event in synthesis.words:
         event_start.setdefault(event.char_start, event.start_sample)
-    starts = []
+    events = []
     for (char_start, _), word in zip(word_char_spans(text), words):
         if char_start not in event_start:
             raise ValueError(f"espeak-ng gave no WORD event for word {word!r} at character {char_start} of {text!r}")
-        starts.append(event_start[char_start])
-    if any(b <= a for a, b in zip(starts, starts[1:])):
-        raise ValueError(f"espeak-ng word starts do not strictly increase for {text!r}: {starts}")
-    if starts and starts[-1] >= len(samples):
+        events.append(event_start[char_start])
+    if any(b <= a for a, b in zip(events, events[1:])):
+        raise ValueError(f"espeak-ng word starts do not strictly increase for {text!r}: {events}")
+    if events and events[-1] >= len(samples):
         raise ValueError(f"espeak-ng's last word starts after its audio ends for {text!r}")
 
     whole = samples[: len(samples) // frame * frame].reshape(-1, frame)
@@ -339,21 +355,58 @@ def reference_word_timings(text: str, synthesis: Synthesis, offset_samples: int 
     threshold = peak * 10 ** (-SILENCE_DB_BELOW_PEAK / 20)
 
     timings = []
-    bounds = starts[1:] + [len(samples)]
-    for index, (word, start, bound) in enumerate(zip(words, starts, bounds)):
-        stretch = samples[start:bound]
+    for index, (word, event, bound) in enumerate(zip(words, events, events[1:] + [len(samples)])):
+        stretch = samples[event:bound]
         padded = np.zeros(-(-len(stretch) // frame) * frame)
         padded[: len(stretch)] = stretch
-        rms = np.sqrt((padded.reshape(-1, frame) ** 2).mean(axis=1))
-        active = np.flatnonzero(rms > threshold)
-        end = min(bound, start + (int(active[-1]) + 1) * frame) if len(active) else bound
+        active = np.flatnonzero(np.sqrt((padded.reshape(-1, frame) ** 2).mean(axis=1)) > threshold)
+        # nothing audible between this event and the next: the word keeps espeak's whole span
+        end = min(bound, event + (int(active[-1]) + 1) * frame) if len(active) else bound
         timings.append(WordTiming(
             word=word,
             word_index=index,
-            start=round((start + offset_samples) / sr, 6),
+            start=round((event + offset_samples) / sr, 6),
             end=round((end + offset_samples) / sr, 6),
         ))
     return timings
+
+
+def _synthesize_scripts(scripts: list[DemoUtterance]) -> list[Synthesis]:
+    # tasks/espeak.py has no seed parameter (yet): reseed through its library handle, under its lock so
+    # that nothing else speaks between the reseed and the synthesis
+    lib = espeak._library()
+    lib.espeak_ng_SetRandSeed.argtypes = [ctypes.c_long]
+    out = []
+    for u in scripts:
+        with espeak._lock:
+            lib.espeak_ng_SetRandSeed(u.noise_seed)
+            out.append(synthesize(u.text, u.voice, u.rate, u.pitch, u.pitch_range))
+    return out
+
+
+def _synthesize_scripts_stdio() -> None:
+    scripts = pickle.load(sys.stdin.buffer)
+    pickle.dump(_synthesize_scripts(scripts), sys.stdout.buffer, protocol=pickle.HIGHEST_PROTOCOL)
+
+
+def synthesize_in_fresh_process(scripts: list[DemoUtterance]) -> list[Synthesis]:
+    """espeak-ng audio for `scripts`, made in a new process so that it depends on the scripts alone.
+
+    libespeak-ng carries state from one synthesis to the next: its noise generator is seeded from the
+    clock at initialisation (reseeded here per utterance with `noise_seed`), and the pitch-flutter phase
+    is a function-static in wavegen.c's AdvanceParameters that nothing resets. So the same call gives
+    different samples depending on what the process spoke before; a fresh process always starts from
+    the same state.
+    """
+    # a plain subprocess rather than multiprocessing: fork would copy this process's espeak state, and
+    # daemonic processes (Dask workers) may not start multiprocessing children
+    child = subprocess.run(
+        [sys.executable, "-c", "from jstip.tasks.synth import _synthesize_scripts_stdio as m; m()"],
+        input=pickle.dumps(scripts, protocol=pickle.HIGHEST_PROTOCOL), capture_output=True,
+    )
+    if child.returncode != 0:
+        raise RuntimeError(f"espeak-ng synthesis process failed ({child.returncode}): {child.stderr.decode()[-2000:]}")
+    return pickle.loads(child.stdout)
 
 
 @dataclass(frozen=True)
@@ -401,8 +454,7 @@ def synthesize_corpus(out_dir: Path, utterances: int = 50, seed: int = 0, text_s
 
     scripts = demo_utterances(utterances, seed)
     recordings, supervisions, cuts, nemo_lines, timing_lines = [], [], [], [], []
-    for utt in scripts:
-        synthesis = synthesize(utt.text, utt.voice, utt.rate, utt.pitch, utt.pitch_range)
+    for utt, synthesis in zip(scripts, synthesize_in_fresh_process(scripts)):
         sr = synthesis.sample_rate
         lead, trail = round(utt.lead_silence_s * sr), round(utt.trail_silence_s * sr)
         timings = reference_word_timings(utt.text, synthesis, offset_samples=lead)

@@ -1,0 +1,126 @@
+"""The build-interleaved flow end to end, on real Prefect, real synthetic speech and bad input mixed in."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import duckdb
+import pytest
+import soundfile as sf
+from typer.testing import CliRunner
+
+from jstip.tasks.synth import synthesize_corpus
+from jstip.tasks.text import split_words
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def prefect_server():
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    """5 synthetic utterances plus 4 bad entries: malformed JSON, missing audio, empty text, unreadable audio."""
+    root = tmp_path_factory.mktemp("corpus")
+    synth = synthesize_corpus(root / "synth", utterances=5, seed=3)
+    good = [json.loads(line) for line in synth.nemo_manifest.read_text().splitlines()]
+    (root / "junk.wav").write_bytes(b"RIFF\x00\x00\x00\x00WAVEjunk")
+    lines = [json.dumps(g) for g in good[:3]]
+    lines.append('{"audio_filepath": "broken.wav", "text": ')  # line 4
+    lines.append(json.dumps({"audio_filepath": str(root / "nope.wav"), "text": "hello", "id": "missing"}))
+    lines.append(json.dumps({"audio_filepath": good[0]["audio_filepath"], "text": "  ", "id": "empty"}))
+    lines.append(json.dumps({"audio_filepath": str(root / "junk.wav"), "text": "hello world", "id": "junk"}))
+    lines += [json.dumps(g) for g in good[3:]]
+    manifest = root / "manifest.jsonl"
+    manifest.write_text("\n".join(lines) + "\n")
+    return {"manifest": manifest, "good": good, "text_corpus": synth.out_dir / "text_corpus.tsv"}
+
+
+def _work_keys(store: Path, stage: str) -> set[str]:
+    return {p.name for p in (store / "work" / stage).iterdir() if not p.name.startswith(".")}
+
+
+def test_build_publishes_with_exact_accounting_then_rebuilds_with_lineage(prefect_server, corpus, tmp_path):
+    from jstip.flows.build_interleaved import build_interleaved
+
+    store = tmp_path / "data"
+    published = build_interleaved(manifest=str(corpus["manifest"]), store=str(store),
+                                  text_corpus=str(corpus["text_corpus"]), shard_size=2)
+
+    assert (published.ingested, published.accepted, published.quarantined) == (9, 5, 4)
+    good_ids = sorted(g["id"] for g in corpus["good"])
+    with duckdb.connect(str(store / "catalog.duckdb"), read_only=True) as con:
+        assert [r[0] for r in con.execute("SELECT utterance_id FROM utterances ORDER BY 1").fetchall()] == good_ids
+        quarantine = con.execute("SELECT stage, \"check\", source FROM quarantine ORDER BY stage, \"check\"").fetchall()
+        manifest = str(corpus["manifest"])
+        assert quarantine == [
+            ("ingest", "audio_not_found", f"{manifest}:5"),
+            ("ingest", "empty_text", f"{manifest}:6"),
+            ("ingest", "malformed_json", f"{manifest}:4"),
+            ("normalize", "audio_unreadable", f"{manifest}:7"),
+        ]
+        # every transcript word has exactly one alignment, in order and inside the audio
+        words = dict(con.execute("SELECT utterance_id, count(*) FROM word_alignments GROUP BY 1").fetchall())
+        assert words == {g["id"]: len(split_words(g["text"])) for g in corpus["good"]}
+        assert con.execute("""
+            SELECT count(*) FROM word_alignments w JOIN normalized_audio a USING (utterance_id)
+            WHERE w.start < 0 OR w."end" <= w.start OR w."end" > a.duration + 1e-6""").fetchone() == (0,)
+        # F1 plans: every word in exactly one speech or text span; transcripts repeat speech spans
+        assert con.execute("""
+            SELECT count(*) FROM (
+              SELECT utterance_id, sum(num_words) AS n FROM spans WHERE role <> 'transcript' GROUP BY 1
+            ) s JOIN (SELECT utterance_id, count(*) AS n FROM word_alignments GROUP BY 1) w USING (utterance_id)
+            WHERE s.n = w.n""").fetchone() == (5,)
+        assert con.execute("SELECT count(*) FROM spans WHERE role = 'speech'").fetchone() == \
+            con.execute("SELECT count(*) FROM spans WHERE role = 'transcript'").fetchone()
+        assert con.execute("SELECT count(*) FROM text_corpus").fetchone()[0] > 0
+        [(version_id, parent, counts)] = con.execute(
+            "SELECT version_id, parent_version, row_counts_json FROM dataset_versions").fetchall()
+    assert version_id == published.version_id and parent is None
+    assert json.loads(counts)["utterances"] == 5
+    assert published.row_counts["word_alignments"] == sum(len(split_words(g["text"])) for g in corpus["good"])
+
+    # the same inputs and config: the same version, no new stage work
+    normalize_keys, align_keys = _work_keys(store, "normalize"), _work_keys(store, "align")
+    again = build_interleaved(manifest=str(corpus["manifest"]), store=str(store),
+                              text_corpus=str(corpus["text_corpus"]), shard_size=2)
+    assert again.version_id == published.version_id
+
+    # a changed plan config: a new version whose parent is the first; audio and alignments are reused
+    config = tmp_path / "f2.yaml"
+    config.write_text("plan:\n  format: F2\n")
+    changed = build_interleaved(manifest=str(corpus["manifest"]), store=str(store), config_path=str(config),
+                                text_corpus=str(corpus["text_corpus"]), shard_size=2)
+    assert changed.version_id != published.version_id
+    assert changed.parent_version == published.version_id
+    assert _work_keys(store, "normalize") == normalize_keys and _work_keys(store, "align") == align_keys
+    with duckdb.connect(str(store / "catalog.duckdb"), read_only=True) as con:
+        assert con.execute("SELECT count(*) FROM spans WHERE role = 'transcript'").fetchone() == (0,)
+        assert con.execute(f"SELECT count(*) FROM v_{published.version_id}.spans WHERE role = 'transcript'"
+                           ).fetchone()[0] > 0
+        assert con.execute("SELECT count(*) FROM dataset_versions").fetchone() == (2,)
+
+    # the CLI reads the same catalog
+    from jstip.cli import app
+
+    runner = CliRunner(env={"COLUMNS": "160"})
+    listing = runner.invoke(app, ["catalog", "list", "--store", str(store)])
+    assert listing.exit_code == 0 and published.version_id in listing.output and changed.version_id in listing.output
+    shown = runner.invoke(app, ["catalog", "show", changed.version_id[:6], "--store", str(store)])
+    assert shown.exit_code == 0 and f"parent:  {published.version_id}" in shown.output
+    assert sf.info(next((store / "audio").rglob("*.flac"))).samplerate == 16000
+
+
+def test_a_missing_manifest_fails_with_its_path(prefect_server, tmp_path):
+    from jstip.flows.build_interleaved import build_interleaved
+    from jstip.tasks.ingest import ManifestError
+
+    with pytest.raises(ManifestError, match="nope.jsonl"):
+        build_interleaved(manifest=str(tmp_path / "nope.jsonl"), store=str(tmp_path / "data"))
+    assert not (tmp_path / "data" / "catalog.duckdb").exists()
