@@ -13,7 +13,7 @@ from jstip.runtime import apply_offline_defaults
 
 apply_offline_defaults()
 
-from prefect import flow, task, unmapped  # noqa: E402
+from prefect import flow, get_run_logger, task, unmapped  # noqa: E402
 from prefect.cache_policies import NONE  # noqa: E402
 from prefect.task_runners import ThreadPoolTaskRunner  # noqa: E402
 
@@ -27,34 +27,45 @@ _TASK_OPTIONS = dict(cache_policy=NONE, persist_result=False)
 
 @task(name="ingest", **_TASK_OPTIONS)
 def ingest(manifest: str, text_corpus: str | None, store: str, config: BuildConfig) -> stages.Ingested:
-    return stages.ingest(manifest, text_corpus, store, config)
+    ingested = stages.ingest(manifest, text_corpus, store, config)
+    get_run_logger().info("ingested %s (%s): %d entries in %d shards of <= %d", manifest, ingested.format,
+                          ingested.num_entries, len(ingested.shards), config.shard_size)
+    return ingested
+
+
+def _logged(output: stages.StageOutput) -> stages.StageOutput:
+    get_run_logger().info(output.summary())
+    return output
 
 
 @task(name="normalize", task_run_name="normalize-{shard.shard_id}", **_TASK_OPTIONS)
 def normalize(shard: stages.Shard, store: str, config: BuildConfig) -> stages.StageOutput:
-    return stages.normalize(shard, store, config)
+    return _logged(stages.normalize(shard, store, config))
 
 
 @task(name="align", task_run_name="align-{shard.shard_id}", **_TASK_OPTIONS)
 def align(shard: stages.Shard, normalized: stages.StageOutput, store: str, config: BuildConfig) -> stages.StageOutput:
-    return stages.align(shard, normalized, store, config)
+    return _logged(stages.align(shard, normalized, store, config))
 
 
 @task(name="check", task_run_name="check-{shard.shard_id}", **_TASK_OPTIONS)
 def check(shard: stages.Shard, normalized: stages.StageOutput, aligned: stages.StageOutput, store: str,
           config: BuildConfig) -> stages.StageOutput:
-    return stages.check(shard, normalized, aligned, store, config)
+    return _logged(stages.check(shard, normalized, aligned, store, config))
 
 
 @task(name="plan", task_run_name="plan-{shard.shard_id}", **_TASK_OPTIONS)
 def plan(shard: stages.Shard, checked: stages.StageOutput, store: str, config: BuildConfig) -> stages.StageOutput:
-    return stages.plan(shard, checked, store, config)
+    return _logged(stages.plan(shard, checked, store, config))
 
 
 @task(name="publish", **_TASK_OPTIONS)
 def publish(ingested: stages.Ingested, checked: list[stages.StageOutput], planned: list[stages.StageOutput],
             store: str, config: BuildConfig) -> stages.Published:
-    return stages.publish(ingested, checked, planned, store, config)
+    published = stages.publish(ingested, checked, planned, store, config)
+    get_run_logger().info("published %s/%s: %d accepted + %d quarantined = %d ingested", published.name,
+                          published.version_id, published.accepted, published.quarantined, published.ingested)
+    return published
 
 
 @flow(name="build-interleaved", task_runner=ThreadPoolTaskRunner(max_workers=2), log_prints=True)

@@ -25,9 +25,9 @@ console = Console()
 StoreOption = Annotated[Path, typer.Option("--store", help="Root of the versioned dataset store.")]
 
 SPAN_STATISTICS_SQL = """
-SELECT role, count(*) AS spans, round(avg(num_words), 2) AS mean_words,
+SELECT modality, role, count(*) AS spans, round(avg(num_words), 2) AS mean_words,
        round(avg(audio_end - audio_start), 3) AS mean_seconds
-FROM spans GROUP BY role ORDER BY role
+FROM spans GROUP BY modality, role ORDER BY modality, role
 """
 
 
@@ -83,8 +83,10 @@ def _report(published, store: Path) -> None:
         rel = con.execute(SPAN_STATISTICS_SQL)
         _print_relation([d[0] for d in rel.description], rel.fetchall(), title="span statistics (DuckDB over `spans`)")
     console.print(f"dataset files: {published.path}")
-    console.print(f"catalog:       {DatasetStore(store).catalog_path}   (try: jstip query --store {store} "
-                  f"\"SELECT * FROM quarantine\")")
+    console.print(f"catalog:       {DatasetStore(store).catalog_path}")
+    console.print(f"try:           jstip catalog list --store {store}")
+    console.print(f"               jstip query --store {store} "
+                  "'SELECT stage, check_name, count(*) AS n FROM quarantine GROUP BY ALL'")
 
 
 @app.command()

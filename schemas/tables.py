@@ -85,7 +85,7 @@ WORD_ALIGNMENTS = _schema("word_alignments", [
 QUARANTINE = _schema("quarantine", [
     _req("utterance_id", pa.string()),
     _req("stage", pa.string()),  # ingest | normalize | align | check | plan
-    _req("check", pa.string()),  # machine-readable name, e.g. "duration_max"
+    _req("check_name", pa.string()),  # machine-readable name, e.g. "duration_max"
     _opt("value", pa.string()),  # the measured value, as text (checks measure different types)
     _opt("threshold", pa.string()),
     _req("reason", pa.string()),  # a sentence for humans, naming the input and the problem

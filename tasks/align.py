@@ -2,27 +2,34 @@
 
 Entry point: `align_shard(utterances, audio, config)`. For every utterance it reads the normalised FLAC,
 asks the configured `WordAligner` for one time span per transcript word (`split_words`), checks the
-result (every word, in order, inside the audio) and writes WORD_ALIGNMENTS rows, or one QUARANTINE row
-saying why not. Nothing is dropped silently: every utterance gets a row in `status`; an utterance is
-either aligned with all its words or quarantined (or skipped because normalisation already quarantined it
-and there is no audio).
+result and writes WORD_ALIGNMENTS rows, or one QUARANTINE row (stage "align") saying why not. Nothing is
+dropped silently: every utterance gets a row in `status`, and is either aligned with all its words or
+quarantined (or "skipped" when normalize already quarantined it and there is no audio).
 
-pocketsphinx traps handled here (measured with pocketsphinx 5.1.1 on this stack):
+Checks, for any aligner: every word comes back, in order, with start < end inside the audio; the audio
+holds speech at all (`no_speech`); no stretch of speech is left outside the words (`untranscribed_speech`)
+and the words do not lie on silence (`words_in_silence`). A forced aligner finds *some* path through
+nearly anything, so these energy checks are what turns silence or another utterance's transcript into a
+quarantine row; a transcript wrong in a word or two is not caught (see the word `score`).
+
+pocketsphinx traps handled here (pocketsphinx 5.1.1, measured on synthesized speech):
 - its lattice "bestpath" pass may end on any word that exits in the last frame, so with the default
   `bestpath=yes` forced alignment silently drops words (often several at the end); we decode with
   `bestpath=no`, where the backtrace must end in the grammar's final state or fail loudly;
-- with the default `topn=4` Gaussians per frame many utterances fail with "Final result does not match
-  the grammar"; `topn` from the config (default 32) fixes almost all of them, and failures are retried
-  with the settings in `config.retries`;
+- with its default beams (1e-48) and `topn=4`, 32 of 144 sentences failed with "Final result does not
+  match the grammar"; the config's wider beams and topn (1e-120, 16) fail none of them, and a failed pass
+  is retried with the settings in `config.retries`;
 - an out-of-vocabulary word makes the grammar invalid: every OOV gets a G2P pronunciation (`g2p.arpabet`);
 - calling `hyp()` after a phone-level `set_alignment()` pass segfaults; this module does no phone-level pass.
+Frames are converted with the decoder's own `frate`: start = start_frame / frate, end = (end_frame + 1) /
+frate, both clipped to the audio's duration.
 """
 
 from __future__ import annotations
 
 import logging
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from itertools import product
 from typing import ClassVar, Protocol
 
@@ -30,10 +37,11 @@ import numpy as np
 import pyarrow as pa
 import soundfile as sf
 from num2words import num2words
+from pocketsphinx import Decoder
 
 from jstip.config import AlignConfig, AlignRetry
 from jstip.schemas import from_rows
-from jstip.schemas.validate import conform
+from jstip.schemas.validate import conform, schema_for
 from jstip.tasks.g2p import arpabet
 from jstip.tasks.text import split_words
 
@@ -46,7 +54,7 @@ ALIGN_STATUS = pa.schema([
     pa.field("utterance_id", pa.string(), nullable=False),
     pa.field("status", pa.string(), nullable=False),  # aligned | failed | skipped
     pa.field("attempts", pa.int32(), nullable=False),  # decoder passes used (0: never decoded)
-    pa.field("check", pa.string()),  # the quarantine check, for failed ones
+    pa.field("check_name", pa.string()),  # the quarantine check, for failed ones
     pa.field("reason", pa.string()),
 ])
 
@@ -54,11 +62,14 @@ ALIGN_STATUS = pa.schema([
 class AlignmentFailed(Exception):
     """An utterance could not be aligned; `check` is the machine-readable quarantine check name."""
 
-    def __init__(self, check: str, reason: str, attempts: int = 0):
+    def __init__(self, check: str, reason: str, attempts: int = 0, value: str | None = None,
+                 threshold: str | None = None):
         super().__init__(reason)
         self.check = check
         self.reason = reason
         self.attempts = attempts
+        self.value = value
+        self.threshold = threshold
 
 
 @dataclass(frozen=True)
@@ -120,7 +131,8 @@ def _spoken_numbers(piece: str) -> list[tuple[str, ...]]:
         readings.append(num2words(n))
         if len(piece) == 4 and 1100 <= n <= 2099 and n % 100:  # a year: "twenty nineteen"
             readings.append(num2words(n, to="year"))
-        if piece.startswith("0") and len(piece) > 1:  # "007", a code read digit by digit
+        if piece.isdigit() and (piece.startswith("0") and len(piece) > 1 or len(piece) >= 5):
+            # a code read digit by digit: "007", a phone number, a zip code
             readings.append(" ".join(num2words(int(d)) for d in piece))
     else:  # decimals ("3.5" -> three point five), or digit groups that are not thousands ("1.2.3")
         parts = re.split(r"([.,])", piece)
@@ -170,12 +182,13 @@ def spoken_forms(token: str) -> list[tuple[str, ...]]:
 # pocketsphinx
 
 
-_FILLERS = frozenset({"<s>", "</s>", "<sil>", "[NOISE]", "[BREATH]", "[COUGH]", "[UH]", "[UM]", "[SMACK]"})
+# Fillers (the model's noisedict: <s> </s> <sil> [NOISE] [SPEECH]) the grammar lets in between words.
+_FILLER = re.compile(r"^(<.*>|\[.*\])$")
 _ALT_PRON = re.compile(r"\(\d+\)$")
-# pocketsphinx stores path scores right-shifted by SENSCR_SHIFT bits of its log base (sphinxbase's
-# hmm.h); shifting back gives logmath units, which log_to_ln turns into natural-log units.
+# pocketsphinx path scores are integers in its log base (1.0001) right-shifted by SENSCR_SHIFT = 10 bits
+# (src/hmm.h); the Python binding hands them back exponentiated (Segment.ascore = base ** ascr).
 _SENSCR_SHIFT = 10
-
+_SCORE_FLOOR = -100.0  # nats per frame, for a score that underflowed to 0.0 in the binding
 
 def _retry_settings(config: AlignConfig) -> list[AlignRetry]:
     first = AlignRetry(beam=config.beam, wbeam=config.wbeam, pbeam=config.pbeam, topn=config.topn,
@@ -200,11 +213,14 @@ class PocketsphinxAligner:
         self._decoders: dict[int, object] = {}  # one per retry setting, made when first needed
         self._pronunciations: dict[str, str] = {}  # words added to the dictionaries (shared by all)
 
+    @property
+    def g2p_pronunciations(self) -> dict[str, str]:
+        """Words this aligner took from G2P (not in CMUdict), with their ARPAbet phones."""
+        return dict(self._pronunciations)
+
     def _decoder(self, attempt: int):
         decoder = self._decoders.get(attempt)
         if decoder is None:
-            from pocketsphinx import Decoder
-
             s = self.settings[attempt]
             decoder = Decoder(samprate=SAMPLE_RATE, lm=None, bestpath=False, beam=s.beam, wbeam=s.wbeam,
                               pbeam=s.pbeam, topn=s.topn, frate=s.frate, loglevel="FATAL")
@@ -219,7 +235,10 @@ class PocketsphinxAligner:
         for word in sorted(words):
             if word in self._pronunciations or reference.lookup_word(word) is not None:
                 continue
-            phones = arpabet(word)
+            try:
+                phones = arpabet(word)
+            except RuntimeError as e:  # EspeakError
+                raise AlignmentFailed("no_pronunciation", f"G2P for {word!r} failed: {e}") from None
             if not phones:
                 raise AlignmentFailed("no_pronunciation", f"no pronunciation for {word!r}: not in CMUdict and "
                                       "espeak-ng G2P gave no phones")
@@ -240,19 +259,24 @@ class PocketsphinxAligner:
         self._ensure_words({w for alternatives in forms for form in alternatives for w in form})
         pcm = np.ascontiguousarray(samples, dtype=np.int16).tobytes()
         duration = len(samples) / sampling_rate
-        failures: list[str] = []
-        for attempt in range(len(self.settings)):
+        failures: dict[str, list[str]] = {}  # reason -> settings of the passes that failed with it
+        checks: set[str] = set()
+        for attempt, settings in enumerate(self.settings):
             try:
                 words = self._decode(attempt, forms, pcm, duration)
             except AlignmentFailed as e:
-                failures.append(f"attempt {attempt + 1} ({self.settings[attempt].describe()}): {e.reason}")
+                failures.setdefault(e.reason, []).append(settings.describe())
+                checks.add(e.check)
                 continue
             if attempt:
-                log.info("aligned on attempt %d after: %s", attempt + 1, "; ".join(failures))
+                log.info("aligned on pass %d of %d", attempt + 1, len(self.settings))
             return UtteranceAlignment(words, attempts=attempt + 1)
-        raise AlignmentFailed("align_failed", "; ".join(failures), attempts=len(self.settings))
+        raise AlignmentFailed(checks.pop() if len(checks) == 1 else "align_failed", "; ".join(
+            f"{reason} (decoder pass{'es' if len(passes) > 1 else ''}: {' | '.join(passes)})"
+            for reason, passes in failures.items()), attempts=len(self.settings))
 
-    def _decode(self, attempt: int, forms: list[list[tuple[str, ...]]], pcm: bytes, duration: float) -> list[WordTiming]:
+    def _decode(self, attempt: int, forms: list[list[tuple[str, ...]]], pcm: bytes,
+                duration: float) -> list[WordTiming]:
         decoder = self._decoder(attempt)
         # A linear grammar, one branch per spoken form of each token ("250": with and without "and"),
         # instead of set_align_text's single word sequence.
@@ -286,7 +310,7 @@ class PocketsphinxAligner:
                                   "audio (pocketsphinx: final result does not match the grammar)")
         frate = int(decoder.config["frate"])
         logmath = decoder.get_logmath()
-        spoken = [(_ALT_PRON.sub("", w), sf_, ef, asc) for w, sf_, ef, asc in segments if w not in _FILLERS]
+        spoken = [(_ALT_PRON.sub("", w), sf_, ef, asc) for w, sf_, ef, asc in segments if not _FILLER.match(w)]
         spans = _match_forms(forms, [w for w, *_ in spoken])
         if spans is None:
             raise AlignmentFailed("words_missing", f"decoded words {[w for w, *_ in spoken]} do not cover the "
@@ -295,12 +319,18 @@ class PocketsphinxAligner:
         for index, (first, last) in enumerate(spans):
             sf_, ef = spoken[first][1], spoken[last][2]
             frames = sum(e - s + 1 for _, s, e, _ in spoken[first:last + 1])
-            ascore = sum(a for *_, a in spoken[first:last + 1])
-            score = logmath.log_to_ln(ascore * (1 << _SENSCR_SHIFT)) / max(frames, 1)
+            score = sum(_nats(logmath, a) for *_, a in spoken[first:last + 1]) / max(frames, 1)
             start = min(sf_ / frate, duration)
             end = min((ef + 1) / frate, duration)
-            timings.append(WordTiming(index, start, end, float(score)))
+            timings.append(WordTiming(index, start, end, max(float(score), _SCORE_FLOOR)))
         return timings
+
+
+def _nats(logmath, ascore: float) -> float:
+    """A segment's acoustic score (as the binding returns it) in natural-log units."""
+    if ascore <= 0.0:
+        return float("-inf")
+    return logmath.log_to_ln(logmath.log(ascore)) * (1 << _SENSCR_SHIFT)
 
 
 def _match_forms(forms: list[list[tuple[str, ...]]], decoded: list[str]) -> list[tuple[int, int]] | None:
@@ -339,33 +369,107 @@ def make_aligner(config: AlignConfig) -> WordAligner:
 # The shard
 
 
-def _check_timings(words: list[WordTiming], n_words: int, duration: float) -> None:
+_HOP_S, _WINDOW_S = 0.010, 0.025
+
+
+def speech_frames(samples: np.ndarray, rate: int, config: AlignConfig) -> np.ndarray:
+    """Which 10 ms frames hold speech-level energy; raises AlignmentFailed("no_speech") when none can.
+
+    Frame k covers samples [k*hop, k*hop + 25 ms). The threshold is relative to the utterance's own levels
+    (see AlignConfig), so it needs no calibration per corpus, only speech louder than its background.
+    """
+    hop, window = int(round(_HOP_S * rate)), int(round(_WINDOW_S * rate))
+    x = samples.astype(np.float32) / 32768.0
+    if len(x) < window:
+        x = np.pad(x, (0, window - len(x)))
+    frames = np.lib.stride_tricks.sliding_window_view(x, window)[::hop]
+    energy_db = 10.0 * np.log10(np.mean(frames.astype(np.float64) ** 2, axis=1) + 1e-12)
+    floor, loud = np.percentile(energy_db, [10, 95])
+    if loud < config.min_speech_level_dbfs or loud - floor < config.min_speech_range_db:
+        raise AlignmentFailed(
+            "no_speech", f"audio holds no speech: loud level {loud:.1f} dBFS (minimum "
+            f"{config.min_speech_level_dbfs:g}), {loud - floor:.1f} dB above its floor (minimum "
+            f"{config.min_speech_range_db:g})", value=f"{loud:.1f} dBFS / {loud - floor:.1f} dB",
+            threshold=f"{config.min_speech_level_dbfs:g} dBFS / {config.min_speech_range_db:g} dB")
+    return energy_db > floor + 0.3 * (loud - floor)
+
+
+def check_timings(words: list[WordTiming], n_words: int, duration: float) -> None:
     """Whatever the aligner, the result must be every word, in order, inside the audio."""
     if [w.word_index for w in words] != list(range(n_words)):
         got = sorted({w.word_index for w in words})
-        raise AlignmentFailed("words_missing", f"aligner returned word indices {got}, expected 0..{n_words - 1}")
+        raise AlignmentFailed("words_missing", f"aligner returned {len(words)} word(s) with indices {got[:10]}"
+                              f"{'...' if len(got) > 10 else ''}; expected 0..{n_words - 1}",
+                              value=str(len(got)), threshold=str(n_words))
     starts = np.array([w.start for w in words])
     ends = np.array([w.end for w in words])
-    if not (np.all(starts < ends) and np.all(np.diff(starts) >= 0) and starts[0] >= 0 and ends[-1] <= duration + 1e-9):
+    if not (np.all(starts < ends) and np.all(np.diff(starts) >= 0) and starts[0] >= 0
+            and ends[-1] <= duration + 1e-9):
         raise AlignmentFailed("align_invalid", "word spans are empty, out of order or outside the audio "
                               f"({duration:.3f} s)")
 
 
+def check_against_speech(words: list[WordTiming], speech: np.ndarray, config: AlignConfig) -> None:
+    """Catch what a forced aligner cannot: speech left outside every word, or words laid over silence."""
+    centres = (np.arange(len(speech)) * _HOP_S) + _WINDOW_S / 2
+    in_word = np.zeros(len(speech), dtype=bool)
+    starts = np.searchsorted(centres, [w.start for w in words])
+    ends = np.searchsorted(centres, [w.end for w in words])
+    for a, b in zip(starts, ends):
+        in_word[a:b] = True
+    untranscribed = int(np.count_nonzero(speech & ~in_word))
+    seconds, fraction = untranscribed * _HOP_S, untranscribed / max(int(np.count_nonzero(speech)), 1)
+    if seconds > config.max_untranscribed_speech_s and fraction > config.max_untranscribed_speech_fraction:
+        raise AlignmentFailed(
+            "untranscribed_speech", f"{seconds:.2f} s ({fraction:.0%}) of the speech lies outside every aligned "
+            "word: the transcript is missing words or belongs to other audio",
+            value=f"{seconds:.2f} s / {fraction:.2f}",
+            threshold=f"{config.max_untranscribed_speech_s:g} s / {config.max_untranscribed_speech_fraction:g}")
+    silent = np.count_nonzero(in_word & ~speech) / max(int(np.count_nonzero(in_word)), 1)
+    if silent > config.max_silent_word_fraction:
+        raise AlignmentFailed(
+            "words_in_silence", f"{silent:.0%} of the aligned words' frames are silence: the transcript does "
+            "not match the audio", value=f"{silent:.2f}", threshold=f"{config.max_silent_word_fraction:g}")
+
+
 def _read_audio(row: dict) -> tuple[np.ndarray, int]:
-    samples, rate = sf.read(row["flac_path"], dtype="int16", always_2d=True)
+    try:
+        samples, rate = sf.read(row["flac_path"], dtype="int16", always_2d=True)
+    except (sf.LibsndfileError, OSError, RuntimeError) as e:
+        raise AlignmentFailed("audio_unreadable", f"cannot read {row['flac_path']}: {e}") from None
     if samples.shape[1] != 1:
         raise AlignmentFailed("audio_unreadable", f"{row['flac_path']}: {samples.shape[1]} channels; normalised "
                               "audio is mono")
+    if len(samples) == 0:
+        raise AlignmentFailed("no_speech", f"{row['flac_path']}: audio is empty")
     return samples[:, 0], rate
+
+
+def align_utterance(aligner: WordAligner, text: str, samples: np.ndarray, rate: int,
+                    config: AlignConfig) -> UtteranceAlignment:
+    """One utterance through the aligner and every check; raises AlignmentFailed with the first problem."""
+    n_words = len(split_words(text))
+    if n_words == 0:
+        raise AlignmentFailed("no_words", "transcript has no words to align")
+    speech = speech_frames(samples, rate, config)
+    result = aligner.align(text, samples, rate)
+    try:
+        check_timings(result.words, n_words, len(samples) / rate)
+        check_against_speech(result.words, speech, config)
+    except AlignmentFailed as e:
+        e.attempts = result.attempts
+        raise
+    return result
 
 
 def align_shard(utterances: pa.Table, audio: pa.Table, config: AlignConfig,
                 aligner: WordAligner | None = None) -> AlignResult:
     """Align every utterance of the shard that has normalised audio.
 
-    `utterances` needs utterance_id and text (source is used in reasons when present); `audio` is the
+    `utterances` needs utterance_id and text (source is quoted in reasons when present); `audio` is the
     normalized_audio table. Utterances without an audio row were quarantined by normalize: they get a
-    "skipped" status here and no second quarantine row.
+    "skipped" status here and no second quarantine row. `aligner` defaults to `make_aligner(config)`,
+    made once for the shard.
     """
     ids = utterances.column("utterance_id").to_pylist()
     if len(set(ids)) != len(ids):
@@ -374,52 +478,46 @@ def align_shard(utterances: pa.Table, audio: pa.Table, config: AlignConfig,
     texts = utterances.column("text").to_pylist()
     sources = (utterances.column("source").to_pylist() if "source" in utterances.column_names
                else [None] * len(ids))
-    audio_by_id = {row["utterance_id"]: row for row in audio.to_pylist()}
+    audio_by_id = {row["utterance_id"]: row for row in audio.select(["utterance_id", "flac_path"]).to_pylist()}
     aligner = aligner or make_aligner(config)
 
     words: dict[str, list] = {name: [] for name in ("utterance_id", "word_index", "word", "start", "end", "score")}
     quarantine: list[dict] = []
     status: list[dict] = []
     for utt_id, text, source in zip(ids, texts, sources):
-        where = f"{source}: utterance {utt_id}" if source else f"utterance {utt_id}"
+        text = text or ""
         row = audio_by_id.get(utt_id)
         if row is None:
-            status.append(dict(utterance_id=utt_id, status="skipped", attempts=0, check=None,
+            status.append(dict(utterance_id=utt_id, status="skipped", attempts=0, check_name=None,
                                reason="no normalised audio (quarantined by normalize)"))
             continue
-        tokens = split_words(text or "")
-        attempts = 0
         try:
-            if not tokens:
-                raise AlignmentFailed("no_words", "transcript has no words to align")
+            samples, rate = _read_audio(row)
             try:
-                samples, rate = _read_audio(row)
-            except (sf.LibsndfileError, OSError, RuntimeError) as e:
-                raise AlignmentFailed("audio_unreadable", f"cannot read {row['flac_path']}: {e}") from None
-            duration = len(samples) / rate
-            if len(samples) == 0:
-                raise AlignmentFailed("align_failed", "audio is empty")
-            result = aligner.align(text, samples, rate)
-            attempts = result.attempts
-            _check_timings(result.words, len(tokens), duration)
+                result = align_utterance(aligner, text, samples, rate, config)
+            except (RuntimeError, ValueError, OSError) as e:  # an aligner bug must not sink the shard
+                log.exception("utterance %s: %s raised", utt_id, aligner.name)
+                raise AlignmentFailed("aligner_error", f"{type(e).__name__}: {e}") from None
         except AlignmentFailed as e:
-            attempts = e.attempts or attempts
+            where = f"{source}: utterance {utt_id}" if source else f"utterance {utt_id}"
             reason = f"{where}: {aligner.name} alignment failed ({e.check}): {e.reason}"
             log.warning(reason)
-            quarantine.append(dict(utterance_id=utt_id, stage="align", check=e.check, value=None, threshold=None,
-                                   reason=reason, source=source))
-            status.append(dict(utterance_id=utt_id, status="failed", attempts=attempts, check=e.check, reason=reason))
+            quarantine.append(dict(utterance_id=utt_id, stage="align", check_name=e.check, value=e.value,
+                                   threshold=e.threshold, reason=reason, source=source))
+            status.append(dict(utterance_id=utt_id, status="failed", attempts=e.attempts, check_name=e.check,
+                               reason=reason))
             continue
-        for timing, token in zip(result.words, tokens):
+        for timing, token in zip(result.words, split_words(text)):
             words["utterance_id"].append(utt_id)
             words["word_index"].append(timing.word_index)
             words["word"].append(token)
             words["start"].append(timing.start)
             words["end"].append(timing.end)
             words["score"].append(timing.score)
-        status.append(dict(utterance_id=utt_id, status="aligned", attempts=attempts, check=None, reason=None))
+        status.append(dict(utterance_id=utt_id, status="aligned", attempts=result.attempts, check_name=None, reason=None))
 
-    n = len(words["utterance_id"])
-    word_alignments = conform("word_alignments", pa.table({**words, "aligner": [aligner.name] * n}))
-    return AlignResult(word_alignments, from_rows("quarantine", quarantine),
+    schema = schema_for("word_alignments")
+    columns = {name: pa.array(values, type=schema.field(name).type) for name, values in words.items()}
+    columns["aligner"] = pa.array([aligner.name] * len(words["utterance_id"]), type=pa.string())
+    return AlignResult(conform("word_alignments", pa.table(columns)), from_rows("quarantine", quarantine),
                        pa.Table.from_pylist(status, schema=ALIGN_STATUS))

@@ -48,7 +48,7 @@ def check_shard(utterances: pa.Table, audio: pa.Table, word_alignments: pa.Table
     def fail(mask: np.ndarray, check: str, values, threshold: str, reason: str) -> None:
         for k in np.flatnonzero(mask):
             value = values[k]
-            failures.append(dict(utterance_id=ids[k], stage="check", check=check, value=str(value),
+            failures.append(dict(utterance_id=ids[k], stage="check", check_name=check, value=str(value),
                                  threshold=threshold, source=sources[k],
                                  reason=f"{sources[k]}: utterance {ids[k]}: {reason.format(value=value)}"))
 

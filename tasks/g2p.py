@@ -27,8 +27,8 @@ VOWELS = frozenset({"AA", "AE", "AH", "AO", "AW", "AY", "EH", "ER", "EY", "IH", 
 _SYLLABIC = "\u0329"  # combining vertical line below: n̩ l̩ m̩ (button, bottle)
 _FLAP = "\u027e"  # ɾ
 
-# IPA (as espeak-ng writes it, length marks already removed) -> ARPAbet. Multi-character keys are matched
-# before their prefixes. r-coloured vowels keep a separate R (CMUdict writes "car" K AA R, "more" M AO R),
+# IPA (as espeak-ng writes it; length marks are skipped while reading) -> ARPAbet. Multi-character keys
+# are matched before their prefixes. r-coloured vowels keep a separate R (CMUdict writes "car" K AA R, "more" M AO R),
 # except ɜ/ɚ/ɝ which are ER on their own ("bird" B ER D) and swallow a following ɹ.
 _IPA_TO_ARPABET: dict[str, tuple[str, ...]] = {
     # diphthongs
@@ -99,8 +99,8 @@ def ipa_to_arpabet(ipa: str, word: str = "") -> list[str]:
         if mapped == ("T",) and ipa[i] == "ʔ" and not phones:
             i += size
             continue
-        if mapped == ("R",) and phones and phones[-1] == "ER":
-            i += size  # ɜːɹ / ɚɹ: the r-colour is already in ER
+        if mapped == ("R",) and phones and phones[-1] in ("ER", "R"):
+            i += size  # ɜːɹ / ɚɹ: the r-colour is already in ER; espeak doubles ɹ across letters ("MRI")
             continue
         phones.extend(mapped)
         i += size

@@ -148,7 +148,7 @@ class _Quarantine(_Rows):
     def reject(self, utterance_id: str, source: str, error: _Reject) -> None:
         reason = f"{source}: {error.problem}"
         logger.warning(reason)
-        self.append(utterance_id=error.row_id or utterance_id, stage=STAGE, check=error.check, value=error.value,
+        self.append(utterance_id=error.row_id or utterance_id, stage=STAGE, check_name=error.check, value=error.value,
                     reason=reason, source=source)
 
 

@@ -74,11 +74,11 @@ def normalize_shard(utterances: pa.Table, audio_dir: Path, config: NormalizeConf
         except (sf.LibsndfileError, OSError, RuntimeError, ValueError) as e:
             reason = f"{utt['source']}: cannot decode audio {path}: {e}"
             log.warning(reason)
-            quarantined.append(dict(utterance_id=utt_id, stage="normalize", check="audio_unreadable",
+            quarantined.append(dict(utterance_id=utt_id, stage="normalize", check_name="audio_unreadable",
                                     value=None, threshold=None, reason=reason, source=utt["source"]))
             continue
         if data.shape[0] == 0:
-            quarantined.append(dict(utterance_id=utt_id, stage="normalize", check="audio_empty", value="0",
+            quarantined.append(dict(utterance_id=utt_id, stage="normalize", check_name="audio_empty", value="0",
                                     threshold=None, reason=f"{utt['source']}: audio {path} holds no samples "
                                     f"in the utterance's time range", source=utt["source"]))
             continue

@@ -40,7 +40,7 @@ def _write_lines(path: Path, lines: list[str]) -> Path:
 
 def _quarantine(result) -> list[tuple[str, str, str]]:
     """(utterance_id, check, source) of each quarantine row."""
-    return [(r["utterance_id"], r["check"], r["source"]) for r in result.quarantine.to_pylist()]
+    return [(r["utterance_id"], r["check_name"], r["source"]) for r in result.quarantine.to_pylist()]
 
 
 def _assert_accounted(result) -> None:

@@ -51,7 +51,7 @@ def test_normalize_decodes_downmixes_resamples_and_deduplicates(tmp_path):
 
     quarantine = {r["utterance_id"]: r for r in result.quarantine.to_pylist()}
     assert sorted(quarantine) == ["broken", "gone"]
-    assert quarantine["gone"]["check"] == "audio_unreadable"
+    assert quarantine["gone"]["check_name"] == "audio_unreadable"
     assert "missing.wav" in quarantine["gone"]["reason"] and quarantine["gone"]["reason"].startswith("m.jsonl:gone")
 
 
@@ -73,7 +73,7 @@ def test_duration_bounds_trip_exactly_at_the_threshold():
         {u: 2 for u in ("short", "min", "max", "long")},
     )
     assert result.accepted_ids == ["min", "max"]
-    rows = sorted((r["utterance_id"], r["check"], r["value"], r["threshold"]) for r in result.quarantine.to_pylist())
+    rows = sorted((r["utterance_id"], r["check_name"], r["value"], r["threshold"]) for r in result.quarantine.to_pylist())
     assert rows == [("long", "duration_max", "30.001", "30.0"), ("short", "duration_min", "0.499", "0.5")]
 
 
@@ -85,5 +85,5 @@ def test_every_word_must_be_aligned_and_unaligned_utterances_are_left_to_their_s
     )
     assert result.accepted_ids == ["ok"]
     [row] = result.quarantine.to_pylist()
-    assert (row["utterance_id"], row["check"], row["value"]) == ("partial", "words_aligned", "2/3")
+    assert (row["utterance_id"], row["check_name"], row["value"]) == ("partial", "words_aligned", "2/3")
     assert "2/3 of the transcript's words were aligned" in row["reason"]

@@ -1,0 +1,79 @@
+"""Benchmark: the demo build, cold (fresh store) and warm (unchanged rerun, every shard cached).
+
+    .venv/bin/python benchmarks/demo_build.py [--utterances 50] [--write]
+
+Prints wall times and audio throughput; with --write, records them in BENCHMARKS.md (section "demo build").
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import re
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from jstip.runtime import apply_offline_defaults
+
+apply_offline_defaults()
+
+REPO = Path(__file__).resolve().parents[1]
+SECTION = "demo build"
+
+
+def write_section(title: str, body: str) -> None:
+    """Replace (or append) the `## title` section of BENCHMARKS.md."""
+    path = REPO / "BENCHMARKS.md"
+    text = path.read_text() if path.exists() else "# Benchmarks\n\nMeasured figures; each section names the command that reproduces it.\n"
+    block = f"## {title}\n\n{body.strip()}\n"
+    pattern = re.compile(rf"^## {re.escape(title)}\n.*?(?=^## |\Z)", re.S | re.M)
+    text = pattern.sub(block + "\n", text) if pattern.search(text) else text.rstrip() + "\n\n" + block
+    path.write_text(text.rstrip() + "\n")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--utterances", type=int, default=50)
+    parser.add_argument("--write", action="store_true", help="record the figures in BENCHMARKS.md")
+    args = parser.parse_args()
+
+    from jstip.flows.build_interleaved import build_interleaved
+    from jstip.tasks.synth import synthesize_corpus
+
+    with tempfile.TemporaryDirectory(prefix="jstip-bench-") as tmp:
+        t0 = time.perf_counter()
+        synth = synthesize_corpus(Path(tmp) / "corpus", utterances=args.utterances, seed=0)
+        synth_s = time.perf_counter() - t0
+
+        store = str(Path(tmp) / "data")
+        kwargs = dict(manifest=str(synth.cuts), store=store, text_corpus=str(synth.text_corpus))
+        t0 = time.perf_counter()
+        cold = build_interleaved(**kwargs)
+        cold_s = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        warm = build_interleaved(**kwargs)
+        warm_s = time.perf_counter() - t0
+        assert warm.version_id == cold.version_id
+
+    audio_s = synth.audio_seconds
+    rows = [
+        ("synthesise corpus", synth_s, f"{audio_s / synth_s:.0f}x real time"),
+        ("build, cold store (incl. Prefect server start)", cold_s, f"{audio_s / cold_s:.1f}x real time"),
+        ("build, unchanged rerun (all shards cached)", warm_s, f"{warm_s / cold_s:.0%} of cold"),
+    ]
+    table = "| step | wall s | rate |\n|---|---|---|\n" + "\n".join(f"| {n} | {s:.1f} | {r} |" for n, s, r in rows)
+    machine = f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
+    body = (f"`.venv/bin/python benchmarks/demo_build.py --utterances {args.utterances} --write`\n\n"
+            f"{args.utterances} synthetic utterances, {audio_s:.0f} s of audio, demo config (pocketsphinx, "
+            f"shard_size 16, 2 threads); {machine}.\n\n{table}\n")
+    print(body)
+    if args.write:
+        write_section(SECTION, body)
+        print(f"wrote {REPO / 'BENCHMARKS.md'}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
