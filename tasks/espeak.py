@@ -71,6 +71,7 @@ def _library() -> ctypes.CDLL:
         ctypes.c_void_p, ctypes.c_size_t, ctypes.c_uint, ctypes.c_int, ctypes.c_uint, ctypes.c_uint,
         ctypes.POINTER(ctypes.c_uint), ctypes.c_void_p,
     ]
+    lib.espeak_ng_SetRandSeed.argtypes = [ctypes.c_long]
     lib.espeak_TextToPhonemes.restype = ctypes.c_char_p
     lib.espeak_TextToPhonemes.argtypes = [ctypes.POINTER(ctypes.c_char_p), ctypes.c_int, ctypes.c_int]
     rate = lib.espeak_Initialize(_AUDIO_OUTPUT_SYNCHRONOUS, 0, espeakng_loader.get_data_path().encode(), 0)
@@ -102,10 +103,13 @@ class Synthesis:
     words: list[WordEvent]
 
 
-def synthesize(text: str, voice: str = "en-us", rate: int = 175, pitch: int = 50, pitch_range: int = 50) -> Synthesis:
+def synthesize(text: str, voice: str = "en-us", rate: int = 175, pitch: int = 50, pitch_range: int = 50,
+               rand_seed: int | None = None) -> Synthesis:
     """Speak `text` and return int16 PCM plus one WordEvent per word espeak-ng spoke.
 
-    rate is words per minute (espeak-ng accepts 80-450), pitch and pitch_range are 0-100.
+    rate is words per minute (espeak-ng accepts 80-450), pitch and pitch_range are 0-100. rand_seed
+    reseeds espeak-ng's noise generator (otherwise seeded from the clock at initialisation); even so,
+    output also depends on what the process spoke before (see jstip.tasks.synth).
     """
     chunks: list[np.ndarray] = []
     events: list[WordEvent] = []
@@ -129,6 +133,8 @@ def synthesize(text: str, voice: str = "en-us", rate: int = 175, pitch: int = 50
         _set_voice(lib, voice)
         for param, value in ((_PARAM_RATE, rate), (_PARAM_PITCH, pitch), (_PARAM_RANGE, pitch_range)):
             lib.espeak_SetParameter(param, value, 0)
+        if rand_seed is not None:
+            lib.espeak_ng_SetRandSeed(rand_seed)
         lib.espeak_SetSynthCallback(callback)
         err = lib.espeak_Synth(encoded, len(encoded) + 1, 0, _POS_CHARACTER, 0, _CHARS_UTF8, None, None)
         if err != 0:

@@ -52,7 +52,6 @@ have that field set to 0 ("no time stamp").
 
 from __future__ import annotations
 
-import ctypes
 import json
 import pickle
 import re
@@ -66,7 +65,6 @@ import numpy as np
 import soundfile as sf
 from num2words import num2words
 
-from jstip.tasks import espeak
 from jstip.tasks.espeak import Synthesis, synthesize
 from jstip.tasks.text import split_words, word_char_spans
 
@@ -372,16 +370,7 @@ def reference_word_timings(text: str, synthesis: Synthesis, offset_samples: int 
 
 
 def _synthesize_scripts(scripts: list[DemoUtterance]) -> list[Synthesis]:
-    # tasks/espeak.py has no seed parameter (yet): reseed through its library handle, under its lock so
-    # that nothing else speaks between the reseed and the synthesis
-    lib = espeak._library()
-    lib.espeak_ng_SetRandSeed.argtypes = [ctypes.c_long]
-    out = []
-    for u in scripts:
-        with espeak._lock:
-            lib.espeak_ng_SetRandSeed(u.noise_seed)
-            out.append(synthesize(u.text, u.voice, u.rate, u.pitch, u.pitch_range))
-    return out
+    return [synthesize(u.text, u.voice, u.rate, u.pitch, u.pitch_range, rand_seed=u.noise_seed) for u in scripts]
 
 
 def _synthesize_scripts_stdio() -> None:
