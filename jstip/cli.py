@@ -59,10 +59,19 @@ def synth(
 
 
 def _run_build(manifest, store, config, name, text_corpus, shard_size):
-    from jstip.config import ConfigError
+    from jstip.config import ConfigError, load_config
     from jstip.flows.build_interleaved import build_interleaved
-    from jstip.tasks.ingest import ManifestError
+    from jstip.tasks.ingest import ManifestError, detect_manifest_format
 
+    # Validate at the edge, before Prefect starts: a bad path or config is one line, not a failed flow run.
+    try:
+        load_config(config)
+        if manifest is not None:
+            detect_manifest_format(manifest)
+        if text_corpus is not None and not text_corpus.is_file():
+            raise ManifestError(f"text corpus not found: {text_corpus} (expected `domain<TAB>sentence` lines)")
+    except (ConfigError, ManifestError) as e:
+        _fail(str(e))
     try:
         return build_interleaved(manifest=None if manifest is None else str(manifest), store=str(store),
                                  config_path=None if config is None else str(config), name=name,

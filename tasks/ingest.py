@@ -664,6 +664,12 @@ class _Ingest:
 # ------------------------------------------------------------------------------------------ public API
 
 
+def detect_manifest_format(path: str | Path) -> str:
+    """The manifest's format (nemo, lhotse_cuts, lhotse_supervisions, audio_dir, empty); raises ManifestError
+    for a manifest that cannot be read at all. Cheap: reads the first entry only."""
+    return _detect(Path(path).absolute())[0]
+
+
 def ingest_manifest(path: str | Path) -> IngestResult:
     """Read one speech manifest (Lhotse, NeMo or a directory of audio + .txt) into recordings + utterances.
 
