@@ -8,7 +8,6 @@ cache under a content key, so that a rerun with unchanged inputs, config and cod
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -268,9 +267,3 @@ def publish(ingested: Ingested, checked: list[StageOutput], planned: list[StageO
                                           config_json=config_json(config), code_version=code_version())
     return Published(version.version_id, version.name, str(version.path), version.parent_version,
                      version.row_counts, accepted, quarantined, ingested.num_entries)
-
-
-def to_json(obj) -> str:
-    from dataclasses import asdict
-
-    return json.dumps(asdict(obj), indent=2, default=str)
