@@ -81,6 +81,17 @@ def _run_build(manifest, store, config, name, text_corpus, shard_size):
         _fail(str(e))
 
 
+def _command_name() -> str:
+    """How the user can call jstip again: `.venv/bin/jstip` after `make demo`, `jstip` when on PATH."""
+    import os
+    import shutil
+
+    invoked = Path(sys.argv[0])
+    if invoked.name == "jstip" and shutil.which("jstip") != str(invoked.resolve()):
+        return os.path.relpath(invoked)
+    return "jstip"
+
+
 def _report(published, store: Path) -> None:
     from jstip.storage import DatasetStore
 
@@ -93,9 +104,9 @@ def _report(published, store: Path) -> None:
         _print_relation([d[0] for d in rel.description], rel.fetchall(), title="span statistics (DuckDB over `spans`)")
     console.print(f"dataset files: {published.path}")
     console.print(f"catalog:       {DatasetStore(store).catalog_path}")
-    console.print(f"try:           jstip catalog list --store {store}")
-    console.print(f"               jstip query --store {store} "
-                  "'SELECT stage, check_name, count(*) AS n FROM quarantine GROUP BY ALL'")
+    jstip = _command_name()
+    console.print(f"try:           {jstip} catalog list --store {store}")
+    console.print(f"               {jstip} query --store {store} 'SELECT check_name, count(*) FROM quarantine GROUP BY 1'")
 
 
 @app.command()
