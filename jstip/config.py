@@ -41,8 +41,13 @@ class AlignRetry(_Section):
 
 
 class AlignConfig(_Section):
-    aligner: Literal["pocketsphinx"] = "pocketsphinx"
-    # First decoder pass. Much wider beams and more Gaussians per frame than pocketsphinx's defaults
+    aligner: Literal["pocketsphinx", "whisperx", "nemo"] = "pocketsphinx"
+    # whisperx: a hub id or a local directory of a transformers Wav2Vec2ForCTC + Wav2Vec2Processor;
+    # nemo: a `.nemo` file or a NeMo pretrained model name. pocketsphinx uses the model in its wheel.
+    model: str | None = None
+    device: str = Field("cpu", description="torch device for whisperx/nemo, e.g. cpu, cuda, cuda:1")
+    batch_size: int = Field(8, ge=1, description="utterances per forward pass (nemo)")
+    # pocketsphinx, first decoder pass. Much wider beams and more Gaussians per frame than pocketsphinx's defaults
     # (1e-48/7e-29/1e-48, topn 4): with those, forced alignment of 144 synthesized sentences (4 voices,
     # 3 speaking rates) failed 32 times with "Final result does not match the grammar"; with these, none
     # did, at ~50x real time per core (benchmark: tests/test_align.py docstring).
@@ -71,6 +76,12 @@ class AlignConfig(_Section):
     # Word frames that are not speech (stop closures, weak fricatives) stay below ~32% with correct
     # transcripts; words aligned over silence exceed it.
     max_silent_word_fraction: float = Field(0.6, ge=0, le=1)
+
+    @model_validator(mode="after")
+    def _model_given(self):
+        if self.aligner in ("whisperx", "nemo") and not self.model:
+            raise ValueError(f"align.model is required for aligner {self.aligner!r} (a hub id or local path)")
+        return self
 
 
 class CheckConfig(_Section):

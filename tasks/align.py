@@ -358,11 +358,20 @@ def _match_forms(forms: list[list[tuple[str, ...]]], decoded: list[str]) -> list
     return spans[::-1]
 
 
-ALIGNERS: dict[str, type] = {"pocketsphinx": PocketsphinxAligner}
+# Aligner backends by name, imported only when chosen (whisperx and nemo import torch and friends).
+ALIGNERS: dict[str, str] = {
+    "pocketsphinx": "jstip.tasks.align:PocketsphinxAligner",
+    "whisperx": "jstip.tasks.align_whisperx:WhisperXAligner",
+    "nemo": "jstip.tasks.align_nemo:NemoAligner",
+}
 
 
 def make_aligner(config: AlignConfig) -> WordAligner:
-    return ALIGNERS[config.aligner](config)
+    """The configured backend, constructed once (per shard) from the whole AlignConfig."""
+    import importlib
+
+    module, _, cls = ALIGNERS[config.aligner].partition(":")
+    return getattr(importlib.import_module(module), cls)(config)
 
 
 # --------------------------------------------------------------------------------------------------
