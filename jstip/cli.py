@@ -151,6 +151,62 @@ def query(
         _fail(f"query failed: {e}")
 
 
+@app.command()
+def align(
+    manifest: Annotated[Path, typer.Argument(help="NeMo-style JSONL manifest (audio_filepath, text, optional id, "
+                                                  "duration, offset).")],
+    out: Annotated[Path, typer.Option(help="Output: a .jsonl / .ctm file, or a directory for textgrid.")],
+    aligner: Annotated[str, typer.Option(help="pocketsphinx | whisperx | nemo")] = "pocketsphinx",
+    model: Annotated[Optional[str], typer.Option(help="whisperx: hub id or local Wav2Vec2ForCTC dir; "
+                                                      "nemo: .nemo file or pretrained name.")] = None,
+    workers: Annotated[int, typer.Option(min=1, help="Worker processes.")] = 1,
+    format: Annotated[str, typer.Option("--format", help="jsonl | ctm | textgrid")] = "jsonl",
+    config: Annotated[Optional[Path], typer.Option(help="YAML build config whose align/normalize sections to "
+                                                        "use (--aligner/--model override it).")] = None,
+):
+    """Word-align a manifest: one output line per input line, in order, status ok or failed with a reason."""
+    from pydantic import ValidationError
+
+    from jstip.config import ConfigError, load_config
+    from jstip.tasks.align_manifest import OUTPUT_FORMATS, align_manifest
+    from jstip.tasks.ingest import ManifestError
+
+    if format not in OUTPUT_FORMATS:
+        _fail(f"--format must be one of {', '.join(OUTPUT_FORMATS)}, not {format!r}")
+    try:
+        build_config = load_config(config)
+        align_config = build_config.align.model_validate(
+            {**build_config.align.model_dump(), "aligner": aligner, "model": model or build_config.align.model})
+        summary = align_manifest(manifest, align_config, out, format, workers, build_config.normalize)
+    except (ConfigError, ManifestError, ValidationError, OSError) as e:
+        _fail(str(e))
+    console.print(f"{summary.entries} entries: {summary.aligned} aligned, {summary.failed} failed "
+                  f"({summary.audio_seconds:.1f} s of audio)")
+    console.print(f"wrote {summary.out}" + (f" and {summary.status_file}" if summary.status_file != summary.out else ""))
+
+
+@app.command("eval-alignment")
+def eval_alignment(
+    reference: Annotated[Path, typer.Option(help="Reference alignment: jstip JSONL, CTM, TextGrid or TIMIT .wrd "
+                                                 "(a file, or a directory of them).")],
+    hypothesis: Annotated[Path, typer.Option(help="Hypothesis alignment, in any of the same formats.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print the figures as JSON.")] = False,
+):
+    """Word-boundary accuracy: start/end error (ms), share within 20/50/100 ms, share of words aligned."""
+    from jstip.tasks.alignment_io import AlignmentFormatError, read_alignments
+    from jstip.tasks.eval_alignment import evaluate_alignments
+
+    try:
+        errors = evaluate_alignments(read_alignments(reference), read_alignments(hypothesis))
+    except AlignmentFormatError as e:
+        _fail(str(e))
+    if as_json:
+        print(json.dumps(errors.as_dict(), indent=2))
+        return
+    _print_relation(["metric", "value"], [(k, f"{v:.2f}" if isinstance(v, float) else v)
+                                          for k, v in errors.as_dict().items()], title="alignment accuracy")
+
+
 @catalog_app.command("list")
 def catalog_list(
     store: StoreOption = Path("data"),
