@@ -10,28 +10,18 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import re
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+from _report import REPO, write_section
+
 from jstip.runtime import apply_offline_defaults
 
 apply_offline_defaults()
 
-REPO = Path(__file__).resolve().parents[1]
 SECTION = "demo build"
-
-
-def write_section(title: str, body: str) -> None:
-    """Replace (or append) the `## title` section of BENCHMARKS.md."""
-    path = REPO / "BENCHMARKS.md"
-    text = path.read_text() if path.exists() else "# Benchmarks\n\nMeasured figures; each section names the command that reproduces it.\n"
-    block = f"## {title}\n\n{body.strip()}\n"
-    pattern = re.compile(rf"^## {re.escape(title)}\n.*?(?=^## |\Z)", re.S | re.M)
-    text = pattern.sub(block + "\n", text) if pattern.search(text) else text.rstrip() + "\n\n" + block
-    path.write_text(text.rstrip() + "\n")
 
 
 def main() -> None:

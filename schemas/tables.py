@@ -65,9 +65,15 @@ NORMALIZED_AUDIO = _schema("normalized_audio", [
     _req("duration", pa.float64()),
     _opt("orig_sampling_rate", pa.int32()),
     _opt("orig_num_channels", pa.int32()),
-    _opt("peak_dbfs", pa.float64()),
-    _opt("rms_dbfs", pa.float64()),
-    _opt("clipping_ratio", pa.float64()),
+    _opt("peak_dbfs", pa.float64()),  # of the stored audio
+    _opt("rms_dbfs", pa.float64()),  # of the stored audio
+    _opt("clipping_ratio", pa.float64()),  # of the input: share of samples at >= 0.999 of full scale
+    _opt("dc_offset", pa.float64()),  # of the input: mean sample value, fraction of full scale
+    _opt("loudness_lufs", pa.float64()),  # of the stored audio, ITU-R BS.1770-4; null: silent or < 0.4 s
+    _opt("loudness_gain_db", pa.float64()),  # gain applied by loudness normalisation; null: none applied
+    _opt("speech_ratio", pa.float64()),  # silero-vad speech seconds / duration; null: not measured
+    _opt("trimmed_lead_s", pa.float64()),  # leading non-speech cut off (0 when not trimming)
+    _opt("trimmed_trail_s", pa.float64()),  # trailing non-speech cut off
 ])
 
 # One row per transcript word with its time in the normalised audio.
