@@ -98,10 +98,15 @@ def align_manifest(manifest: str | Path, config: AlignConfig, out: str | Path, f
     words: dict[str, list[AlignedWord]] = {}
     failures: dict[str, str] = {}
     for audio, aligned, quarantine in results:
-        durations.update(zip(audio.column("utterance_id").to_pylist(), audio.column("duration").to_pylist()))
+        ids = audio.column("utterance_id").to_pylist()
+        # times are reported against the utterance as the manifest gave it: add back trimmed silence
+        lead = dict(zip(ids, (t or 0.0 for t in audio.column("trimmed_lead_s").to_pylist())))
+        trail = dict(zip(ids, (t or 0.0 for t in audio.column("trimmed_trail_s").to_pylist())))
+        durations.update((i, d + lead[i] + trail[i]) for i, d in zip(ids, audio.column("duration").to_pylist()))
         for row in aligned.sort_by([("utterance_id", "ascending"), ("word_index", "ascending")]).to_pylist():
+            offset = lead[row["utterance_id"]]
             words.setdefault(row["utterance_id"], []).append(
-                AlignedWord(row["word"], row["start"], row["end"], row["score"]))
+                AlignedWord(row["word"], row["start"] + offset, row["end"] + offset, row["score"]))
         for row in quarantine.to_pylist():
             failures.setdefault(row["utterance_id"], row["reason"])
 
