@@ -24,7 +24,34 @@ class _Section(BaseModel):
 
 
 class NormalizeConfig(_Section):
-    sample_rate: int = Field(16000, description="target rate in Hz; 16 kHz is what ASR encoders expect")
+    sample_rate: int = Field(16000, ge=8000, le=48000, description="target rate in Hz; 16 kHz is what ASR "
+                             "encoders expect")
+    # Off by default: level variation is realistic training input, and lifting a quiet, noisy recording to
+    # a target lifts its noise too. -23 is EBU R128's programme loudness; speech corpora sit near -20..-30.
+    loudness_lufs: float | None = Field(None, ge=-70, le=0, description="target ITU-R BS.1770-4 integrated "
+                                        "loudness; null: leave levels as recorded")
+    # The loudness gain is lowered where needed so the sample peak stays at or below this: normalisation
+    # never clips (the utterance then ends quieter than the target; loudness_gain_db records the gain).
+    max_peak_dbfs: float = Field(-1.0, le=0, description="peak ceiling for the loudness gain, dBFS")
+    # Off by default: trimming moves every time in the audio relative to the source manifest's timings,
+    # and a VAD can shave a soft onset; turn it on for corpora with long silences around utterances.
+    trim_silence: bool = Field(False, description="cut leading and trailing non-speech (silero-vad)")
+    trim_padding_s: float = Field(0.1, ge=0, description="seconds kept on each side of the detected speech")
+    # silero-vad as the stage runs it (batched over a shard) is ~1000x real time per core; the whole stage
+    # with it ~700x, without it ~1100x (BENCHMARKS.md): inside the 300x budget, so measured by default.
+    measure_speech: bool = Field(True, description="record speech_ratio (silero-vad speech seconds / duration)")
+    vad_threshold: float = Field(0.5, gt=0, lt=1, description="silero-vad speech probability threshold "
+                                 "(its default)")
+    # An utterance may end this far past the end of its audio file (then it is cut at the file's end):
+    # manifest durations are rounded, or computed by a decoder that pads MP3 frames differently.
+    range_tolerance_s: float = Field(0.1, ge=0, description="seconds an utterance may extend past its file")
+
+    @model_validator(mode="after")
+    def _vad_rate(self):
+        if (self.measure_speech or self.trim_silence) and self.sample_rate not in (8000, 16000):
+            raise ValueError(f"measure_speech and trim_silence run silero-vad, which takes 8000 or 16000 Hz; "
+                             f"sample_rate is {self.sample_rate}: set both to false or choose one of those rates")
+        return self
 
 
 class AlignRetry(_Section):
@@ -76,6 +103,20 @@ class AlignConfig(_Section):
     # Word frames that are not speech (stop closures, weak fricatives) stay below ~32% with correct
     # transcripts; words aligned over silence exceed it.
     max_silent_word_fraction: float = Field(0.6, ge=0, le=1)
+    # pocketsphinx only. Longer utterances are aligned in windows of at most this many seconds, cut at
+    # pauses (method: jstip.tasks.align docstring): memory stays bounded and time linear in the audio.
+    max_chunk_s: float = Field(30.0, ge=5, description="longest stretch of audio decoded in one pass, seconds")
+    # Digital silence (exact zeros: synthetic or gated audio) is unlike anything the acoustic model was
+    # trained on; +1 LSB on a quarter of the samples (pocketsphinx's own dither, seeded alike for every pass)
+    # cut mean |start|/|end| error from 16.6/19.3 to 13.9/15.8 ms on the benchmark corpus (BENCHMARKS.md).
+    dither: bool = Field(True, description="add 1-LSB noise before decoding (deterministic)")
+    # pocketsphinx often labels a word-final stop release or fricative after a short closure as silence
+    # ("cents": the final "ts"). A word's end is moved over speech-level frames that follow it, across
+    # silent stretches up to this long, by at most 0.25 s, never past the next word's start. 0: off.
+    max_closure_s: float = Field(0.06, ge=0, le=0.2, description="longest closure an end may be extended over, s")
+    # A second, phone-level pass (decoding time x2; x3 for audio longer than max_chunk_s, whose windows
+    # are decoded again with the words found): AlignResult.phone_alignments, ARPAbet phones per word.
+    phone_alignments: bool = Field(False, description="pocketsphinx: also return per-word phone segments")
 
     @model_validator(mode="after")
     def _model_given(self):

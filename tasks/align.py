@@ -20,23 +20,58 @@ pocketsphinx traps handled here (pocketsphinx 5.1.1, measured on synthesized spe
   match the grammar"; the config's wider beams and topn (1e-120, 16) fail none of them, and a failed pass
   is retried with the settings in `config.retries`;
 - an out-of-vocabulary word makes the grammar invalid: every OOV gets a G2P pronunciation (`g2p.arpabet`);
-- calling `hyp()` after a phone-level `set_alignment()` pass segfaults; this module does no phone-level pass.
+- feature extraction keeps state between utterances (the same audio aligned differently after another
+  one): `reinit_feat()` before every pass makes a result a function of its own audio and transcript;
+- calling `hyp()` after a phone-level `set_alignment()` pass segfaults: the optional phone pass
+  (`AlignConfig.phone_alignments`) runs after the word results are read and never calls `hyp()`.
 Frames are converted with the decoder's own `frate`: start = start_frame / frate, end = (end_frame + 1) /
 frate, both clipped to the audio's duration.
+
+Boundary accuracy (pocketsphinx; BENCHMARKS.md "align accuracy (pocketsphinx)" has the figures):
+- digital silence (exact zeros, as in synthetic or gated audio) is unlike the recordings the acoustic model
+  was trained on; 1-LSB dither on a quarter of the samples, seeded the same for every pass, fixed most
+  word-final stops and fricatives labelled as silence (`AlignConfig.dither`);
+- pocketsphinx still ends some words before a final release or fricative that follows a closure ("cents":
+  the "ts"): an end is moved over the speech-level frames after it, across silences of at most
+  `max_closure_s`, by at most 0.25 s, never past the next word's start. The energy checks judge the spans
+  before this move: the move would cover the very speech that gives a wrong transcript away.
+
+Long audio (pocketsphinx, utterances longer than `AlignConfig.max_chunk_s`): one pass over a long
+recording keeps every frame's backpointers and slows down more than linearly (measured on 2, 8 and 16
+minutes: 48x, 33x, 24x real time, +25, +60, +117 MiB; in 30 s windows 43x, 43x, 42x and +25 MiB each), and
+its cepstral mean is one for the whole recording. So the audio is aligned in windows of at most
+max_chunk_s, one after the other, each cut at a pause:
+1. pauses are the silent stretches (>= 150 ms of frames below the speech threshold of `speech_frames`)
+   between speech; a window starting at t0 ends at the last pause midpoint in (t0 + max/2, t0 + max], or
+   where no pause is, at the quietest 50 ms there;
+2. its grammar holds the next words of the transcript, as many as the window's share of the remaining
+   speech predicts plus half again (+10; doubled and decoded again if the decoder uses them all), with a
+   null transition from every word boundary to the final state, so the decoder itself decides where in
+   the transcript the window ends;
+3. the words before the window's latest inner pause (in its second half, not inside a word, some word
+   after it) are kept; the next window starts at that pause with the first word not kept, so the words
+   near a cut are always decoded again away from the edge. No pause: all words up to the cut are kept.
+   Each window advances at least max_chunk_s / 2: time stays linear in the audio, and the decoder's
+   memory is that of one window (dither, too, is added per window);
+4. a window's pass that leaves more than 1 s of speech outside its words in one stretch has lost the
+   transcript (measured: narrow beams pruned the right path and <sil> swallowed a sentence) and fails,
+   so the next retry setting (wider beams) decodes that window again. The finished recording gets the
+   same test (`untranscribed_speech`): on a long recording the utterance-level fraction allows minutes.
+Pauses come from the energy frames the checks already compute, not silero-vad: a cut only needs a quiet
+place, step 3 makes a poor one cost a re-decode rather than an error, and the pocketsphinx path stays
+free of torch (silero: ~2 s import, ~240 MB RSS).
 """
 
 from __future__ import annotations
 
 import logging
 import re
-from dataclasses import dataclass
-from itertools import product
+from dataclasses import dataclass, field
 from typing import ClassVar, Protocol
 
 import numpy as np
 import pyarrow as pa
 import soundfile as sf
-from num2words import num2words
 from pocketsphinx import Decoder
 
 from jstip.config import AlignConfig, AlignRetry
@@ -82,10 +117,21 @@ class WordTiming:
     score: float | None = None
 
 
+@dataclass(frozen=True)
+class PhoneTiming:
+    """One phone of transcript word `word_index`, in seconds; ARPAbet as the aligner's model names it."""
+
+    word_index: int
+    phone: str
+    start: float
+    end: float
+
+
 @dataclass
 class UtteranceAlignment:
     words: list[WordTiming]
     attempts: int = 1
+    phones: list[PhoneTiming] | None = None  # in order; only from an aligner asked for phones
 
 
 class WordAligner(Protocol):
@@ -100,90 +146,43 @@ class WordAligner(Protocol):
     def align(self, text: str, samples: np.ndarray, sampling_rate: int) -> UtteranceAlignment: ...
 
 
+# Optional output (AlignConfig.phone_alignments): one row per phone of an aligned word. Not a dataset
+# table: phones are aligner- and lexicon-specific (ARPAbet for pocketsphinx).
+PHONE_ALIGNMENTS = pa.schema([
+    pa.field("utterance_id", pa.string(), nullable=False),
+    pa.field("word_index", pa.int32(), nullable=False),  # the word_alignments row the phone belongs to
+    pa.field("phone_index", pa.int32(), nullable=False),  # position within the word, from 0
+    pa.field("phone", pa.string(), nullable=False),
+    pa.field("start", pa.float64(), nullable=False),
+    pa.field("end", pa.float64(), nullable=False),
+])
+
+
 @dataclass
 class AlignResult:
     word_alignments: pa.Table  # WORD_ALIGNMENTS
     quarantine: pa.Table  # QUARANTINE, stage "align"
     status: pa.Table  # ALIGN_STATUS, one row per input utterance
+    # PHONE_ALIGNMENTS; rows only for aligned utterances, and only when the config asks for phones
+    phone_alignments: pa.Table = field(default_factory=PHONE_ALIGNMENTS.empty_table)
 
 
 # --------------------------------------------------------------------------------------------------
 # From transcript tokens to dictionary words
 
 
-_APOSTROPHES = str.maketrans({"\u2019": "'", "\u2018": "'", "\u02bc": "'"})
-# A piece of a token the dictionary can hold: a number (with thousands separators, a decimal part or an
-# ordinal suffix) or a run of letters with apostrophes inside ("don't", "patient's"). Anything else
-# (hyphens, slashes, surrounding punctuation) separates pieces.
-_PIECE = re.compile(r"\d+(?:[.,]\d+)*(?:st|nd|rd|th)?|[^\W\d_]+(?:'[^\W\d_]+)*")
-_ORDINAL = re.compile(r"^(\d+)(st|nd|rd|th)$")
-_MAX_ALTERNATIVES = 16
-
-
-def _spoken_numbers(piece: str) -> list[tuple[str, ...]]:
-    """Ways a digit string is read aloud: "250" -> two hundred fifty | two hundred and fifty."""
-    readings: list[str] = []
-    ordinal = _ORDINAL.match(piece)
-    if ordinal:
-        readings.append(num2words(int(ordinal.group(1)), to="ordinal"))
-    elif re.fullmatch(r"\d{1,3}(,\d{3})+", piece) or piece.isdigit():
-        n = int(piece.replace(",", ""))
-        readings.append(num2words(n))
-        if len(piece) == 4 and 1100 <= n <= 2099 and n % 100:  # a year: "twenty nineteen"
-            readings.append(num2words(n, to="year"))
-        if piece.isdigit() and (piece.startswith("0") and len(piece) > 1 or len(piece) >= 5):
-            # a code read digit by digit: "007", a phone number, a zip code
-            readings.append(" ".join(num2words(int(d)) for d in piece))
-    else:  # decimals ("3.5" -> three point five), or digit groups that are not thousands ("1.2.3")
-        parts = re.split(r"([.,])", piece)
-        try:
-            readings.append(num2words(float(piece)) if re.fullmatch(r"\d+\.\d+", piece) else "")
-        except (ValueError, OverflowError):
-            readings.append("")
-        readings.append(" ".join(num2words(int(p)) if p.isdigit() else ("point" if p == "." else "")
-                                 for p in parts))
-    out: list[tuple[str, ...]] = []
-    for reading in readings:
-        words = tuple(w for w in re.split(r"[\s,-]+", reading.lower()) if w)
-        if not words:
-            continue
-        # num2words writes British "and" ("two hundred and fifty"); US speakers mostly say it without
-        for variant in (tuple(w for w in words if w != "and"), words):
-            if variant and variant not in out:
-                out.append(variant)
-    return out
-
-
-def spoken_forms(token: str) -> list[tuple[str, ...]]:
-    """The dictionary word sequences a transcript token may be spoken as, most likely first.
-
-    Lowercased, surrounding punctuation gone, inner apostrophes kept, hyphenated and slashed compounds
-    split ("follow-up" -> follow up), numbers spelled out with num2words, a trailing % read "percent".
-    An empty list means the token has nothing speakable the aligner can use.
-    """
-    text = token.translate(_APOSTROPHES).lower()
-    per_piece: list[list[tuple[str, ...]]] = []
-    for m in _PIECE.finditer(text):
-        piece = m.group(0)
-        per_piece.append(_spoken_numbers(piece) if piece[0].isdigit() else [(piece,)])
-    if "%" in text and per_piece:
-        per_piece.append([("percent",)])
-    forms: list[tuple[str, ...]] = []
-    for combo in product(*per_piece) if per_piece else ():
-        form = tuple(w for words in combo for w in words)
-        if form and form not in forms:
-            forms.append(form)
-        if len(forms) >= _MAX_ALTERNATIVES:
-            break
-    return forms
+# The readings live in textnorm (shared with the WhisperX and NeMo aligners); spoken_forms stays importable
+# from here. The pocketsphinx grammar offers every alternative of a token, not just the preferred one.
+from jstip.tasks.textnorm import spoken_forms  # noqa: E402
 
 
 # --------------------------------------------------------------------------------------------------
 # pocketsphinx
 
 
-# Fillers (the model's noisedict: <s> </s> <sil> [NOISE] [SPEECH]) the grammar lets in between words.
-_FILLER = re.compile(r"^(<.*>|\[.*\])$")
+# Fillers (the model's noisedict: <s> </s> <sil> [NOISE] [SPEECH]) the grammar lets in between words, and
+# "(NULL)", the zero-length segment of a null transition (a window's early end).
+_FILLER = re.compile(r"^(<.*>|\[.*\]|\(NULL\))$")
 _ALT_PRON = re.compile(r"\(\d+\)$")
 # pocketsphinx path scores are integers in its log base (1.0001) right-shifted by SENSCR_SHIFT = 10 bits
 # (src/hmm.h); the Python binding hands them back exponentiated (Segment.ascore = base ** ascr).
@@ -203,6 +202,8 @@ class PocketsphinxAligner:
     senone of each frame (pocketsphinx normalises every frame's senone scores to the best one), so it is
     <= 0 and near 0 for audio that fits the word well; a multi-word token (a number) gets the mean over
     its frames. Scores are comparable across utterances, not across aligners.
+
+    `attempts` of a result is the most decoder passes any window needed (1: no retry anywhere).
     """
 
     name: ClassVar[str] = "pocketsphinx"
@@ -257,30 +258,124 @@ class PocketsphinxAligner:
         if unspeakable:
             raise AlignmentFailed("no_pronunciation", f"token(s) {unspeakable} have no speakable letters or digits")
         self._ensure_words({w for alternatives in forms for form in alternatives for w in form})
-        pcm = np.ascontiguousarray(samples, dtype=np.int16).tobytes()
+        energy_db = frame_energy_db(samples, sampling_rate)
+        speech = speech_frames(samples, sampling_rate, self.config, energy_db=energy_db)
+        pcm = np.asarray(samples, dtype=np.int16)
         duration = len(samples) / sampling_rate
+        if duration <= self.config.max_chunk_s:
+            words, phones, attempts = self._decode_window(forms, pcm, 0, 0.0, duration, early_end=False)
+        else:
+            words, phones, attempts = self._align_long(forms, pcm, speech, energy_db)
+        # The energy checks judge pocketsphinx's own spans: extended ends would cover the very speech that
+        # gives a wrong transcript away (measured: another sentence's audio then passed as aligned).
+        try:
+            check_against_speech(words, speech, self.config)
+        except AlignmentFailed as e:
+            e.attempts = attempts
+            raise
+        words, phones = _extend_ends(words, phones, speech, self.config.max_closure_s, duration)
+        return UtteranceAlignment(words, attempts=attempts, phones=phones if self.config.phone_alignments else None)
+
+    def _align_long(self, forms: list[list[tuple[str, ...]]], pcm: np.ndarray, speech: np.ndarray,
+                    energy_db: np.ndarray) -> tuple[list[WordTiming], list[PhoneTiming], int]:
+        """Align audio longer than max_chunk_s window by window (method: module docstring)."""
+        duration = len(pcm) / SAMPLE_RATE
+        max_s = self.config.max_chunk_s
+        pause_mids = _pause_midpoints(speech)
+        speech_before = np.concatenate([[0], np.cumsum(speech)])  # speech frames before frame k
+
+        def speech_in(t0: float, t1: float) -> int:
+            a, b = (min(int(round(t / _HOP_S)), len(speech)) for t in (t0, t1))
+            return int(speech_before[b] - speech_before[a])
+
+        words: list[WordTiming] = []
+        phones: list[PhoneTiming] = []
+        attempts, t0, w0, n = 0, 0.0, 0, len(forms)
+        while w0 < n:
+            remaining = n - w0
+            if duration - t0 <= max_s:
+                got, got_phones, passes = self._decode_window(forms[w0:], pcm, w0, t0, duration, early_end=False,
+                                                              speech=speech)
+                words += got
+                phones += got_phones
+                attempts = max(attempts, passes)
+                break
+            lo, hi = t0 + max_s / 2, t0 + max_s
+            mids = [m for m in pause_mids if lo < m <= hi]
+            cut = mids[-1] if mids else _quietest_time(energy_db, lo, hi)
+            # words expected before the cut, from the share of the remaining speech; the grammar offers
+            # half as many again (+10), and twice as many when the decoder used them all
+            expected = remaining * speech_in(t0, cut) / max(speech_in(t0, duration), 1)
+            size = min(remaining, int(expected * 1.5) + 10)
+            while True:
+                got, got_phones, passes = self._decode_window(forms[w0:w0 + size], pcm, w0, t0, cut, early_end=True,
+                                                              speech=speech)
+                attempts = max(attempts, passes)
+                if len(got) < size or size == remaining:
+                    break
+                size = min(remaining, 2 * size)
+            # Keep the words before the latest pause (in the window's second half) that no word straddles
+            # and some word follows; the words after it are decoded again at the start of the next window,
+            # where they are no longer at an edge.
+            anchor = next((m for m in reversed(mids[:-1] if mids else [])
+                           if not any(w.start < m < w.end for w in got) and any(w.start >= m for w in got)), None)
+            kept = got if anchor is None else [w for w in got if w.end <= anchor]
+            log.debug("window %.2f-%.2f s: %d of %d word(s) offered decoded, %d kept up to %.2f s", t0, cut, len(got),
+                      size, len(kept), cut if anchor is None else anchor)
+            words += kept
+            phones += [p for p in got_phones if p.word_index < w0 + len(kept)]
+            w0 += len(kept)
+            t0 = cut if anchor is None else anchor
+        gap = _speech_between_words(words, speech, 0.0, duration)
+        if gap[0] > _MAX_GAP_SPEECH_S:  # e.g. speech after the window that used up the transcript
+            raise AlignmentFailed("untranscribed_speech", f"{gap[0]:.2f} s of speech in {gap[1]:.2f}-{gap[2]:.2f} s "
+                                  "lie outside every aligned word", attempts=attempts, value=f"{gap[0]:.2f} s",
+                                  threshold=f"{_MAX_GAP_SPEECH_S:g} s in one stretch")
+        return words, phones, attempts
+
+    def _decode_window(self, forms: list[list[tuple[str, ...]]], pcm: np.ndarray, first_word: int, t0: float,
+                       t1: float, early_end: bool, speech: np.ndarray | None = None,
+                       ) -> tuple[list[WordTiming], list[PhoneTiming], int]:
+        """pcm[t0:t1] against `forms` (tokens first_word...), with retries; times are in the whole audio.
+
+        With `speech` (the frames of the whole audio), a pass that leaves more than _MAX_GAP_SPEECH_S of
+        speech between two words (or before the first, after the last) fails like a pass with no path.
+        """
+        window = pcm[int(round(t0 * SAMPLE_RATE)):int(round(t1 * SAMPLE_RATE))]
+        window = (_dithered(window) if self.config.dither else np.ascontiguousarray(window)).tobytes()
         failures: dict[str, list[str]] = {}  # reason -> settings of the passes that failed with it
         checks: set[str] = set()
         for attempt, settings in enumerate(self.settings):
             try:
-                words = self._decode(attempt, forms, pcm, duration)
+                words, phones = self._decode(attempt, forms, window, t1 - t0, early_end)
             except AlignmentFailed as e:
                 failures.setdefault(e.reason, []).append(settings.describe())
                 checks.add(e.check)
                 continue
+            words = [WordTiming(w.word_index + first_word, w.start + t0, w.end + t0, w.score) for w in words]
+            gap = None if speech is None else _speech_between_words(words, speech, t0, t1)
+            if gap is not None and gap[0] > _MAX_GAP_SPEECH_S:
+                failures.setdefault(f"{gap[0]:.2f} s of speech in {gap[1]:.2f}-{gap[2]:.2f} s lie outside every "
+                                    "word", []).append(settings.describe())
+                checks.add("untranscribed_speech")
+                continue
             if attempt:
                 log.info("aligned on pass %d of %d", attempt + 1, len(self.settings))
-            return UtteranceAlignment(words, attempts=attempt + 1)
-        raise AlignmentFailed(checks.pop() if len(checks) == 1 else "align_failed", "; ".join(
+            return (words, [PhoneTiming(p.word_index + first_word, p.phone, p.start + t0, p.end + t0) for p in phones],
+                    attempt + 1)
+        where = f"audio {t0:.2f}-{t1:.2f} s, words {first_word}-{first_word + len(forms) - 1}: " if (
+            early_end or t0 > 0) else ""
+        raise AlignmentFailed(checks.pop() if len(checks) == 1 else "align_failed", where + "; ".join(
             f"{reason} (decoder pass{'es' if len(passes) > 1 else ''}: {' | '.join(passes)})"
             for reason, passes in failures.items()), attempts=len(self.settings))
 
-    def _decode(self, attempt: int, forms: list[list[tuple[str, ...]]], pcm: bytes,
-                duration: float) -> list[WordTiming]:
+    def _decode(self, attempt: int, forms: list[list[tuple[str, ...]]], pcm: bytes, duration: float,
+                early_end: bool = False) -> tuple[list[WordTiming], list[PhoneTiming]]:
         decoder = self._decoder(attempt)
         # A linear grammar, one branch per spoken form of each token ("250": with and without "and"),
-        # instead of set_align_text's single word sequence.
-        transitions, n_states, state = [], 1, 0
+        # instead of set_align_text's single word sequence. With early_end, a null transition from every
+        # token boundary to the final state lets the audio end after any prefix of the tokens.
+        transitions, n_states, state, boundaries = [], 1, 0, [0]
         for alternatives in forms:
             end, n_states = n_states, n_states + 1
             for form in alternatives:
@@ -293,29 +388,54 @@ class PocketsphinxAligner:
                     transitions.append((src, dst, 1.0, word))
                     src = dst
             state = end
+            boundaries.append(end)
+        if early_end:
+            state, n_states = n_states, n_states + 1
+            transitions += [(b, state, 1.0) for b in boundaries]
+        phone_entries = None
         try:
             fsg = decoder.create_fsg("jstip_align", 0, state, transitions)
             decoder.add_fsg("jstip_align", fsg)
             decoder.activate_search("jstip_align")
+            # Feature extraction keeps state from one utterance to the next (the same audio aligns
+            # differently after another utterance); reset it so a result depends on this audio alone.
+            decoder.reinit_feat()
             decoder.start_utt()
             decoder.process_raw(pcm, False, True)
             decoder.end_utt()
             segments = decoder.seg()
             segments = None if segments is None else [
                 (s.word, s.start_frame, s.end_frame, s.ascore) for s in segments]
+            if segments and self.config.phone_alignments and not early_end:
+                # The word results are read above, and hyp() is never called: after set_alignment() it
+                # segfaults.
+                decoder.set_alignment()
+                decoder.reinit_feat()
+                decoder.start_utt()
+                decoder.process_raw(pcm, False, True)
+                decoder.end_utt()
+                phone_entries = [(_ALT_PRON.sub("", w.name), [(p.name, p.start, p.duration) for p in w])
+                                 for w in decoder.get_alignment() if not _FILLER.match(w.name)]
         except (RuntimeError, ValueError, KeyError) as e:
             raise AlignmentFailed("align_failed", f"pocketsphinx error: {e}") from None
-        if not segments:
+        if not segments:  # even a path of no words holds a <sil> segment
             raise AlignmentFailed("align_failed", "no path through the transcript's words reaches the end of the "
                                   "audio (pocketsphinx: final result does not match the grammar)")
         frate = int(decoder.config["frate"])
         logmath = decoder.get_logmath()
         spoken = [(_ALT_PRON.sub("", w), sf_, ef, asc) for w, sf_, ef, asc in segments if not _FILLER.match(w)]
-        spans = _match_forms(forms, [w for w, *_ in spoken])
+        spans = _match_forms(forms, [w for w, *_ in spoken], prefix=early_end)
         if spans is None:
             raise AlignmentFailed("words_missing", f"decoded words {[w for w, *_ in spoken]} do not cover the "
                                   "transcript's words")
-        timings = []
+        if early_end and spans and self.config.phone_alignments:
+            # set_alignment() cannot follow a path through a null transition ("Failed to set up sub-word
+            # alignment"): decode the window again with the tokens this pass found, ending in the last.
+            return self._decode(attempt, forms[:len(spans)], pcm, duration)
+        if phone_entries is not None and [w for w, _ in phone_entries] != [w for w, *_ in spoken]:
+            raise AlignmentFailed("align_failed", f"phone-level pass found words {[w for w, _ in phone_entries]}, "
+                                  f"the word pass {[w for w, *_ in spoken]}")
+        timings, phones = [], []
         for index, (first, last) in enumerate(spans):
             sf_, ef = spoken[first][1], spoken[last][2]
             frames = sum(e - s + 1 for _, s, e, _ in spoken[first:last + 1])
@@ -323,7 +443,10 @@ class PocketsphinxAligner:
             start = min(sf_ / frate, duration)
             end = min((ef + 1) / frate, duration)
             timings.append(WordTiming(index, start, end, max(float(score), _SCORE_FLOOR)))
-        return timings
+            for _, entries in (phone_entries or [])[first:last + 1]:
+                phones += [PhoneTiming(index, phone, min(s / frate, duration), min((s + d) / frate, duration))
+                           for phone, s, d in entries]
+        return timings, phones
 
 
 def _nats(logmath, ascore: float) -> float:
@@ -333,10 +456,13 @@ def _nats(logmath, ascore: float) -> float:
     return logmath.log_to_ln(logmath.log(ascore)) * (1 << _SENSCR_SHIFT)
 
 
-def _match_forms(forms: list[list[tuple[str, ...]]], decoded: list[str]) -> list[tuple[int, int]] | None:
+def _match_forms(forms: list[list[tuple[str, ...]]], decoded: list[str],
+                 prefix: bool = False) -> list[tuple[int, int]] | None:
     """Which decoded words each token produced: (first, last) indices into `decoded`, per token.
 
-    The grammar allows only these forms, so a full match exists unless pocketsphinx dropped words.
+    The grammar allows only these forms, so a full match exists unless pocketsphinx dropped words. With
+    `prefix`, the decoded words may cover the first tokens only (a window that ends early): one span per
+    token covered.
     """
     reach: list[dict[int, tuple[int, int]]] = [{0: (-1, -1)}]
     for alternatives in forms:
@@ -346,16 +472,103 @@ def _match_forms(forms: list[list[tuple[str, ...]]], decoded: list[str]) -> list
                 if tuple(decoded[pos:pos + len(form)]) == form:
                     nxt.setdefault(pos + len(form), (pos, k))
         if not nxt:
+            if prefix:
+                break
             return None
         reach.append(nxt)
-    if len(decoded) not in reach[-1]:
+    covered = [i for i in range(len(reach)) if len(decoded) in reach[i]]
+    if not covered or not prefix and covered[-1] != len(forms):
         return None
     spans, pos = [], len(decoded)
-    for i in range(len(forms), 0, -1):
+    for i in range(covered[-1], 0, -1):
         prev, _ = reach[i][pos]
         spans.append((prev, pos - 1))
         pos = prev
     return spans[::-1]
+
+
+# A silence this long is a pause (a place to cut long audio), not a stop closure (<= ~100 ms) inside a word.
+_MIN_PAUSE_FRAMES = 15
+# A window's pass (long audio) that leaves this much speech outside its words, in one stretch, lost the
+# transcript: measured, a first pass with narrower beams covered 4.8 s of speech with <sil> and decoded the
+# next sentence's words over the wrong audio; the wider beams of the retry then aligned the window well.
+# Well above a breath or a cough, well below what losing a sentence leaves.
+_MAX_GAP_SPEECH_S = 1.0
+# A word-final release plus fricative lasts well under this; more speech after a word is not its tail.
+_MAX_TAIL_S = 0.25
+
+
+def _dithered(samples: np.ndarray) -> np.ndarray:
+    """+1 LSB on a random quarter of the samples (pocketsphinx's own dither), seeded the same every time."""
+    rng = np.random.default_rng(0)
+    pcm = np.asarray(samples, dtype=np.int16)
+    return np.where((rng.integers(0, 4, size=len(pcm), dtype=np.uint8) == 0) & (pcm < 32767),
+                    pcm + np.int16(1), pcm).astype(np.int16)
+
+
+def _pause_midpoints(speech: np.ndarray) -> list[float]:
+    """Midpoints (s) of the silent stretches of >= _MIN_PAUSE_FRAMES frames between speech frames."""
+    edges = np.flatnonzero(np.diff(np.concatenate([[1], speech.astype(np.int8), [1]])))
+    starts, ends = edges[0::2], edges[1::2]  # silent runs: frames [start, end)
+    keep = (ends - starts >= _MIN_PAUSE_FRAMES) & (starts > 0) & (ends < len(speech))
+    return [float(round((a + b) / 2) * _HOP_S) for a, b in zip(starts[keep], ends[keep])]
+
+
+def _speech_between_words(words: list[WordTiming], speech: np.ndarray, t0: float,
+                          t1: float) -> tuple[float, float, float]:
+    """The most speech (s) in one stretch of [t0, t1] outside the words, and where that stretch lies."""
+    centres = np.arange(len(speech)) * _HOP_S + _WINDOW_S / 2
+    speech_before = np.concatenate([[0], np.cumsum(speech)])
+    edges = [t0, *(t for w in words for t in (w.start, w.end)), t1]
+    best = (0.0, t0, t0)
+    for a, b in zip(edges[0::2], edges[1::2]):
+        i, j = np.searchsorted(centres, [a, b])
+        seconds = float(speech_before[j] - speech_before[i]) * _HOP_S
+        if seconds > best[0]:
+            best = (seconds, a, b)
+    return best
+
+
+def _quietest_time(energy_db: np.ndarray, t0: float, t1: float) -> float:
+    """Where to cut when [t0, t1] holds no pause: the frame of least energy, smoothed over 50 ms."""
+    a, b = int(round(t0 / _HOP_S)), min(int(round(t1 / _HOP_S)), len(energy_db))
+    smooth = np.convolve(energy_db[a:b], np.ones(5) / 5, mode="same")
+    return float((a + int(np.argmin(smooth))) * _HOP_S)
+
+
+def _extend_ends(words: list[WordTiming], phones: list[PhoneTiming], speech: np.ndarray, max_closure_s: float,
+                 duration: float) -> tuple[list[WordTiming], list[PhoneTiming]]:
+    """Move each word's end over the speech frames after it, across silences up to max_closure_s long,
+    by at most _MAX_TAIL_S, never past the next word's start: pocketsphinx often calls a word-final release
+    or fricative that follows a closure silence ("cents": the final "ts"). The word's last phone ends where
+    the word does.
+    """
+    if max_closure_s <= 0:
+        return words, phones
+    max_gap = int(round(max_closure_s / _HOP_S))
+    out, moved = [], {}
+    for i, w in enumerate(words):
+        limit = words[i + 1].start if i + 1 < len(words) else duration
+        last, silent = None, 0
+        for k in range(int(round(w.end / _HOP_S)), min(int(limit / _HOP_S), len(speech))):
+            if speech[k]:
+                last, silent = k, 0
+            else:
+                silent += 1
+                if silent > max_gap:
+                    break
+        # the end: the centre of the last speech frame's 25 ms window
+        end = w.end if last is None else min(limit, max(w.end, last * _HOP_S + _WINDOW_S / 2))
+        if end - w.end > _MAX_TAIL_S:
+            end = w.end
+        if end != w.end:
+            moved[w.word_index] = end
+        out.append(WordTiming(w.word_index, w.start, end, w.score))
+    if moved and phones:
+        last_phone = {p.word_index: j for j, p in enumerate(phones)}
+        phones = [PhoneTiming(p.word_index, p.phone, p.start, moved[p.word_index])
+                  if p.word_index in moved and last_phone[p.word_index] == j else p for j, p in enumerate(phones)]
+    return out, phones
 
 
 # Aligner backends by name, imported only when chosen (whisperx and nemo import torch and friends).
@@ -381,18 +594,33 @@ def make_aligner(config: AlignConfig) -> WordAligner:
 _HOP_S, _WINDOW_S = 0.010, 0.025
 
 
-def speech_frames(samples: np.ndarray, rate: int, config: AlignConfig) -> np.ndarray:
-    """Which 10 ms frames hold speech-level energy; raises AlignmentFailed("no_speech") when none can.
+_ENERGY_BLOCK = 4096  # frames per block: float64 copies of 25 ms windows stay ~80 MB whatever the length
 
-    Frame k covers samples [k*hop, k*hop + 25 ms). The threshold is relative to the utterance's own levels
-    (see AlignConfig), so it needs no calibration per corpus, only speech louder than its background.
-    """
+
+def frame_energy_db(samples: np.ndarray, rate: int) -> np.ndarray:
+    """Mean power (dBFS) of each 10 ms frame's 25 ms window: frame k covers samples [k*hop, k*hop + 25 ms)."""
     hop, window = int(round(_HOP_S * rate)), int(round(_WINDOW_S * rate))
-    x = samples.astype(np.float32) / 32768.0
+    x = np.asarray(samples)
     if len(x) < window:
         x = np.pad(x, (0, window - len(x)))
-    frames = np.lib.stride_tricks.sliding_window_view(x, window)[::hop]
-    energy_db = 10.0 * np.log10(np.mean(frames.astype(np.float64) ** 2, axis=1) + 1e-12)
+    frames = np.lib.stride_tricks.sliding_window_view(x, window)[::hop]  # a view: no copy of the audio
+    energy_db = np.empty(len(frames))
+    for i in range(0, len(frames), _ENERGY_BLOCK):
+        block = frames[i:i + _ENERGY_BLOCK].astype(np.float64) / 32768.0
+        energy_db[i:i + _ENERGY_BLOCK] = 10.0 * np.log10(np.mean(block ** 2, axis=1) + 1e-12)
+    return energy_db
+
+
+def speech_frames(samples: np.ndarray, rate: int, config: AlignConfig,
+                  energy_db: np.ndarray | None = None) -> np.ndarray:
+    """Which 10 ms frames hold speech-level energy; raises AlignmentFailed("no_speech") when none can.
+
+    Frames as in `frame_energy_db` (pass its result as `energy_db` when already computed). The threshold
+    is relative to the utterance's own levels (see AlignConfig), so it needs no calibration per corpus,
+    only speech louder than its background.
+    """
+    if energy_db is None:
+        energy_db = frame_energy_db(samples, rate)
     floor, loud = np.percentile(energy_db, [10, 95])
     if loud < config.min_speech_level_dbfs or loud - floor < config.min_speech_range_db:
         raise AlignmentFailed(
@@ -493,6 +721,7 @@ def align_shard(utterances: pa.Table, audio: pa.Table, config: AlignConfig,
     words: dict[str, list] = {name: [] for name in ("utterance_id", "word_index", "word", "start", "end", "score")}
     quarantine: list[dict] = []
     status: list[dict] = []
+    phones: list[dict] = []
     for utt_id, text, source in zip(ids, texts, sources):
         text = text or ""
         row = audio_by_id.get(utt_id)
@@ -523,10 +752,16 @@ def align_shard(utterances: pa.Table, audio: pa.Table, config: AlignConfig,
             words["start"].append(timing.start)
             words["end"].append(timing.end)
             words["score"].append(timing.score)
+        phone_index: dict[int, int] = {}
+        for phone in result.phones or ():
+            k = phone_index[phone.word_index] = phone_index.get(phone.word_index, -1) + 1
+            phones.append(dict(utterance_id=utt_id, word_index=phone.word_index, phone_index=k, phone=phone.phone,
+                               start=phone.start, end=phone.end))
         status.append(dict(utterance_id=utt_id, status="aligned", attempts=result.attempts, check_name=None, reason=None))
 
     schema = schema_for("word_alignments")
     columns = {name: pa.array(values, type=schema.field(name).type) for name, values in words.items()}
     columns["aligner"] = pa.array([aligner.name] * len(words["utterance_id"]), type=pa.string())
     return AlignResult(conform("word_alignments", pa.table(columns)), from_rows("quarantine", quarantine),
-                       pa.Table.from_pylist(status, schema=ALIGN_STATUS))
+                       pa.Table.from_pylist(status, schema=ALIGN_STATUS),
+                       pa.Table.from_pylist(phones, schema=PHONE_ALIGNMENTS))
