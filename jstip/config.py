@@ -73,7 +73,7 @@ class AlignConfig(_Section):
     # nemo: a `.nemo` file or a NeMo pretrained model name. pocketsphinx uses the model in its wheel.
     model: str | None = None
     device: str = Field("cpu", description="torch device for whisperx/nemo, e.g. cpu, cuda, cuda:1")
-    batch_size: int = Field(8, ge=1, description="utterances per forward pass (nemo)")
+    batch_size: int = Field(8, ge=1, description="utterances per aligner call (nemo: one forward pass)")
     # pocketsphinx, first decoder pass. Much wider beams and more Gaussians per frame than pocketsphinx's defaults
     # (1e-48/7e-29/1e-48, topn 4): with those, forced alignment of 144 synthesized sentences (4 voices,
     # 3 speaking rates) failed 32 times with "Final result does not match the grammar"; with these, none

@@ -682,21 +682,52 @@ def _read_audio(row: dict) -> tuple[np.ndarray, int]:
     return samples[:, 0], rate
 
 
-def align_utterance(aligner: WordAligner, text: str, samples: np.ndarray, rate: int,
-                    config: AlignConfig) -> UtteranceAlignment:
-    """One utterance through the aligner and every check; raises AlignmentFailed with the first problem."""
+def _prepare(text: str, samples: np.ndarray, rate: int, config: AlignConfig) -> tuple[int, np.ndarray]:
+    """Checks before any aligner runs: (number of words, speech frames) or AlignmentFailed."""
     n_words = len(split_words(text))
     if n_words == 0:
         raise AlignmentFailed("no_words", "transcript has no words to align")
-    speech = speech_frames(samples, rate, config)
-    result = aligner.align(text, samples, rate)
+    return n_words, speech_frames(samples, rate, config)
+
+
+def _checked(result: UtteranceAlignment, n_words: int, duration: float, speech: np.ndarray,
+             config: AlignConfig) -> UtteranceAlignment:
     try:
-        check_timings(result.words, n_words, len(samples) / rate)
+        check_timings(result.words, n_words, duration)
         check_against_speech(result.words, speech, config)
     except AlignmentFailed as e:
         e.attempts = result.attempts
         raise
     return result
+
+
+def align_utterance(aligner: WordAligner, text: str, samples: np.ndarray, rate: int,
+                    config: AlignConfig) -> UtteranceAlignment:
+    """One utterance through the aligner and every check; raises AlignmentFailed with the first problem."""
+    n_words, speech = _prepare(text, samples, rate, config)
+    return _checked(aligner.align(text, samples, rate), n_words, len(samples) / rate, speech, config)
+
+
+def _align_batch(aligner: WordAligner, items: list[tuple[str, np.ndarray, int]]) -> list:
+    """Aligner results (UtteranceAlignment or AlignmentFailed) for a batch, in order. Backends with an
+    `align_batch` (nemo) run the batch in one forward pass; the others go one by one. An exception from
+    the backend becomes `aligner_error` for its utterance(s) and never sinks the shard."""
+    def guarded(call, *args):
+        try:
+            return call(*args)
+        except AlignmentFailed as e:
+            return e
+        except (RuntimeError, ValueError, OSError) as e:
+            log.exception("%s raised", aligner.name)
+            return AlignmentFailed("aligner_error", f"{type(e).__name__}: {e}")
+
+    batch = getattr(aligner, "align_batch", None)
+    if batch is not None and len(items) > 1:
+        results = guarded(batch, items)
+        if isinstance(results, list):
+            return results
+        return [guarded(aligner.align, *item) for item in items]  # the batch failed as a whole: one by one
+    return [guarded(aligner.align, *item) for item in items]
 
 
 def align_shard(utterances: pa.Table, audio: pa.Table, config: AlignConfig,
@@ -722,29 +753,17 @@ def align_shard(utterances: pa.Table, audio: pa.Table, config: AlignConfig,
     quarantine: list[dict] = []
     status: list[dict] = []
     phones: list[dict] = []
-    for utt_id, text, source in zip(ids, texts, sources):
-        text = text or ""
-        row = audio_by_id.get(utt_id)
-        if row is None:
-            status.append(dict(utterance_id=utt_id, status="skipped", attempts=0, check_name=None,
-                               reason="no normalised audio (quarantined by normalize)"))
-            continue
-        try:
-            samples, rate = _read_audio(row)
-            try:
-                result = align_utterance(aligner, text, samples, rate, config)
-            except (RuntimeError, ValueError, OSError) as e:  # an aligner bug must not sink the shard
-                log.exception("utterance %s: %s raised", utt_id, aligner.name)
-                raise AlignmentFailed("aligner_error", f"{type(e).__name__}: {e}") from None
-        except AlignmentFailed as e:
-            where = f"{source}: utterance {utt_id}" if source else f"utterance {utt_id}"
-            reason = f"{where}: {aligner.name} alignment failed ({e.check}): {e.reason}"
-            log.warning(reason)
-            quarantine.append(dict(utterance_id=utt_id, stage="align", check_name=e.check, value=e.value,
-                                   threshold=e.threshold, reason=reason, source=source))
-            status.append(dict(utterance_id=utt_id, status="failed", attempts=e.attempts, check_name=e.check,
-                               reason=reason))
-            continue
+
+    def fail(utt_id: str, source: str | None, e: AlignmentFailed) -> None:
+        where = f"{source}: utterance {utt_id}" if source else f"utterance {utt_id}"
+        reason = f"{where}: {aligner.name} alignment failed ({e.check}): {e.reason}"
+        log.warning(reason)
+        quarantine.append(dict(utterance_id=utt_id, stage="align", check_name=e.check, value=e.value,
+                               threshold=e.threshold, reason=reason, source=source))
+        status.append(dict(utterance_id=utt_id, status="failed", attempts=e.attempts, check_name=e.check,
+                           reason=reason))
+
+    def accept(utt_id: str, text: str, result: UtteranceAlignment) -> None:
         for timing, token in zip(result.words, split_words(text)):
             words["utterance_id"].append(utt_id)
             words["word_index"].append(timing.word_index)
@@ -757,7 +776,33 @@ def align_shard(utterances: pa.Table, audio: pa.Table, config: AlignConfig,
             k = phone_index[phone.word_index] = phone_index.get(phone.word_index, -1) + 1
             phones.append(dict(utterance_id=utt_id, word_index=phone.word_index, phone_index=k, phone=phone.phone,
                                start=phone.start, end=phone.end))
-        status.append(dict(utterance_id=utt_id, status="aligned", attempts=result.attempts, check_name=None, reason=None))
+        status.append(dict(utterance_id=utt_id, status="aligned", attempts=result.attempts, check_name=None,
+                           reason=None))
+
+    # batch_size utterances at a time: a batching backend gets one forward pass per group, and at most
+    # one group's audio is in memory, whatever the shard size
+    entries = list(zip(ids, [t or "" for t in texts], sources))
+    for first in range(0, len(entries), config.batch_size):
+        ready = []  # (utt_id, text, source, samples, rate, n_words, speech)
+        for utt_id, text, source in entries[first:first + config.batch_size]:
+            row = audio_by_id.get(utt_id)
+            if row is None:
+                status.append(dict(utterance_id=utt_id, status="skipped", attempts=0, check_name=None,
+                                   reason="no normalised audio (quarantined by normalize)"))
+                continue
+            try:
+                samples, rate = _read_audio(row)
+                ready.append((utt_id, text, source, samples, rate, *_prepare(text, samples, rate, config)))
+            except AlignmentFailed as e:
+                fail(utt_id, source, e)
+        results = _align_batch(aligner, [(text, samples, rate) for _, text, _, samples, rate, _, _ in ready])
+        for (utt_id, text, source, samples, rate, n_words, speech), result in zip(ready, results):
+            try:
+                if isinstance(result, AlignmentFailed):
+                    raise result
+                accept(utt_id, text, _checked(result, n_words, len(samples) / rate, speech, config))
+            except AlignmentFailed as e:
+                fail(utt_id, source, e)
 
     schema = schema_for("word_alignments")
     columns = {name: pa.array(values, type=schema.field(name).type) for name, values in words.items()}

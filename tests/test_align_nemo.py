@@ -216,8 +216,16 @@ def test_align_shard_end_to_end(tmp_path, char_model, speech):
     # Random weights put words anywhere, so the aligner-independent energy checks (tested with
     # pocketsphinx in test_align.py) are opened wide here; what is under test is the nemo plumbing.
     config = AlignConfig(aligner="nemo", model=char_model, max_untranscribed_speech_s=1e9,
-                         max_silent_word_fraction=1.0)
-    result = align_shard(pa.Table.from_pylist(rows), pa.Table.from_pylist(audio_rows), config)
+                         max_silent_word_fraction=1.0, batch_size=2)
+    from jstip.tasks.align_nemo import NemoAligner
+
+    aligner = NemoAligner(config)
+    batches = []
+    real_batch = aligner.align_batch
+    aligner.align_batch = lambda items: batches.append(len(items)) or real_batch(items)
+    result = align_shard(pa.Table.from_pylist(rows), pa.Table.from_pylist(audio_rows), config, aligner=aligner)
+
+    assert batches == [2, 2]  # align_shard hands the backend batch_size utterances per call
 
     assert result.status.schema.equals(ALIGN_STATUS)
     assert result.status.column("status").to_pylist() == ["aligned"] * 3 + ["failed"]
