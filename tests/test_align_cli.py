@@ -107,3 +107,53 @@ def test_evaluation_pairs_words_by_text_and_counts_misses():
     assert errors.mean_start_ms == pytest.approx(30.0)
     assert errors.mean_end_ms == pytest.approx(10.0)
     assert errors.within_20ms_pct == pytest.approx(75.0)  # 10, 20 within; 50 not; 0 within
+
+
+def test_bad_input_each_ends_ok_or_failed_with_a_specific_reason(tmp_path):
+    """The [align] bad-input list through `jstip align`: nothing crashes, nothing is dropped."""
+    import numpy as np
+    import soundfile as sf
+    import soxr
+
+    from jstip.tasks.espeak import synthesize
+
+    text = "Please refill the lisinopril prescription today."
+    speech = synthesize(text, voice="en-us", rate=160, rand_seed=1)
+    pcm = speech.samples.astype(np.float32) / 32768.0
+    lead = np.zeros(int(0.3 * speech.sample_rate), dtype=np.float32)
+    pcm = np.concatenate([lead, pcm, lead])
+    sf.write(tmp_path / "ok22k.wav", pcm, speech.sample_rate, subtype="PCM_16")
+    sf.write(tmp_path / "ok8k.wav", soxr.resample(pcm, speech.sample_rate, 8000), 8000, subtype="PCM_16")
+    at48k = soxr.resample(pcm, speech.sample_rate, 48000)
+    sf.write(tmp_path / "stereo48k.wav", np.stack([at48k, at48k], axis=1), 48000, subtype="PCM_16")
+    (tmp_path / "corrupt.wav").write_bytes(b"RIFF\x10\x00\x00\x00WAVEfmt garbage")
+    (tmp_path / "empty.wav").write_bytes(b"")
+    nan = pcm.copy()
+    nan[1000] = np.nan
+    sf.write(tmp_path / "nan.wav", nan, speech.sample_rate, subtype="FLOAT")
+    entries = [("ok22k.wav", text), ("ok8k.wav", text), ("stereo48k.wav", text), ("corrupt.wav", text),
+               ("empty.wav", text), ("nan.wav", text),
+               ("ok22k.wav", "Transfer two thousand dollars from my Premier Savings account to checking on "
+                             "Friday morning before the branch closes and confirm the wire by email.")]
+    lines = [json.dumps({"audio_filepath": str(tmp_path / a), "text": t, "id": f"u{k}"}).encode()
+             for k, (a, t) in enumerate(entries)]
+    lines.append(b'{"audio_filepath": "' + str(tmp_path / "ok22k.wav").encode() + b'", "text": "caf\xe9 \xff", "id": "latin1"}')
+    (tmp_path / "m.jsonl").write_bytes(b"\n".join(lines) + b"\n")
+
+    out = tmp_path / "out.jsonl"
+    result = runner.invoke(app, ["align", str(tmp_path / "m.jsonl"), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["status"] for r in rows] == ["ok", "ok", "ok", "failed", "failed", "failed", "failed", "failed"]
+    for r in rows[:3]:
+        assert [w["word"] for w in r["words"]] == split_words(text)
+    # the same speech at 22.05, 8 and 48 kHz stereo aligns to nearly the same times (8 kHz loses the
+    # fricative energy above 4 kHz, which moves a boundary by up to a few frames)
+    for other in rows[1:3]:
+        assert max(abs(a["start"] - b["start"]) for a, b in zip(rows[0]["words"], other["words"])) <= 0.06
+    reasons = [r["reason"] for r in rows[3:]]
+    assert "cannot decode audio" in reasons[0] and "corrupt.wav" in reasons[0]
+    assert "empty.wav is empty (0 bytes)" in reasons[1]
+    assert "nan.wav holds NaN/inf samples" in reasons[2]
+    assert "pocketsphinx alignment failed" in reasons[3]  # a transcript of other words
+    assert "m.jsonl:8: malformed JSON: 'utf-8' codec can't decode" in reasons[4]
