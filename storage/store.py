@@ -31,6 +31,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from jstip.schemas import DATASET_TABLES, conform, empty
+from jstip.storage.views import DERIVED_VIEWS
 
 CATALOG_FILE = "catalog.duckdb"
 
@@ -231,6 +232,10 @@ class DatasetStore:
                 )
                 self._create_views(con, f"v_{version.version_id}", version.path)
                 self._create_views(con, "main", version.path)
+                # views added by newer code reach older versions too
+                for (older,) in con.execute("SELECT version_id FROM dataset_versions_table WHERE version_id <> ?",
+                                            [version.version_id]).fetchall():
+                    self._create_derived_views(con, f"v_{older}")
                 con.execute("COMMIT")
             except Exception:
                 con.execute("ROLLBACK")
@@ -243,3 +248,9 @@ class DatasetStore:
         for table in DATASET_TABLES:
             glob = str(version_dir / table / "*.parquet").replace("'", "''")
             con.execute(f"CREATE OR REPLACE VIEW \"{schema}\".\"{table}\" AS SELECT * FROM read_parquet('{glob}')")
+        DatasetStore._create_derived_views(con, schema)
+
+    @staticmethod
+    def _create_derived_views(con: duckdb.DuckDBPyConnection, schema: str) -> None:
+        for view, sql in DERIVED_VIEWS.items():
+            con.execute(f'CREATE OR REPLACE VIEW "{schema}"."{view}" AS {sql}')

@@ -130,3 +130,15 @@ def test_unknown_version_is_a_clear_error(tmp_path):
     _publish(store, 1)
     with pytest.raises(StoreError, match="no dataset version 'zzz'"):
         store.version("zzz")
+
+
+def test_derived_views_exist_for_the_latest_and_every_version(tmp_path, monkeypatch):
+    from jstip.storage import views
+
+    store = DatasetStore(tmp_path)
+    old = _publish(store, 2, config='{"a":1}')  # published before the view existed
+    monkeypatch.setitem(views.DERIVED_VIEWS, "span_count", "SELECT count(*) AS n FROM spans")
+    _publish(store, 3, config='{"a":2}')
+    with duckdb.connect(str(store.catalog_path), read_only=True) as con:
+        assert con.execute("SELECT n FROM span_count").fetchone() == (3,)
+        assert con.execute(f"SELECT n FROM v_{old.version_id}.span_count").fetchone() == (2,)
