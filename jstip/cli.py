@@ -62,6 +62,8 @@ def _run_build(manifest, store, config, name, text_corpus, shard_size):
     from jstip.config import ConfigError, load_config
     from jstip.flows.build_interleaved import build_interleaved
     from jstip.tasks.ingest import ManifestError, detect_manifest_format
+    from jstip.tasks.stages import AccountingError
+    from jstip.tasks.suites import QualityGateError
 
     # Validate at the edge, before Prefect starts: a bad path or config is one line, not a failed flow run.
     try:
@@ -77,7 +79,7 @@ def _run_build(manifest, store, config, name, text_corpus, shard_size):
                                  config_path=None if config is None else str(config), name=name,
                                  text_corpus=None if text_corpus is None else str(text_corpus),
                                  shard_size=shard_size)
-    except (ConfigError, ManifestError) as e:
+    except (ConfigError, ManifestError, AccountingError, QualityGateError) as e:
         _fail(str(e))
 
 
@@ -104,7 +106,13 @@ def _report(published, store: Path) -> None:
         _print_relation([d[0] for d in rel.description], rel.fetchall(), title="span statistics (DuckDB over `spans`)")
     console.print(f"dataset files: {published.path}")
     console.print(f"catalog:       {DatasetStore(store).catalog_path}")
+    if published.data_docs_path:
+        console.print(f"data docs:     {published.data_docs_path}"
+                      + (f"  ({len(published.suite_failures)} expectation(s) failed; published with checks.gx: warn)"
+                         if published.suite_failures else ""))
     jstip = _command_name()
+    console.print(f"quarantine:    {jstip} quarantine {published.version_id} --store {store}")
+    console.print(f"statistics:    {jstip} stats --store {store}   (HTML with plots: {jstip} report --store {store})")
     console.print(f"try:           {jstip} catalog list --store {store}")
     console.print(f"               {jstip} query --store {store} 'SELECT check_name, count(*) FROM quarantine GROUP BY 1'")
 
@@ -149,6 +157,121 @@ def query(
         _fail(str(e))
     except Exception as e:  # duckdb raises many error types; all mean "this query failed"
         _fail(f"query failed: {e}")
+
+
+@app.command()
+def quarantine(
+    version: Annotated[str, typer.Argument(help="Version id (or a unique prefix), or `latest`.")],
+    store: StoreOption = Path("data"),
+    examples: Annotated[int, typer.Option(min=0, help="Example items shown per reason.")] = 3,
+    check: Annotated[Optional[str], typer.Option(help="Only this check_name.")] = None,
+):
+    """List a version's quarantined items grouped by reason (stage and check), with counts, hours and examples."""
+    from jstip.storage import DatasetStore, StoreError
+    from jstip.storage.views import DERIVED_VIEWS
+
+    data_store = DatasetStore(store)
+    try:
+        if version == "latest":
+            latest = data_store.latest()
+            if latest is None:
+                raise StoreError(f"no published versions in {data_store.catalog_path}")
+            version = latest.version_id
+        v = data_store.version(version)
+        with data_store.connect(read_only=True) as con:
+            # the version's own schema; the view's SQL, so versions registered before the view existed work too
+            con.execute(f'USE "v_{v.version_id}"')
+            summary = con.execute(f"SELECT * FROM ({DERIVED_VIEWS['quarantine_summary']}) "
+                                  "WHERE ? IS NULL OR check_name = ?", [check, check]).fetchall()
+            items = con.execute(
+                """SELECT stage, check_name, utterance_id, value, threshold, reason FROM (
+                     SELECT *, row_number() OVER (PARTITION BY stage, check_name ORDER BY utterance_id) AS k
+                     FROM quarantine WHERE ? IS NULL OR check_name = ?) WHERE k <= ?
+                   ORDER BY stage, check_name, utterance_id""", [check, check, examples]).fetchall()
+    except StoreError as e:
+        _fail(str(e))
+    console.print(f"[bold]{v.name}/{v.version_id}[/bold]: {sum(r[2] for r in summary)} quarantine row(s)"
+                  f"{f' of check {check}' if check else ''}; accepted utterances: {v.row_counts.get('utterances')}")
+    if not summary:
+        return
+    _print_relation(["stage", "check", "count", "hours", "no duration"],
+                    [(st, ch, n, f"{h:.4f}", u) for st, ch, n, h, u, _ in summary], title="quarantine by reason")
+    for st, ch, *_ in summary:
+        rows = [(uid, value, threshold, reason) for s_, c_, uid, value, threshold, reason in items
+                if (s_, c_) == (st, ch)]
+        if rows:
+            _print_relation(["utterance", "value", "threshold", "reason"], rows, title=f"{st} / {ch}: examples")
+
+
+def _sql_parameter(value: str):
+    """A --param value: an integer or a decimal number when it reads as one, else text."""
+    for kind in (int, float):
+        try:
+            return kind(value)
+        except ValueError:
+            pass
+    return value
+
+
+@app.command()
+def stats(
+    version: Annotated[Optional[str], typer.Argument(help="Version id (or a unique prefix). Default: the latest.")] = None,
+    store: StoreOption = Path("data"),
+    sql: Annotated[Optional[str], typer.Option("--sql", help="Run this SQL instead, read-only, in the version's "
+                                               "schema (its tables and the stats_* views).")] = None,
+    param: Annotated[Optional[list[str]], typer.Option("--param", "-p", help="Value bound to the next `?` of --sql "
+                                                       "(repeat for several; numbers bind as numbers).")] = None,
+):
+    """Interleave plan statistics of a version: span lengths, speech fraction, spans per utterance, hours per
+    domain, entity placement (the catalog's stats_* views)."""
+    import duckdb
+
+    from jstip.storage import DatasetStore, StoreError
+    from jstip.storage.views import PLAN_STATISTICS_VIEWS
+
+    data_store = DatasetStore(store)
+    try:
+        v = data_store.version(version) if version else data_store.latest()
+        if v is None:
+            raise StoreError(f"no published versions in {data_store.catalog_path} (run `jstip build --store {store}`)")
+        with data_store.connect(read_only=True) as con:
+            con.execute(f'USE "v_{v.version_id}"')  # ids are hex: see DatasetStore.version
+            if sql is not None:
+                rel = con.execute(sql, [_sql_parameter(p) for p in param or []])
+                _print_relation([d[0] for d in rel.description], rel.fetchall())
+                return
+            console.print(f"[bold]{v.name}/{v.version_id}[/bold]: {v.row_counts.get('interleave_plans', 0)} plans, "
+                          f"{v.row_counts.get('spans', 0)} spans")
+            for name, view_sql in PLAN_STATISTICS_VIEWS.items():
+                if name.endswith("_histogram"):
+                    continue
+                # the view's SQL, so versions registered before the view existed work too
+                rel = con.execute(f"SELECT * FROM ({view_sql})")
+                _print_relation([d[0] for d in rel.description], rel.fetchall(), title=name)
+            histograms = ", ".join(n for n in PLAN_STATISTICS_VIEWS if n.endswith("_histogram"))
+            console.print(f"distributions: {histograms} (e.g. jstip stats --sql 'SELECT * FROM "
+                          f"stats_span_length_histogram WHERE unit = ?' -p words)")
+    except StoreError as e:
+        _fail(str(e))
+    except duckdb.Error as e:
+        _fail(f"query failed: {e}")
+
+
+@app.command()
+def report(
+    version: Annotated[Optional[str], typer.Argument(help="Version id (or a unique prefix). Default: the latest.")] = None,
+    store: StoreOption = Path("data"),
+):
+    """Write an HTML report of a version (span length, speech fraction, duration, quarantine and alignment score
+    plots, the statistics tables, a link to the GX Data Docs) to <store>/reports/<version>/index.html."""
+    from jstip.storage import StoreError
+    from jstip.tasks.report import write_report
+
+    try:
+        index = write_report(store, version)
+    except StoreError as e:
+        _fail(str(e))
+    console.print(f"wrote {index}")
 
 
 @app.command()
@@ -243,6 +366,7 @@ def catalog_show(
     console.print(f"parent:  {v.parent_version or 'none'}")
     console.print(f"created: {v.created_at.isoformat()}   code: {v.code_version}")
     console.print(f"path:    {v.path}")
+    console.print(f"docs:    {v.data_docs_path or 'none (no Great Expectations suites ran)'}")
     console.print(f"query:   SELECT * FROM v_{v.version_id}.spans")
     _print_relation(["table", "rows"], sorted(v.row_counts.items()), title="tables")
     console.print("config:")

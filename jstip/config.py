@@ -125,27 +125,196 @@ class AlignConfig(_Section):
         return self
 
 
+class WordScoreFloors(_Section):
+    """Lowest acceptable word `score`, per aligner (scores are not comparable across aligners); null: no floor."""
+
+    # pocketsphinx: nats per frame relative to the best senone, <= 0, floored at -100 on underflow. Measured on
+    # 50 synthetic demo utterances: correct words >= -8.0 (median utterance minimum -4.6); one word swapped for
+    # a wrong one: that word median -7.5, lowest -15.5. Recorded speech scores lower than synthetic speech, so
+    # the default only catches words far worse than any correct synthetic word (2.5x the worst): tune it on your
+    # corpus (`SELECT quantile_cont(score, 0.001) FROM word_alignments`).
+    pocketsphinx: float | None = Field(-20.0, le=0)
+    # whisperx (mean CTC probability, 0..1) and nemo (log-prob per frame, <= 0): no pretrained weights can be
+    # fetched here to measure them on, so no floor by default.
+    whisperx: float | None = Field(None, ge=0, le=1)
+    nemo: float | None = Field(None, le=0)
+
+
 class CheckConfig(_Section):
+    """Per-utterance quality checks (jstip.tasks.checks) and the publish gate (jstip.tasks.suites).
+
+    Bounds are inclusive: a value equal to a bound passes. Every default's source is given beside it."""
+
     # Speech-LLM encoders and the aligners take at most ~30 s per forward pass (WhisperX segments are
     # <= 30 s); under 0.5 s there is too little to cut into spans.
     min_duration: float = Field(0.5, gt=0)
     max_duration: float = Field(30.0, gt=0)
+    # NeMo SDP's DropHighLowCharrate as its dataset configs use it (1-21): characters of the transcript as
+    # written (spaces and punctuation included, as SDP counts them) per second of normalised audio. Too few
+    # or too many for the audio means the transcript belongs to other audio or misses a part. Demo: 10-19.
+    min_chars_per_second: float = Field(1.0, ge=0)
+    max_chars_per_second: float = Field(21.0, gt=0)
+    # NeMo SDP's DropHighLowWordrate in its multilingual ASR config (0.3-6.0); words as jstip counts them
+    # (tokens with a letter or digit). Demo: 1.7-3.4; fast read speech reaches ~4-5.
+    min_words_per_second: float = Field(0.3, ge=0)
+    max_words_per_second: float = Field(6.0, gt=0)
+    # Alignment plausibility, any aligner. 20 ms is one frame of wav2vec2/whisperx and two of pocketsphinx: a
+    # shorter word was not resolved. 3 s: no spoken word lasts that long; the aligner absorbed a pause or
+    # noise (a long number written as one token, e.g. a 16-digit card number, can reach it: write digits
+    # apart). Demo words: 0.06-1.0 s.
+    min_word_duration: float = Field(0.02, gt=0)
+    max_word_duration: float = Field(3.0, gt=0)
+    # Word times are in order; a word may start before the previous one ends, or end past the audio, by at
+    # most this much (one pocketsphinx frame: frame rounding, not a disagreement about the word).
+    word_time_tolerance_s: float = Field(0.01, ge=0)
+    min_word_score: WordScoreFloors = WordScoreFloors()
+    # Non-word audio before the first / after the last aligned word. Our choice, loose: segmented corpora pad
+    # utterances by ~0.1-0.5 s (demo: <= 0.44 s); seconds of it mean the segment boundaries are off. Speech
+    # spans never carry more than 0.1 s of it (jstip.tasks.plan), so this is about the segment, not the spans.
+    max_leading_silence_s: float = Field(3.0, ge=0)
+    max_trailing_silence_s: float = Field(3.0, ge=0)
+    # Share of input samples at >= 0.999 of full scale (normalize's clipping_ratio). Our choice, loose: a
+    # peak-normalised clean recording touches full scale on a few samples (~1e-5); audible clipping is
+    # sustained runs of flat tops. Demo: 0.
+    max_clipping_ratio: float = Field(0.01, ge=0, le=1)
+    # silero-vad speech seconds / duration (normalize's speech_ratio; skipped when not measured). Our choice,
+    # loose: under 0.3 the utterance is mostly silence or noise around a few words. Demo: 0.78-0.94.
+    min_speech_ratio: float = Field(0.3, ge=0, le=1)
+    # The source file's sampling rate: resampling up to 16 kHz adds no bandwidth, and an encoder trained
+    # on 16 kHz audio sees 8 kHz telephone speech as a different channel. Set 8000 to keep telephone corpora.
+    min_source_sampling_rate: int = Field(16000, ge=1)
+    # Transcript characters. Non-printable ones (control characters, private use, format characters but
+    # ZWNJ/ZWJ, which Persian and Indic orthography and emoji use) are always quarantined; the charset
+    # check then allows characters of these Unicode scripts/categories (RE2 \p{...} names) plus the listed
+    # ones. Default: Latin text as the en-us aligners read it, with the punctuation and the symbols that
+    # jstip.tasks.textnorm speaks, but brackets, < > (which textnorm reads as less/more than), * and _: ASR
+    # corpora use them for non-speech markup ([noise], <unk>, (laughs), **, _). Other languages: e.g.
+    # [L, M, N, Zs] (any script); [Any]: no charset check.
+    allowed_char_classes: tuple[str, ...] = ("Latin", "M", "N", "Zs")
+    allowed_chars: str = ".,;:!?'\"-–—‘’“”«»…/&%$€£¥+=~×@#°"
+    # The same audio (sha256 of the normalised PCM) under several utterance ids in one build: a copy leaks
+    # between splits and weighs double. The lowest utterance id keeps it; the others are quarantined.
+    drop_duplicate_audio: bool = True
+    # Great Expectations suites over the staged version before it is published (jstip.tasks.suites):
+    # block: a failing suite publishes nothing; warn: publish and log the failures; off: no suites (the
+    # accounting invariant is checked whatever this says).
+    gx: Literal["block", "warn", "off"] = "block"
+    # Row-level suites validate a table whole up to this many rows, else a reservoir sample of this many
+    # (cross-row and cross-table checks are exact SQL over every row, whatever the size).
+    gx_max_rows: int = Field(100_000, ge=1)
 
     @model_validator(mode="after")
     def _ordered(self):
-        if self.min_duration >= self.max_duration:
-            raise ValueError(f"min_duration ({self.min_duration}) must be below max_duration ({self.max_duration})")
+        for low, high in (("min_duration", "max_duration"), ("min_chars_per_second", "max_chars_per_second"),
+                          ("min_words_per_second", "max_words_per_second"),
+                          ("min_word_duration", "max_word_duration")):
+            if getattr(self, low) >= getattr(self, high):
+                raise ValueError(f"{low} ({getattr(self, low)}) must be below {high} ({getattr(self, high)})")
+        return self
+
+    @model_validator(mode="after")
+    def _charset_compiles(self):
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        try:
+            pc.replace_substring_regex(pa.array([""]), pattern=self.charset_pattern(), replacement="")
+        except pa.ArrowInvalid as e:
+            raise ValueError(f"allowed_char_classes {list(self.allowed_char_classes)} is not a list of RE2 "
+                             f"Unicode class names (e.g. Latin, L, N, Zs): {e}") from None
+        return self
+
+    def charset_pattern(self) -> str:
+        """RE2 character class matching one allowed character."""
+        classes = "".join(f"\\p{{{name}}}" for name in self.allowed_char_classes)
+        literals = "".join(f"\\x{{{ord(c):x}}}" for c in self.allowed_chars)
+        return f"[{classes}{literals}]"
+
+
+class WordLevelConfig(_Section):
+    """Span lengths of word-level plans, in words (>= 1: a draw of 0 becomes 1).
+
+    The distribution gives the spans of the rarer modality (speech when speech_fraction <= 0.5, else
+    text); the other modality's spans are the same family stretched by max(eta, 1-eta) / min(eta, 1-eta)
+    so that, spans alternating, about `speech_fraction` of the words are speech (jstip.tasks.plan).
+    """
+
+    distribution: Literal["poisson", "geometric", "binomial", "uniform", "fixed"] = "poisson"
+    # slamkit/SIMS uses Poisson(10) on long utterances; a ~10-word demo utterance needs shorter spans.
+    poisson_lambda: float = Field(3.0, gt=0, description="poisson: max(1, Poisson(lambda)) words")
+    geometric_p: float = Field(0.3, gt=0, le=1, description="geometric: P(length = k) = (1-p)^(k-1) p, mean 1/p")
+    # anilkeshwani/speech-integration: max(1, Binomial(39, 0.1)) on MLS (39 = mean words per utterance).
+    binomial_n: int = Field(39, ge=1, description="binomial: max(1, Binomial(n, p)) words")
+    binomial_p: float = Field(0.1, gt=0, le=1)
+    # SpeechLMM: speech spans of U[5, 15] words.
+    uniform_low: int = Field(5, ge=1, description="uniform: an integer in [low, high], inclusive")
+    uniform_high: int = Field(15, ge=1)
+    fixed_k: int = Field(1, ge=1, description="fixed: k words (k = 1: switch at every word)")
+
+    @model_validator(mode="after")
+    def _uniform_ordered(self):
+        if self.uniform_low > self.uniform_high:
+            raise ValueError(f"uniform_low ({self.uniform_low}) must not exceed uniform_high ({self.uniform_high})")
+        return self
+
+
+class SegmentLevelConfig(_Section):
+    """Where segment-level plans cut an utterance; every cut lies between two words."""
+
+    # duration by default: it works on any corpus, while pauses depend on speaking style and many ASR
+    # corpora (LibriSpeech, GigaSpeech) have no punctuation.
+    boundary: Literal["duration", "pause", "punctuation"] = "duration"
+    min_pause_ms: float = Field(200.0, gt=0, description="pause: a gap between words at least this long is a cut")
+    # USDM cuts ~10 s segments of long-form audio; utterances of a 38k-hour ASR corpus are ~10 s, so shorter.
+    target_s: float = Field(3.0, gt=0, description="duration: segments of about this many seconds")
+    jitter: float = Field(0.5, ge=0, le=1, description="duration: each cut moves uniformly within +-jitter/2 "
+                          "of a segment length before snapping to the nearest gap between words")
+
+
+class MixedConfig(_Section):
+    """strategy: mixed. Per-utterance probabilities of each strategy (they must add up to 1)."""
+
+    word: float = Field(0.4, ge=0, le=1)
+    segment: float = Field(0.4, ge=0, le=1)
+    asr: float = Field(0.2, ge=0, le=1, description="plain ASR pairs: the whole utterance as speech, then its "
+                       "transcript (the inference-time format)")
+
+    @model_validator(mode="after")
+    def _sums_to_one(self):
+        total = self.word + self.segment + self.asr
+        if abs(total - 1.0) > 1e-6:
+            raise ValueError(f"mixed probabilities word + segment + asr must add up to 1, not {total:g}")
         return self
 
 
 class PlanConfig(_Section):
-    strategy: Literal["word"] = "word"
+    """Interleave planning (jstip.tasks.plan): how utterances are cut into speech and text spans."""
+
+    strategy: Literal["word", "segment", "asr", "mixed"] = "word"
     format: Literal["F1", "F2"] = "F1"
-    # slamkit/SIMS defaults: speech spans of Poisson(lambda=10) words covering eta=0.3 of the words.
-    # A short demo utterance has ~10-15 words, so the demo uses shorter spans to get several per utterance.
-    mean_span_words: float = Field(3.0, gt=0)
-    speech_fraction: float = Field(0.5, ge=0, le=1)
+    # word-level: sets the span lengths' ratio; segment-level: the probability of each segment being speech;
+    # both: the probability that a random start is speech.
+    speech_fraction: float = Field(0.5, ge=0, le=1, description="target share of words given as speech (eta)")
+    start_modality: Literal["random", "speech", "text"] = "random"
+    word: WordLevelConfig = WordLevelConfig()
+    segment: SegmentLevelConfig = SegmentLevelConfig()
+    mixed: MixedConfig = MixedConfig()
+    # Domain sentences from text_corpus, each one text-only sequence; the number is set so that they are
+    # this share of all of the version's sequences (capped by the corpus).
+    text_share: float = Field(0.1, ge=0, lt=1, description="strategy mixed: share of text-only sequences")
     seed: int = 0
+
+
+class RunnerConfig(_Section):
+    """Where the shard tasks run. Execution only: it never changes what is built, so it is left out of
+    the dataset version's hash (a Dask build publishes the same version as a local one)."""
+
+    kind: Literal["local", "dask"] = "local"
+    max_workers: int | None = Field(None, ge=1, description="local: worker threads (None: CPU cores)")
+    dask_address: str | None = Field(None, description="dask: an existing scheduler, e.g. tcp://head:8786; "
+                                                       "None starts a LocalCluster")
+    dask_workers: int = Field(2, ge=1, description="dask LocalCluster: worker processes")
+    dask_threads_per_worker: int = Field(1, ge=1, description="dask LocalCluster: threads per worker")
 
 
 class BuildConfig(_Section):
@@ -155,6 +324,11 @@ class BuildConfig(_Section):
     align: AlignConfig = AlignConfig()
     checks: CheckConfig = CheckConfig()
     plan: PlanConfig = PlanConfig()
+    runner: RunnerConfig = RunnerConfig()
+
+    def version_config_json(self) -> str:
+        """The configuration that shapes the data (all but `runner`), canonical: part of the version id."""
+        return json.dumps(self.model_dump(mode="json", exclude={"runner"}), sort_keys=True, separators=(",", ":"))
 
 
 class ConfigError(ValueError):

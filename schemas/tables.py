@@ -96,19 +96,28 @@ QUARANTINE = _schema("quarantine", [
     _opt("threshold", pa.string()),
     _req("reason", pa.string()),  # a sentence for humans, naming the input and the problem
     _opt("source", pa.string()),  # file:line of the manifest entry, where known
+    # seconds of audio the row withholds (measured where normalize got that far, else the manifest's), so
+    # the catalog can count quarantined hours; null: unknown (e.g. an unparsable manifest line)
+    _opt("duration", pa.float64()),
 ])
 
 # One row per (plan, utterance): how an utterance was cut into spans.
 INTERLEAVE_PLANS = _schema("interleave_plans", [
     _req("plan_id", pa.string()),
     _req("utterance_id", pa.string()),
-    _req("strategy", pa.string()),  # word | segment | mixed-* | asr | text
-    _req("format", pa.string()),  # F1 (transcribe-as-you-go) | F2 (continuation)
+    # word | segment | asr | text; a mixed plan records the strategy drawn for this utterance.
+    # text: a text-only domain sentence, whose utterance_id is its text_corpus text_id
+    _req("strategy", pa.string()),
+    # F1 (transcribe-as-you-go) | F2 (continuation); an ASR pair is F1 with one speech span, a text-only
+    # sequence F2 with one text span
+    _req("format", pa.string()),
     _req("seed", pa.int64()),
     _req("num_spans", pa.int32()),
     _req("num_words", pa.int32()),
     _req("speech_words", pa.int32()),
     _req("speech_seconds", pa.float64()),
+    _opt("domain", pa.string()),  # the utterance's (or domain sentence's) domain
+    _opt("audio_seconds", pa.float64()),  # the utterance's normalised audio; null for text-only sequences
 ])
 
 # One row per span of a plan. Speech spans carry audio bounds; text spans carry none.
@@ -128,6 +137,11 @@ SPANS = _schema("spans", [
     _opt("audio_end", pa.float64()),
     _opt("start_sample", pa.int64()),
     _opt("end_sample", pa.int64()),  # exclusive
+    # The plan's strategy and format again, so that span statistics and checks need no join of ~100 M
+    # spans with ~14 M plans at 38k hours.
+    _opt("strategy", pa.string()),
+    _opt("format", pa.string()),
+    _opt("entity_words", pa.int32()),  # words of the span inside a mention of utterances.entities; null: unknown
 ])
 
 # Domain text without audio (JSTIP: domain text adapts as well as synthetic TTS pairs).
@@ -150,6 +164,7 @@ DATASET_VERSIONS = _schema("dataset_versions", [
     _req("row_counts_json", pa.string()),
     _req("status", pa.string()),  # published
     _req("path", pa.string()),
+    _opt("data_docs_path", pa.string()),  # Great Expectations Data Docs of the version's suites (index.html)
 ])
 
 TABLES: dict[str, pa.Schema] = {

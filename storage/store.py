@@ -6,12 +6,15 @@ Layout under the store root (default ./data):
     datasets/<name>/<version>/<table>/part-*.parquet    published versions, never modified
     audio/<hash[:2]>/<hash>.flac            normalised audio, content-addressed, shared by versions
     work/<stage>/<key>/                     shard results of each stage, keyed by content (the cache)
+    gx/data_docs/<version>/index.html       Great Expectations Data Docs of each version's suites
     .staging/                               versions being written; never read by anyone
 
 Publishing is write-elsewhere, rename, register: a version directory is staged in full under .staging,
 renamed into datasets/ (atomic on one filesystem), and only then recorded in the catalog, in one
 transaction with the views. Readers go through the catalog, so a crash at any point leaves either the
-previous state or the complete new version visible, never part of one.
+previous state or the complete new version visible, never part of one. A `validate` hook runs over the
+staged files before the rename (the accounting invariant and the Great Expectations suites,
+jstip.tasks.stages.publish): if it raises, the staging directory is removed and nothing is published.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ import json
 import os
 import shutil
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -49,8 +52,11 @@ CREATE TABLE IF NOT EXISTS dataset_versions_table (
     input_hash      VARCHAR NOT NULL,
     row_counts_json VARCHAR NOT NULL,
     status          VARCHAR NOT NULL,
-    path            VARCHAR NOT NULL
+    path            VARCHAR NOT NULL,
+    data_docs_path  VARCHAR
 );
+-- catalogs created before the column existed
+ALTER TABLE dataset_versions_table ADD COLUMN IF NOT EXISTS data_docs_path VARCHAR;
 CREATE OR REPLACE VIEW dataset_versions AS SELECT * FROM dataset_versions_table ORDER BY created_at;
 """
 
@@ -71,6 +77,7 @@ class DatasetVersion:
     row_counts: dict[str, int]
     status: str
     path: Path
+    data_docs_path: Path | None = None  # Great Expectations Data Docs (index.html) of the version's suites
 
     @property
     def config(self) -> dict:
@@ -85,7 +92,11 @@ def version_id_for(input_hash: str, config_json: str, code_version: str) -> str:
 
 # A table to publish: one Arrow table, or the Parquet files of its shards (published part by part, so a
 # 38k-hour version is never held in memory at once).
-TableSource = pa.Table | Iterable[Path]
+TableSource = pa.Table | Iterable[Path | pa.Table]
+
+# Runs over a staged version (its directory and id) before it becomes visible; raises to publish nothing.
+# Returns the path of the Data Docs it built, if any, to be recorded in the catalog.
+Validator = Callable[[Path, str], Path | None]
 
 
 class DatasetStore:
@@ -95,7 +106,11 @@ class DatasetStore:
         self.datasets_dir = self.root / "datasets"
         self.audio_dir = self.root / "audio"
         self.work_dir = self.root / "work"
+        self.gx_dir = self.root / "gx"
         self.staging_dir = self.root / ".staging"
+
+    def data_docs_dir(self, version_id: str) -> Path:
+        return self.gx_dir / "data_docs" / version_id
 
     # -- catalog -------------------------------------------------------------------------------
 
@@ -150,7 +165,7 @@ class DatasetStore:
             version_id=row["version_id"], name=row["name"], parent_version=row["parent_version"],
             created_at=row["created_at"], config_json=row["config_json"], code_version=row["code_version"],
             input_hash=row["input_hash"], row_counts=json.loads(row["row_counts_json"]), status=row["status"],
-            path=Path(row["path"]),
+            path=Path(row["path"]), data_docs_path=Path(row["data_docs_path"]) if row.get("data_docs_path") else None,
         )
 
     # -- publishing ------------------------------------------------------------------------------
@@ -164,12 +179,14 @@ class DatasetStore:
         config_json: str,
         code_version: str,
         parent_version: str | None = None,
+        validate: Validator | None = None,
     ) -> DatasetVersion:
         """Publish a complete dataset version atomically and return it.
 
         Every table of DATASET_TABLES is written (missing ones as empty tables), validated against its
         schema. `parent_version` defaults to the latest published version of `name`. Publishing the
-        same inputs + config + code again returns the existing version unchanged.
+        same inputs + config + code again returns the existing version unchanged. `validate(staged_dir,
+        version_id)` runs after every table is staged and before the rename; if it raises, nothing is published.
         """
         unknown = set(tables) - set(DATASET_TABLES)
         if unknown:
@@ -186,6 +203,7 @@ class DatasetStore:
         staging = self.staging_dir / f"{version_id}-{uuid.uuid4().hex[:8]}"
         try:
             row_counts = {table: self._write_table(staging / table, table, tables.get(table)) for table in DATASET_TABLES}
+            data_docs = validate(staging, version_id) if validate is not None else None
             final_dir.parent.mkdir(parents=True, exist_ok=True)
             if final_dir.exists():
                 # Left by a crash between rename and registration: it was never visible, replace it.
@@ -198,6 +216,7 @@ class DatasetStore:
             version_id=version_id, name=name, parent_version=parent_version,
             created_at=datetime.now(timezone.utc), config_json=config_json, code_version=code_version,
             input_hash=input_hash, row_counts=row_counts, status="published", path=final_dir,
+            data_docs_path=data_docs,
         )
         self._register(version)
         return version
@@ -206,7 +225,8 @@ class DatasetStore:
         directory.mkdir(parents=True, exist_ok=True)
         if source is None:
             source = empty(table_name)
-        parts = [source] if isinstance(source, pa.Table) else list(source)
+        # lazily: a part may be a table computed on demand, and only one is held at a time
+        parts = [source] if isinstance(source, pa.Table) else source
         rows = 0
         written = 0
         for part in parts:
@@ -225,10 +245,13 @@ class DatasetStore:
             con.execute("BEGIN TRANSACTION")
             try:
                 con.execute(
-                    "INSERT INTO dataset_versions_table VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    "INSERT INTO dataset_versions_table (version_id, name, parent_version, created_at, config_json, "
+                    "code_version, input_hash, row_counts_json, status, path, data_docs_path) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     [version.version_id, version.name, version.parent_version, version.created_at,
                      version.config_json, version.code_version, version.input_hash,
-                     json.dumps(version.row_counts, sort_keys=True), version.status, str(version.path)],
+                     json.dumps(version.row_counts, sort_keys=True), version.status, str(version.path),
+                     None if version.data_docs_path is None else str(version.data_docs_path)],
                 )
                 self._create_views(con, f"v_{version.version_id}", version.path)
                 self._create_views(con, "main", version.path)

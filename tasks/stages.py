@@ -17,15 +17,15 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from jstip.config import BuildConfig, config_json
+from jstip.config import BuildConfig
 from jstip.schemas import conform, empty
 from jstip.storage import DatasetStore
 from jstip.storage.work import cached_stage, file_sha256, stage_key
 from jstip.tasks.align import align_shard
-from jstip.tasks.checks import check_shard
+from jstip.tasks.checks import check_shard, duplicate_audio, fill_durations
 from jstip.tasks.ingest import ingest_manifest, ingest_text_corpus
 from jstip.tasks.normalize import normalize_shard
-from jstip.tasks.plan import plan_shard
+from jstip.tasks.plan import plan_shard, plan_text_corpus
 from jstip.tasks.shard import shard_key, split_shards
 from jstip.version import code_version
 
@@ -83,6 +83,8 @@ class Published:
     accepted: int
     quarantined: int
     ingested: int
+    data_docs_path: str | None = None  # Great Expectations Data Docs of the version's suites
+    suite_failures: tuple[str, ...] = ()  # failed expectations published anyway (checks.gx: warn)
 
 
 def _work_dir(store: str) -> Path:
@@ -180,7 +182,9 @@ def check(shard: Shard, normalized: StageOutput, aligned: StageOutput, store: st
         def keep(table: pa.Table) -> pa.Table:
             return table.filter(pc.is_in(table.column("utterance_id"), value_set=accepted))
 
-        quarantine = pa.concat_tables([normalized.read("quarantine"), aligned.read("quarantine"), result.quarantine])
+        quarantine = fill_durations(pa.concat_tables([
+            conform("quarantine", t) for t in (normalized.read("quarantine"), aligned.read("quarantine"),
+                                               result.quarantine)]), utterances, audio)
         return {"utterances": keep(utterances), "normalized_audio": keep(audio), "word_alignments": keep(words),
                 "quarantine": quarantine}
 
@@ -198,6 +202,19 @@ def plan(shard: Shard, checked: StageOutput, store: str, config: BuildConfig) ->
     return _output("plan", shard.shard_id, key, *cached_stage(_work_dir(store), "plan", key, compute))
 
 
+def plan_text(ingested: Ingested, planned: list[StageOutput], store: str, config: BuildConfig) -> StageOutput:
+    """Text-only sequences of a `mixed` plan (jstip.tasks.plan.plan_text_corpus; none otherwise). Planned
+    once per build, after the shards: their number follows the number of utterance plans of all shards."""
+    num_plans = sum(o.row_counts["interleave_plans"] for o in planned)
+    key = stage_key("plan_text", ingested.key, str(num_plans), config.plan.fingerprint(), code_version())
+
+    def compute():
+        result = plan_text_corpus(pq.read_table(ingested.tables["text_corpus"]), num_plans, config.plan)
+        return {"interleave_plans": result.interleave_plans, "spans": result.spans}
+
+    return _output("plan_text", "text", key, *cached_stage(_work_dir(store), "plan_text", key, compute))
+
+
 class AccountingError(RuntimeError):
     pass
 
@@ -212,7 +229,8 @@ def _scan(files: list[str], columns: list[str]) -> tuple[str, list]:
 def _account(ingested: Ingested, utterance_files: list[str], quarantine_files: list[str],
              plan_files: list[str]) -> tuple[int, int]:
     """Every ingested entry is accepted or quarantined, never both, never neither; every accepted one
-    has a plan. Counted in SQL over the shard files: entries are identified by their `source` (file:line)."""
+    has a plan. Counted in SQL over the staged version's files (the publish gate), so what is checked is
+    what would be published: entries are identified by their `source` (file:line)."""
     accepted_sql, accepted_args = _scan(utterance_files, ["utterance_id", "source"])
     planned_sql, planned_args = _scan(plan_files, ["utterance_id"])
     with duckdb.connect() as con:
@@ -241,13 +259,15 @@ def _account(ingested: Ingested, utterance_files: list[str], quarantine_files: l
 
 def publish(ingested: Ingested, checked: list[StageOutput], planned: list[StageOutput], store: str,
             config: BuildConfig) -> Published:
-    """Check the accounting invariant, then publish the version atomically."""
+    """Quarantine duplicate audio across shards, then publish the version atomically. Over the staged
+    files, before the rename that makes the version visible, the gate checks the accounting invariant and
+    runs the Great Expectations suites (config.checks.gx): either failing publishes nothing."""
     def files(outputs: list[StageOutput], table: str) -> list[str]:
         return [o.tables[table] for o in outputs]
 
-    quarantine_files = [ingested.tables["quarantine"], *files(checked, "quarantine")]
+    duplicates = _duplicate_audio(checked, store, config)
+    quarantine_files = [ingested.tables["quarantine"], *files(checked, "quarantine"), duplicates]
     utterance_files = files(checked, "utterances")
-    accepted, quarantined = _account(ingested, utterance_files, quarantine_files, files(planned, "spans"))
 
     def paths(items: list[str]) -> list[Path]:
         return [Path(p) for p in items]
@@ -262,8 +282,76 @@ def publish(ingested: Ingested, checked: list[StageOutput], planned: list[StageO
         "spans": paths(files(planned, "spans")),
         "text_corpus": paths([ingested.tables["text_corpus"]]),
     }
+    dropped = pq.read_table(duplicates, columns=["utterance_id"]).column("utterance_id")
+    for name in ("utterances", "normalized_audio", "word_alignments", "interleave_plans", "spans"):
+        tables[name] = _without(tables[name], dropped)
     input_hash = stage_key("inputs", ingested.key, *(o.key for o in checked), *(o.key for o in planned))
-    version = DatasetStore(store).publish(config.name, tables, input_hash=input_hash,
-                                          config_json=config_json(config), code_version=code_version())
+    dataset_store = DatasetStore(store)
+    gate = _PublishGate(ingested, dataset_store, config)
+    version = dataset_store.publish(config.name, tables, input_hash=input_hash,
+                                    config_json=config.version_config_json(), code_version=code_version(),
+                                    validate=gate)
+    if gate.counts is None:  # published before with the same inputs: count that version's files again
+        gate.account(version.path)
+    accepted, quarantined = gate.counts
     return Published(version.version_id, version.name, str(version.path), version.parent_version,
-                     version.row_counts, accepted, quarantined, ingested.num_entries)
+                     version.row_counts, accepted, quarantined, ingested.num_entries,
+                     None if version.data_docs_path is None else str(version.data_docs_path),
+                     tuple(gate.suite_failures))
+
+
+def _duplicate_audio(checked: list[StageOutput], store: str, config: BuildConfig) -> str:
+    """Parquet file of the build's duplicate_audio quarantine rows (cached by the checked shards' keys)."""
+    key = stage_key("dedupe", *(o.key for o in checked), config.checks.fingerprint(), code_version())
+
+    def compute():
+        if not config.checks.drop_duplicate_audio:
+            return {"quarantine": empty("quarantine")}
+        return {"quarantine": duplicate_audio([o.tables["normalized_audio"] for o in checked],
+                                              [o.tables["utterances"] for o in checked])}
+
+    paths, _ = cached_stage(_work_dir(store), "dedupe", key, compute)
+    return str(paths["quarantine"])
+
+
+def _without(parts: list[Path], dropped: pa.ChunkedArray):
+    """The parts, minus rows of the dropped utterance ids; read lazily, one part at a time."""
+    if len(dropped) == 0:
+        return parts
+
+    def filtered():
+        for part in parts:
+            table = pq.read_table(part)
+            yield table.filter(pc.invert(pc.is_in(table.column("utterance_id"), value_set=dropped)))
+    return filtered()
+
+
+class _PublishGate:
+    """DatasetStore.publish's `validate` hook: over the staged version, the accounting invariant (always)
+    and the Great Expectations suites (checks.gx: block raises, warn records the failures, off skips)."""
+
+    def __init__(self, ingested: Ingested, dataset_store: DatasetStore, config: BuildConfig):
+        self.ingested, self.dataset_store, self.config = ingested, dataset_store, config
+        self.counts: tuple[int, int] | None = None
+        self.suite_failures: list[str] = []
+
+    def account(self, version_dir: Path) -> None:
+        def parts(table: str) -> list[str]:
+            return sorted(str(p) for p in (Path(version_dir) / table).glob("*.parquet"))
+
+        self.counts = _account(self.ingested, parts("utterances"), parts("quarantine"), parts("spans"))
+
+    def __call__(self, staged: Path, version_id: str) -> Path | None:
+        self.account(staged)
+        if self.config.checks.gx == "off":
+            return None
+        from jstip.tasks.suites import QualityGateError, validate_version
+
+        report = validate_version(staged, self.dataset_store.data_docs_dir(version_id), self.config)
+        if not report.success:
+            message = report.message(f"{self.config.name}/{version_id}")
+            if self.config.checks.gx == "block":
+                raise QualityGateError(f"{message}\nNothing was published (checks.gx: warn publishes anyway).")
+            log.warning("%s\nPublished anyway (checks.gx: warn).", message)
+            self.suite_failures = report.failures
+        return report.data_docs_path

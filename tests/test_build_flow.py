@@ -124,3 +124,21 @@ def test_a_missing_manifest_fails_with_its_path(prefect_server, tmp_path):
     with pytest.raises(ManifestError, match="nope.jsonl"):
         build_interleaved(manifest=str(tmp_path / "nope.jsonl"), store=str(tmp_path / "data"))
     assert not (tmp_path / "data" / "catalog.duckdb").exists()
+
+
+def test_a_dask_local_cluster_publishes_the_same_version_as_the_local_runner(prefect_server, corpus, tmp_path):
+    from jstip.flows.build_interleaved import build_interleaved
+    from jstip.storage import DatasetStore
+
+    kwargs = dict(manifest=str(corpus["manifest"]), text_corpus=str(corpus["text_corpus"]), shard_size=2)
+    local = build_interleaved(store=str(tmp_path / "local"), **kwargs)
+    dask = build_interleaved(store=str(tmp_path / "dask"), runner="dask", **kwargs)
+
+    assert dask.version_id == local.version_id
+    assert (dask.accepted, dask.quarantined) == (local.accepted, local.quarantined)
+    for table in ("utterances", "word_alignments", "interleave_plans", "spans"):
+        ours = DatasetStore(tmp_path / "local").read_table(local.version_id, table)
+        theirs = DatasetStore(tmp_path / "dask").read_table(dask.version_id, table)
+        key = [("utterance_id", "ascending")] + ([("word_index", "ascending")] if table == "word_alignments" else [])
+        key += [("span_index", "ascending")] if table == "spans" else []
+        assert ours.sort_by(key).equals(theirs.sort_by(key)), table
