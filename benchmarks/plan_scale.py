@@ -42,8 +42,7 @@ from jstip.tasks.plan import plan_shard
 
 # The planner configuration measured: what a 38k-hour JSTIP build would use (mixed word/segment/ASR, F1,
 # slamkit's Poisson(10) word spans at eta = 0.3; segments of ~3 s).
-CONFIG = PlanConfig(strategy="mixed", format="F1", speech_fraction=0.3,
-                    word={"distribution": "poisson", "poisson_lambda": 10.0})
+CONFIG = load_config(Path(__file__).resolve().parents[1] / "configs" / "38k.yaml").plan
 SHARD_SIZE = 50_000
 VOCABULARY = 5000
 DOMAINS = ["medical", "banking", "legal", "general"]

@@ -215,7 +215,8 @@ def _sql_parameter(value: str):
 
 @app.command()
 def stats(
-    version: Annotated[Optional[str], typer.Argument(help="Version id (or a unique prefix). Default: the latest.")] = None,
+    version: Annotated[Optional[str], typer.Argument(help="Version id (or a unique prefix). Default: the latest.")
+                       ] = None,
     store: StoreOption = Path("data"),
     sql: Annotated[Optional[str], typer.Option("--sql", help="Run this SQL instead, read-only, in the version's "
                                                "schema (its tables and the stats_* views).")] = None,
@@ -259,7 +260,8 @@ def stats(
 
 @app.command()
 def report(
-    version: Annotated[Optional[str], typer.Argument(help="Version id (or a unique prefix). Default: the latest.")] = None,
+    version: Annotated[Optional[str], typer.Argument(help="Version id (or a unique prefix). Default: the latest.")
+                       ] = None,
     store: StoreOption = Path("data"),
 ):
     """Write an HTML report of a version (span length, speech fraction, duration, quarantine and alignment score

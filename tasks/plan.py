@@ -105,7 +105,8 @@ def _string_buffers(strings: pa.Array | pa.ChunkedArray) -> tuple[np.ndarray, np
     if offsets is None:  # an empty array may have no buffers
         return np.zeros(len(strings) + 1, np.int64), np.zeros(0, np.uint8)
     offsets = np.frombuffer(offsets, dtype=width, count=len(strings) + 1, offset=strings.offset * width().itemsize)
-    return offsets.astype(np.int64), (np.frombuffer(data, dtype=np.uint8) if data is not None else np.zeros(0, np.uint8))
+    data = np.frombuffer(data, dtype=np.uint8) if data is not None else np.zeros(0, np.uint8)
+    return offsets.astype(np.int64), data
 
 
 def string_hash(strings: pa.Array | pa.ChunkedArray) -> np.ndarray:
@@ -755,7 +756,8 @@ def _violations(spans: pa.Table, words: _Words, audio: pa.Table) -> pa.Table:
         checked = has_words[sp] & inside & (l_sp < n_sp) & (f_sp >= 0) & (l_sp >= f_sp)
         if (checked & ~(ok_start & ok_end)).any():
             problems.append((sp[checked & ~(ok_start & ok_end)], "word_boundaries", lambda i: (
-                f"speech span {index[i]} ({bounds[0][i]}..{bounds[1][i]} s) cuts into a word of {first[i]}..{last[i]}")))
+                f"speech span {index[i]} ({bounds[0][i]}..{bounds[1][i]} s) cuts into a word of "
+                f"{first[i]}..{last[i]}")))
         offsets, _ = _string_buffers(words.word)
         prefix = np.concatenate([[0], np.cumsum(np.diff(offsets))])
         wf_all, wl_all = np.clip(base + first, 0, W - 1), np.clip(base + last, 0, W - 1)
@@ -796,7 +798,7 @@ def _span_runs(spans: pa.Table, sorted_: bool = False):
         # runs in (plan, utterance) order are distinct; otherwise count the distinct ones
         later = pc.or_(pc.greater(run_plans[1:], run_plans[:-1]),
                        pc.and_(pc.equal(run_plans[1:], run_plans[:-1]), pc.greater(run_utts[1:], run_utts[:-1])))
-        if not pc.all(later).as_py() in (True, None):
+        if not pc.all(later).as_py():  # (true for no pairs)
             run_keys = pc.binary_join_element_wise(run_plans, run_utts, "\x00")
             if len(pc.unique(run_keys)) != len(run_keys):
                 return None

@@ -41,3 +41,11 @@ def test_invalid_configs_are_rejected_with_the_file_and_field(tmp_path, text, me
 def test_missing_config_file():
     with pytest.raises(ConfigError, match="config file not found: /nope.yaml"):
         load_config("/nope.yaml")
+
+
+def test_the_38k_config_loads_and_differs_only_where_it_says():
+    config = load_config(REPO / "configs" / "38k.yaml")
+    assert (config.shard_size, config.plan.strategy, config.plan.speech_fraction, config.runner.kind) == (
+        2000, "mixed", 0.3, "dask")
+    assert config.plan.word.poisson_lambda == 10.0
+    assert config.align == BuildConfig().align and config.checks == BuildConfig().checks

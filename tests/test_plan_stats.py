@@ -69,7 +69,8 @@ def test_statistics_views_agree_with_python_counts(published):
     assert {p["strategy"] for p in plans} == {"word", "segment", "asr", "text"}
 
     lengths = {(r["strategy"], r["modality"], r["role"]): r for r in _view(store, "stats_span_lengths")}
-    assert {k: r["spans"] for k, r in lengths.items()} == Counter((s["strategy"], s["modality"], s["role"]) for s in spans)
+    assert {k: r["spans"] for k, r in lengths.items()} == Counter(
+        (s["strategy"], s["modality"], s["role"]) for s in spans)
     asr = lengths["asr", "speech", "speech"]
     asr_spans = [s for s in spans if s["strategy"] == "asr" and s["role"] == "speech"]
     assert asr["mean_seconds"] == pytest.approx(
