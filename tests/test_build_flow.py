@@ -142,3 +142,46 @@ def test_a_dask_local_cluster_publishes_the_same_version_as_the_local_runner(pre
         key = [("utterance_id", "ascending")] + ([("word_index", "ascending")] if table == "word_alignments" else [])
         key += [("span_index", "ascending")] if table == "spans" else []
         assert ours.sort_by(key).equals(theirs.sort_by(key)), table
+
+
+def test_a_build_killed_mid_alignment_resumes_and_publishes_the_same_version(prefect_server, corpus, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from jstip.flows.build_interleaved import build_interleaved
+    from jstip.storage import DatasetStore
+
+    kwargs = dict(manifest=str(corpus["manifest"]), text_corpus=str(corpus["text_corpus"]), shard_size=1)
+    store = tmp_path / "killed"
+    script = ("import sys; from jstip.flows.build_interleaved import build_interleaved; "
+              f"build_interleaved(store=sys.argv[1], **{kwargs!r})")
+    child = subprocess.Popen([sys.executable, "-c", script, str(store)], stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL, start_new_session=True)
+    align_dir = store / "work" / "align"
+    deadline = time.monotonic() + 180
+    while not (align_dir.is_dir() and any(p for p in align_dir.iterdir() if not p.name.startswith("."))):
+        assert child.poll() is None, "the build ended before it could be killed"
+        assert time.monotonic() < deadline, "no shard was aligned within 180 s"
+        time.sleep(0.05)
+    os.killpg(child.pid, signal.SIGKILL)
+    child.wait()
+
+    finished = {p.name: p.stat().st_mtime_ns for p in align_dir.iterdir() if not p.name.startswith(".")}
+    assert DatasetStore(store).versions() == []  # nothing visible after the kill
+    assert not (store / "catalog.duckdb").exists() or DatasetStore(store).latest() is None
+
+    resumed = build_interleaved(store=str(store), **kwargs)
+    uninterrupted = build_interleaved(store=str(tmp_path / "clean"), **kwargs)
+    assert resumed.version_id == uninterrupted.version_id
+    # the shards aligned before the kill were reused, not redone
+    assert {n: (align_dir / n).stat().st_mtime_ns for n in finished} == finished
+    assert not any((store / ".staging").iterdir())
+    for table, key in (("spans", ["plan_id", "utterance_id", "span_index"]), ("word_alignments", ["utterance_id", "word_index"]),
+                       ("quarantine", ["source", "check_name"])):
+        order = [(k, "ascending") for k in key]
+        ours = DatasetStore(store).read_table(resumed.version_id, table).sort_by(order)
+        theirs = DatasetStore(tmp_path / "clean").read_table(uninterrupted.version_id, table).sort_by(order)
+        assert ours.equals(theirs), table
