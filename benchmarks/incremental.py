@@ -40,14 +40,15 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="jstip-incremental-") as tmp:
         synth = synthesize_corpus(Path(tmp) / "corpus", utterances=args.utterances + extra, seed=0)
         lines = synth.nemo_manifest.read_text().splitlines()
-        base, grown = Path(tmp) / "base.jsonl", Path(tmp) / "grown.jsonl"
-        base.write_text("\n".join(lines[:args.utterances]) + "\n")
-        grown.write_text("\n".join(lines) + "\n")
+        manifest = Path(tmp) / "manifest.jsonl"
         audio_s = sum(json.loads(line)["duration"] for line in lines[:args.utterances])
 
         store = str(Path(tmp) / "data")
         timings = {}
-        for label, manifest in (("full build", base), ("unchanged rerun", base), (f"+{extra} utterances (1%)", grown)):
+        # the nightly case: new lines appended to the same manifest file
+        for label, count in (("full build", args.utterances), ("unchanged rerun", args.utterances),
+                             (f"+{extra} utterances (1%)", len(lines))):
+            manifest.write_text("\n".join(lines[:count]) + "\n")
             t0 = time.perf_counter()
             published = build_interleaved(manifest=str(manifest), store=store, shard_size=args.shard_size)
             timings[label] = (time.perf_counter() - t0, published)

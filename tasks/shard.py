@@ -51,9 +51,12 @@ def split_shards(utterances: pa.Table, shard_size: int) -> list[pa.Table]:
 
 def shard_key(shard: pa.Table) -> str:
     digest = hashlib.sha256()
+    # IPC bytes of a slice depend on the table it was cut from (buffer offsets, chunking); `take` makes
+    # fresh, canonical buffers, so equal rows give equal bytes
+    canonical = shard.take(pa.array(range(shard.num_rows), pa.int64()))
     sink = pa.BufferOutputStream()
-    with pa.ipc.new_stream(sink, shard.schema) as writer:
-        writer.write_table(shard)
+    with pa.ipc.new_stream(sink, canonical.schema) as writer:
+        writer.write_table(canonical)
     digest.update(sink.getvalue().to_pybytes())
     for path in pc.unique(shard.column("audio_path")).to_pylist():
         try:

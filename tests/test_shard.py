@@ -46,3 +46,9 @@ def test_removing_a_line_changes_only_its_shard():
 def test_same_input_same_shards():
     table = _utterances([f"u{k}" for k in range(500)])
     assert [shard_key(s) for s in split_shards(table, 40)] == [shard_key(s) for s in split_shards(table, 40)]
+
+
+def test_keys_depend_on_rows_not_on_how_the_table_is_chunked():
+    table = _utterances([f"u{k}" for k in range(300)])
+    rechunked = pa.concat_tables([table.slice(0, 7), table.slice(7, 150), table.slice(157)])
+    assert [shard_key(s) for s in split_shards(table, 20)] == [shard_key(s) for s in split_shards(rechunked, 20)]
