@@ -19,6 +19,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from jstip.schemas import conform
+from jstip.storage.store import PARQUET_OPTIONS
 
 
 def stage_key(stage: str, *parts: str) -> str:
@@ -48,7 +49,7 @@ def cached_stage(
     tmp.mkdir(parents=True)
     try:
         for name, table in compute().items():
-            pq.write_table(conform(name, table), tmp / f"{name}.parquet")
+            pq.write_table(conform(name, table), tmp / f"{name}.parquet", **PARQUET_OPTIONS)
         try:
             os.rename(tmp, out)
         except OSError:

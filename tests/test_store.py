@@ -142,3 +142,15 @@ def test_derived_views_exist_for_the_latest_and_every_version(tmp_path, monkeypa
     with duckdb.connect(str(store.catalog_path), read_only=True) as con:
         assert con.execute("SELECT n FROM span_count").fetchone() == (3,)
         assert con.execute(f"SELECT n FROM v_{old.version_id}.span_count").fetchone() == (2,)
+
+
+def test_stage_results_in_published_form_are_linked_not_rewritten(tmp_path):
+    from jstip.storage.store import PARQUET_OPTIONS
+
+    part = tmp_path / "spans.parquet"
+    pq.write_table(_spans(4), part, **PARQUET_OPTIONS)
+    store = DatasetStore(tmp_path / "data")
+    version = store.publish("demo", {"spans": [part]}, input_hash="x", config_json="{}", code_version="t")
+    [published] = list((version.path / "spans").iterdir())
+    assert published.stat().st_ino == part.stat().st_ino  # the same file, linked
+    assert version.row_counts["spans"] == 4 and store.read_table(version.version_id, "spans").num_rows == 4
