@@ -40,6 +40,13 @@ def _logged(output: stages.StageOutput) -> stages.StageOutput:
     return output
 
 
+@task(name="resume", **_TASK_OPTIONS)
+def resume(ingested: stages.Ingested, store: str, config: BuildConfig) -> stages.Resumed:
+    resumed = stages.resume(ingested, store, config)
+    get_run_logger().info(resumed.summary())
+    return resumed
+
+
 @task(name="normalize", task_run_name="normalize-{shard.shard_id}", **_TASK_OPTIONS)
 def normalize(shard: stages.Shard, store: str, config: BuildConfig) -> stages.StageOutput:
     return _logged(stages.normalize(shard, store, config))
@@ -97,14 +104,16 @@ def task_runner_for(config: RunnerConfig):
 def build_shards(manifest: str, text_corpus: str | None, store: str, config: BuildConfig) -> stages.Published:
     """The shard DAG, run under the task runner `build_interleaved` chose."""
     ingested = ingest(manifest, text_corpus, store, config)
-    shards = ingested.shards
+    resumed = resume(ingested, store, config)
+    shards = resumed.pending  # shards whose whole chain is cached are not submitted again
     store_, config_ = unmapped(store), unmapped(config)
     normalized = normalize.map(shards, store_, config_)
     aligned = align.map(shards, normalized, store_, config_)
     checked = check.map(shards, normalized, aligned, store_, config_)
-    planned = plan.map(shards, checked, store_, config_).result()
+    planned = plan.map(shards, checked, store_, config_)
+    checked, planned = stages.in_shard_order(ingested, resumed, checked.result(), planned.result())
     text_planned = plan_text(ingested, planned, store, config)  # text-only sequences (strategy mixed)
-    return publish(ingested, checked.result(), [*planned, text_planned], store, config)
+    return publish(ingested, checked, [*planned, text_planned], store, config)
 
 
 @flow(name="build-interleaved", log_prints=True)

@@ -19,6 +19,7 @@ STAGES = ("normalize", "align", "check", "plan")
 _INGESTED = re.compile(r"^ingested .*: (\d+) entries in (\d+) shards")
 _SHARD_DONE = re.compile(rf"^({'|'.join(STAGES)}) s\d+: ")
 _PUBLISHED = re.compile(r"^published ")
+_RESUMED = re.compile(r"^resuming: (\d+) of \d+ shards already complete")
 
 
 class _StageProgressHandler(logging.Handler):
@@ -34,6 +35,9 @@ class _StageProgressHandler(logging.Handler):
             for stage in STAGES:
                 self.bars[stage] = self.progress.add_task(stage, total=shards)
             self.bars["publish"] = self.progress.add_task("publish", total=1)
+        elif (match := _RESUMED.match(message)) and self.bars:
+            for stage in STAGES:
+                self.progress.advance(self.bars[stage], int(match.group(1)))
         elif (match := _SHARD_DONE.match(message)) and match.group(1) in self.bars:
             self.progress.advance(self.bars[match.group(1)])
         elif _PUBLISHED.match(message) and "publish" in self.bars:

@@ -20,7 +20,7 @@ import pyarrow.parquet as pq
 from jstip.config import BuildConfig
 from jstip.schemas import conform, empty
 from jstip.storage import DatasetStore
-from jstip.storage.work import cached_stage, file_sha256, stage_key
+from jstip.storage.work import cached_stage, file_sha256, result_dir, stage_key
 from jstip.tasks.align import align_shard
 from jstip.tasks.checks import check_shard, duplicate_audio, fill_durations
 from jstip.tasks.ingest import ingest_manifest, ingest_text_corpus
@@ -147,8 +147,24 @@ def ingest(manifest: str, text_corpus: str | None, store: str, config: BuildConf
                     tables={n: str(p) for n, p in paths.items()}, shards=shards)
 
 
+def _normalize_key(shard: Shard, config: BuildConfig) -> str:
+    return stage_key("normalize", shard.key, config.normalize.fingerprint(), code_version())
+
+
+def _align_key(normalize_key: str, config: BuildConfig) -> str:
+    return stage_key("align", normalize_key, config.align.fingerprint(), code_version())
+
+
+def _check_key(align_key: str, config: BuildConfig) -> str:
+    return stage_key("check", align_key, config.checks.fingerprint(), code_version())
+
+
+def _plan_key(check_key: str, config: BuildConfig) -> str:
+    return stage_key("plan", check_key, config.plan.fingerprint(), code_version())
+
+
 def normalize(shard: Shard, store: str, config: BuildConfig) -> StageOutput:
-    key = stage_key("normalize", shard.key, config.normalize.fingerprint(), code_version())
+    key = _normalize_key(shard, config)
     audio_dir = DatasetStore(store).audio_dir
 
     def compute():
@@ -159,7 +175,7 @@ def normalize(shard: Shard, store: str, config: BuildConfig) -> StageOutput:
 
 
 def align(shard: Shard, normalized: StageOutput, store: str, config: BuildConfig) -> StageOutput:
-    key = stage_key("align", normalized.key, config.align.fingerprint(), code_version())
+    key = _align_key(normalized.key, config)
 
     def compute():
         result = align_shard(pq.read_table(shard.path), normalized.read("normalized_audio"), config.align)
@@ -170,7 +186,7 @@ def align(shard: Shard, normalized: StageOutput, store: str, config: BuildConfig
 
 def check(shard: Shard, normalized: StageOutput, aligned: StageOutput, store: str, config: BuildConfig) -> StageOutput:
     """Run the checks and keep only accepted utterances; the shard's quarantine gathers every stage's rows."""
-    key = stage_key("check", aligned.key, config.checks.fingerprint(), code_version())
+    key = _check_key(aligned.key, config)
 
     def compute():
         utterances = pq.read_table(shard.path)
@@ -192,7 +208,7 @@ def check(shard: Shard, normalized: StageOutput, aligned: StageOutput, store: st
 
 
 def plan(shard: Shard, checked: StageOutput, store: str, config: BuildConfig) -> StageOutput:
-    key = stage_key("plan", checked.key, config.plan.fingerprint(), code_version())
+    key = _plan_key(checked.key, config)
 
     def compute():
         result = plan_shard(checked.read("utterances"), checked.read("word_alignments"),
@@ -200,6 +216,50 @@ def plan(shard: Shard, checked: StageOutput, store: str, config: BuildConfig) ->
         return {"interleave_plans": result.interleave_plans, "spans": result.spans}
 
     return _output("plan", shard.shard_id, key, *cached_stage(_work_dir(store), "plan", key, compute))
+
+
+@dataclass(frozen=True)
+class Resumed:
+    """Shards whose whole chain (normalize -> plan) is already in the stage cache, and the others."""
+
+    finished: dict[str, tuple[StageOutput, StageOutput]]  # shard_id -> (checked, planned)
+    pending: list[Shard]
+
+    def summary(self) -> str:
+        total = len(self.finished) + len(self.pending)
+        return f"resuming: {len(self.finished)} of {total} shards already complete, {len(self.pending)} to process"
+
+
+def resume(ingested: Ingested, store: str, config: BuildConfig) -> Resumed:
+    """Split the shards into finished (every stage result cached) and pending ones, by their keys alone.
+
+    Finished shards are not submitted as tasks at all: a nightly run that adds 1% of new utterances
+    pays task overhead for the new shards only."""
+    work = _work_dir(store)
+    finished, pending = {}, []
+    for shard in ingested.shards:
+        keys = {"normalize": _normalize_key(shard, config)}
+        keys["align"] = _align_key(keys["normalize"], config)
+        keys["check"] = _check_key(keys["align"], config)
+        keys["plan"] = _plan_key(keys["check"], config)
+        dirs = {stage: result_dir(work, stage, key) for stage, key in keys.items()}
+        if not all(d.is_dir() for d in dirs.values()):
+            pending.append(shard)
+            continue
+        outputs = {stage: _output(stage, shard.shard_id, keys[stage],
+                                  {p.stem: p for p in sorted(dirs[stage].glob("*.parquet"))}, True)
+                   for stage in ("check", "plan")}
+        finished[shard.shard_id] = (outputs["check"], outputs["plan"])
+    return Resumed(finished, pending)
+
+
+def in_shard_order(ingested: Ingested, resumed: Resumed, checked: list[StageOutput],
+                   planned: list[StageOutput]) -> tuple[list[StageOutput], list[StageOutput]]:
+    """Finished and newly processed shard outputs, merged back into shard order (the version hash and
+    the published part order depend on it)."""
+    fresh = {c.shard_id: (c, p) for c, p in zip(checked, planned)}
+    merged = [resumed.finished.get(s.shard_id) or fresh[s.shard_id] for s in ingested.shards]
+    return [c for c, _ in merged], [p for _, p in merged]
 
 
 def plan_text(ingested: Ingested, planned: list[StageOutput], store: str, config: BuildConfig) -> StageOutput:
