@@ -354,8 +354,3 @@ def load_config(path: str | Path | None = None, **overrides) -> BuildConfig:
     except ValidationError as e:
         where = path or "config"
         raise ConfigError(f"{where}: invalid configuration:\n{e}") from None
-
-
-def config_json(config: BaseModel) -> str:
-    """Canonical JSON: the same config always gives the same bytes (and the same version hash)."""
-    return json.dumps(config.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))

@@ -26,14 +26,6 @@ def stage_key(stage: str, *parts: str) -> str:
     return hashlib.sha256("\0".join((stage, *parts)).encode()).hexdigest()[:24]
 
 
-def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def result_dir(work_dir: Path, stage: str, key: str) -> Path:
     return Path(work_dir) / stage / key
 

@@ -20,7 +20,7 @@ import pyarrow.parquet as pq
 from jstip.config import BuildConfig
 from jstip.schemas import conform, empty
 from jstip.storage import DatasetStore
-from jstip.storage.work import cached_stage, file_sha256, result_dir, stage_key
+from jstip.storage.work import cached_stage, result_dir, stage_key
 from jstip.tasks.align import align_shard
 from jstip.tasks.checks import check_shard, duplicate_audio, fill_durations
 from jstip.tasks.ingest import ingest_manifest, ingest_text_corpus

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from jstip.config import BuildConfig, ConfigError, config_json, load_config
+from jstip.config import BuildConfig, ConfigError, load_config
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -20,8 +20,8 @@ def test_overrides_and_canonical_json(tmp_path):
     path.write_text("name: trial\nplan:\n  format: F2\n")
     config = load_config(path, shard_size=7)
     assert (config.name, config.shard_size, config.plan.format) == ("trial", 7, "F2")
-    assert config_json(config) == config_json(load_config(path, shard_size=7))
-    assert config_json(config) != config_json(BuildConfig())
+    assert config.version_config_json() == load_config(path, shard_size=7).version_config_json()
+    assert config.version_config_json() != BuildConfig().version_config_json()
 
 
 @pytest.mark.parametrize("text, message", [

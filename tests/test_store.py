@@ -7,7 +7,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from jstip.schemas import from_rows
+from jstip.schemas import SchemaError, from_rows
 from jstip.storage import DatasetStore, StoreError, version_id_for
 
 
@@ -120,7 +120,7 @@ def test_a_version_renamed_but_never_registered_is_replaced(tmp_path):
 def test_publish_rejects_tables_that_break_their_schema(tmp_path):
     store = DatasetStore(tmp_path)
     bad = pa.table({"plan_id": ["p"], "utterance_id": [None]})
-    with pytest.raises(Exception, match="spans"):
+    with pytest.raises(SchemaError, match="spans.utterance_id: 1 null value"):
         store.publish("demo", {"spans": bad}, input_hash="x", config_json="{}", code_version="t")
     assert store.versions() == []
 
