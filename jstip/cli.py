@@ -20,6 +20,8 @@ app = typer.Typer(help="jstip: interleaved speech-text data for speech-LLM pretr
 catalog_app = typer.Typer(help="Inspect published dataset versions in a store's DuckDB catalog.",
                           no_args_is_help=True)
 app.add_typer(catalog_app, name="catalog")
+models_app = typer.Typer(help="Inspect trained models registered in a store's DuckDB catalog.", no_args_is_help=True)
+app.add_typer(models_app, name="models")
 console = Console()
 
 StoreOption = Annotated[Path, typer.Option("--store", help="Root of the versioned dataset store.")]
@@ -280,6 +282,32 @@ def report(
 
 
 @app.command()
+def export(
+    version: Annotated[str, typer.Argument(help="Version id (or a unique prefix), or `latest`.")],
+    format: Annotated[str, typer.Option("--format", help="lhotse (cuts.jsonl.gz) | lhotse-shar (tar shards with "
+                                                         "the audio) | nemo (manifest.jsonl)")],
+    out: Annotated[Path, typer.Option(help="Output directory (must be empty or absent, unless --overwrite).")],
+    store: StoreOption = Path("data"),
+    overwrite: Annotated[bool, typer.Option(help="Replace a non-empty --out (only once the export is "
+                                                 "complete).")] = False,
+    shard_size: Annotated[int, typer.Option(min=1, help="lhotse-shar: cuts per shard.")] = 1000,
+):
+    """Export a version's accepted utterances with their normalised audio, word alignments and interleave
+    spans (plus the domain text) for Lhotse/icefall or NeMo trainers."""
+    from jstip.storage import StoreError
+    from jstip.tasks.export import ExportError, export_version
+
+    try:
+        summary = export_version(store, version, format, out, overwrite=overwrite, shard_size=shard_size)
+    except (StoreError, ExportError, OSError) as e:
+        _fail(str(e))
+    console.print(f"{summary.name}/{summary.version_id}: exported {summary.utterances} utterances "
+                  f"({summary.audio_seconds / 3600:.3f} h, {summary.words} words), {summary.plans} plans, "
+                  f"{summary.spans} spans, {summary.text_sentences} text-only sentences as {summary.format}")
+    console.print(f"wrote {summary.out}: {', '.join(summary.files)}")
+
+
+@app.command()
 def align(
     manifest: Annotated[Path, typer.Argument(help="NeMo-style JSONL manifest (audio_filepath, text, optional id, "
                                                   "duration, offset).")],
@@ -376,6 +404,142 @@ def catalog_show(
     _print_relation(["table", "rows"], sorted(v.row_counts.items()), title="tables")
     console.print("config:")
     console.print_json(json.dumps(v.config))
+
+
+def _metric_text(metric: str, value: float) -> str:
+    if metric.endswith(("wer", "eer", "accuracy", "rate")):
+        return f"{value:.4f}"
+    return str(int(value)) if float(value).is_integer() else f"{value:.4g}"
+
+
+EVAL_SUMMARY_METRICS = ["utterances", "wer", "entity_accuracy", "eer", "hallucination_rate"]
+
+
+def _print_eval_summary(results, metrics: list[str], title: str | None = None) -> None:
+    """Eval result rows pivoted: one row per model, test set, decoding, dataset version and domain."""
+    groups: dict[tuple, dict[str, float]] = {}
+    for row in results.to_pylist():
+        key = (row["model_id"], row["test_set"], row["decoding"], row["dataset_version"], row["domain"])
+        groups.setdefault(key, {})[row["metric"]] = row["value"]
+    _print_relation(["model", "test set", "decoding", "dataset version", "domain", *metrics],
+                    [(*key, *(_metric_text(m, values[m]) if m in values else None for m in metrics))
+                     for key, values in groups.items()], title=title)
+
+
+@models_app.command("list")
+def models_list(
+    store: StoreOption = Path("data"),
+    name: Annotated[Optional[str], typer.Option(help="Only models of this name.")] = None,
+):
+    """List registered models, oldest first, with the channels that have promoted them."""
+    from jstip.storage.registry import ModelRegistry
+
+    registry = ModelRegistry(store)
+    models = registry.models(name)
+    if not models:
+        console.print(f"no models registered in {registry.store.catalog_path}")
+        return
+    channels: dict[str, list[str]] = {}
+    for channel, model_id in registry.channels().items():
+        channels.setdefault(model_id, []).append(channel)
+    _print_relation(
+        ["model", "name", "dataset version", "parent", "created (UTC)", "promoted on", "path"],
+        [(m.model_id, m.name, m.dataset_version, m.parent_model, m.created_at.strftime("%Y-%m-%d %H:%M:%S"),
+          ", ".join(channels.get(m.model_id, [])), m.path) for m in models],
+    )
+
+
+@models_app.command("show")
+def models_show(
+    model: Annotated[str, typer.Argument(help="Model id (or a unique prefix).")],
+    store: StoreOption = Path("data"),
+):
+    """Show one model: lineage, checkpoint, training metrics, overall eval results and config."""
+    import pyarrow.compute as pc
+
+    from jstip.storage import StoreError
+    from jstip.storage.registry import ModelRegistry
+
+    registry = ModelRegistry(store)
+    try:
+        m = registry.model(model)
+        results = registry.eval_results(m.model_id)
+    except StoreError as e:
+        _fail(str(e))
+    channels = [channel for channel, model_id in registry.channels().items() if model_id == m.model_id]
+    console.print(f"[bold]{m.name}/{m.model_id}[/bold]")
+    console.print(f"trained on:  {m.dataset_version}   parent: {m.parent_model or 'none'}")
+    console.print(f"created:     {m.created_at.isoformat()}")
+    console.print(f"path:        {m.path}")
+    console.print(f"promoted on: {', '.join(channels) or 'none'}")
+    if m.metrics:
+        _print_relation(["metric", "value"], sorted(m.metrics.items()), title="training metrics")
+    overall = results.filter(pc.equal(results["domain"], "all"))
+    if overall.num_rows:
+        _print_eval_summary(overall, EVAL_SUMMARY_METRICS, title="eval results (all domains)")
+    else:
+        console.print("eval results: none recorded")
+    console.print("config:")
+    console.print_json(m.config_json)
+
+
+@app.command()
+def evals(
+    store: StoreOption = Path("data"),
+    model: Annotated[Optional[str], typer.Option("--model", help="Only this model (id or a unique prefix).")] = None,
+    test_set: Annotated[Optional[str], typer.Option("--test-set", help="Only this test set.")] = None,
+    metric: Annotated[Optional[list[str]], typer.Option(
+        "--metric", "-m", help=f"Metric columns (repeat for several; default: {', '.join(EVAL_SUMMARY_METRICS)}). "
+                               "Every row: jstip query 'SELECT * FROM eval_results'.")] = None,
+):
+    """Eval results of registered models: one row per model, test set, decoding, dataset version and domain."""
+    from jstip.storage import StoreError
+    from jstip.storage.registry import ModelRegistry
+
+    registry = ModelRegistry(store)
+    try:
+        results = registry.eval_results(model, test_set)
+    except StoreError as e:
+        _fail(str(e))
+    if not results.num_rows:
+        console.print(f"no eval results in {registry.store.catalog_path}"
+                      + (f" for model {model}" if model else "") + (f" on test set {test_set}" if test_set else ""))
+        return
+    _print_eval_summary(results, metric or EVAL_SUMMARY_METRICS)
+
+
+@app.command()
+def train(
+    store: StoreOption = Path("data"),
+    version: Annotated[Optional[str], typer.Option("--version", help="Dataset version id or prefix (default: the "
+                                                                     "latest published).")] = None,
+    config: Annotated[Optional[Path], typer.Option(help="YAML training config (default: the CPU demo model, "
+                                                        "jstip.model.config).")] = None,
+    steps: Annotated[Optional[int], typer.Option(min=1, help="Override the config's number of steps.")] = None,
+    init_model: Annotated[Optional[str], typer.Option(help="Registered model id to continue training from.")] = None,
+    name: Annotated[str, typer.Option(help="Model family name in the catalog.")] = "jstip",
+):
+    """Train a speech-LLM on a dataset version (Prefect flow `train`); resumes from the last checkpoint."""
+    from jstip.flows.train import train as train_flow
+    from jstip.model.config import TrainConfigError, load_train_config
+    from jstip.storage.store import StoreError
+    from jstip.tasks.sequences import DatasetError, resolve_version
+    from jstip.storage import DatasetStore
+
+    try:  # validate at the edge: a bad config or version is one line, not a failed flow run
+        load_train_config(config, steps=steps)
+        resolve_version(DatasetStore(store), version)
+    except (TrainConfigError, DatasetError, StoreError) as e:
+        _fail(str(e))
+    try:
+        result = train_flow(store=str(store), dataset_version=version, config_path=None if config is None else str(config),
+                            steps=steps, init_model=init_model, name=name)
+    except (DatasetError, StoreError) as e:
+        _fail(str(e))
+    console.print(f"[bold green]model[/bold green] {result.model_id}  trained on dataset version {result.dataset_version}")
+    console.print(f"final loss {result.metrics.get('final_loss', float('nan')):.4f} after {result.steps} steps")
+    console.print(f"model:  {result.model_dir}")
+    console.print(f"log:    {result.model_dir.parent / 'train_log.csv'}")
 
 
 def main() -> None:  # pragma: no cover - console entry point

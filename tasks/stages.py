@@ -415,3 +415,22 @@ class _PublishGate:
             log.warning("%s\nPublished anyway (checks.gx: warn).", message)
             self.suite_failures = report.failures
         return report.data_docs_path
+
+
+def build_in_process(manifest: str, text_corpus: str | None, store: str, config: BuildConfig) -> Published:
+    """The build-interleaved DAG run sequentially in this process, without an orchestrator.
+
+    Same stage functions, same cache and the same published version as the flow (the version id does
+    not depend on who ran the stages). For test fixtures, benchmarks and notebooks; production builds
+    go through the `build-interleaved` flow, which adds retries, parallelism and run history."""
+    ingested = ingest(manifest, text_corpus, store, config)
+    resumed = resume(ingested, store, config)
+    checked, planned = [], []
+    for shard in resumed.pending:
+        normalized = normalize(shard, store, config)
+        aligned = align(shard, normalized, store, config)
+        checked.append(check(shard, normalized, aligned, store, config))
+        planned.append(plan(shard, checked[-1], store, config))
+    checked, planned = in_shard_order(ingested, resumed, checked, planned)
+    text_planned = plan_text(ingested, planned, store, config)
+    return publish(ingested, checked, [*planned, text_planned], store, config)

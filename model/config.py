@@ -1,0 +1,170 @@
+"""Speech-LLM and training configuration: typed and validated once (YAML -> pydantic), then passed down.
+
+The defaults are a CPU-sized model that trains in minutes on the demo corpus: a small conv + transformer
+encoder and a tiny Llama-style LM built locally from the dataset's own text (no download). For a real run
+point `llm.path` at a checkpoint (hub id or local directory, e.g. Qwen/Qwen2.5-0.5B) and
+`encoder.kind: whisper` + `encoder.pretrained` at a Whisper checkpoint; `configs/train_demo.yaml` and the
+README show both.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class EncoderConfig(_Section):
+    """The audio encoder: log-mel frames (10 ms hop) in, hidden frames out."""
+
+    # conv: two stride-2 convolutions (40 ms frames) + a transformer; small enough to train on CPU.
+    # whisper: a transformers WhisperEncoder (20 ms frames), from `pretrained` or built from the sizes below.
+    kind: Literal["conv", "whisper"] = "conv"
+    pretrained: str | None = Field(None, description="whisper: hub id or local directory of a Whisper checkpoint "
+                                                     "whose encoder weights (and sizes) to use")
+    n_mels: int = Field(80, ge=16, le=128)
+    d_model: int = Field(128, ge=8)
+    layers: int = Field(2, ge=1)
+    heads: int = Field(4, ge=1)
+    ffn_dim: int = Field(256, ge=8)
+    dropout: float = Field(0.1, ge=0, lt=1)
+    # A Whisper encoder takes a fixed window of frames; spans are padded to it (longer ones are encoded in
+    # window-sized pieces). 30 s is Whisper's; a from-scratch whisper encoder may use less.
+    whisper_window_s: float = Field(30.0, gt=0, le=30)
+
+
+class ProjectorConfig(_Section):
+    """Frame stacking + MLP: `stack` consecutive encoder frames become one LLM input embedding."""
+
+    stack: int = Field(2, ge=1, le=16, description="encoder frames per embedding (conv: 2 x 40 ms = 80 ms; "
+                                                   "whisper: 4 x 20 ms = 80 ms)")
+    hidden: int = Field(256, ge=8)
+
+
+class TinyLMConfig(_Section):
+    """A Llama-style LM built from scratch, with a byte-level BPE tokenizer trained on the dataset's text."""
+
+    vocab_size: int = Field(1024, ge=300)
+    hidden: int = Field(128, ge=16)
+    layers: int = Field(2, ge=1)
+    heads: int = Field(4, ge=1)
+    kv_heads: int = Field(2, ge=1)
+    intermediate: int = Field(256, ge=16)
+    max_positions: int = Field(2048, ge=64)
+
+
+class LoraSection(_Section):
+    r: int = Field(8, ge=1)
+    alpha: int = Field(16, ge=1)
+    dropout: float = Field(0.05, ge=0, lt=1)
+    target_modules: tuple[str, ...] = ("q_proj", "v_proj")
+
+
+class LLMConfig(_Section):
+    # None: build the tiny LM below (offline, CPU). Otherwise any transformers AutoModelForCausalLM: a hub id
+    # (downloaded by transformers unless HF_HUB_OFFLINE=1) or a local directory with its tokenizer.
+    path: str | None = None
+    tiny: TinyLMConfig = TinyLMConfig()
+    lora: LoraSection | None = Field(None, description="train LoRA adapters on the LLM (peft) instead of "
+                                                       "all of its weights")
+
+
+class SpeechLLMConfig(_Section):
+    encoder: EncoderConfig = EncoderConfig()
+    projector: ProjectorConfig = ProjectorConfig()
+    llm: LLMConfig = LLMConfig()
+    freeze_encoder: bool = False
+    freeze_llm: bool = False
+    # CTC head on the encoder output, trained jointly: loss = llm_loss + ctc_weight * ctc_loss. It predicts
+    # the LLM's own tokens, so its prefix scores can be combined with the LLM's in joint decoding.
+    ctc_weight: float = Field(0.0, ge=0, description="0: no CTC head")
+
+    @model_validator(mode="after")
+    def _lora_needs_llm_frozen_or_not(self):
+        if self.llm.lora is not None and self.freeze_llm:
+            raise ValueError("llm.lora trains adapters on the LLM; freeze_llm: true would freeze them too "
+                             "(LoRA already leaves the base weights frozen): drop one of the two")
+        return self
+
+
+class MixConfig(_Section):
+    """Sampling weights of the three sequence pools (jstip.tasks.sequences); they need not add up to 1.
+
+    interleaved: the version's word/segment plans (F1 or F2, as planned); asr: every accepted utterance as
+    instruction + speech -> transcript (plus `asr` plans); text: text-only sequences (the version's domain
+    text plans, plus the transcripts when `transcripts_as_text`)."""
+
+    interleaved: float = Field(0.5, ge=0)
+    asr: float = Field(0.3, ge=0)
+    text: float = Field(0.2, ge=0)
+    # Plain joint speech-text training (the JSTIP paper's baseline): the transcripts as LM text as well.
+    transcripts_as_text: bool = False
+
+    @model_validator(mode="after")
+    def _some_weight(self):
+        if self.interleaved + self.asr + self.text <= 0:
+            raise ValueError("mix: at least one of interleaved, asr, text must have a positive weight")
+        return self
+
+
+class TrainConfig(_Section):
+    model: SpeechLLMConfig = SpeechLLMConfig()
+    mix: MixConfig = MixConfig()
+    steps: int = Field(300, ge=1)
+    batch_size: int = Field(8, ge=1, description="sequences per step")
+    learning_rate: float = Field(2e-3, gt=0)
+    warmup_steps: int = Field(20, ge=0)
+    weight_decay: float = Field(0.01, ge=0)
+    grad_clip: float = Field(1.0, gt=0)
+    seed: int = 0
+    checkpoint_every: int = Field(100, ge=1)
+    keep_checkpoints: int = Field(2, ge=1)
+    # Sequences are bucketed by length so a batch pads little; this many buckets per pool.
+    length_buckets: int = Field(8, ge=1)
+    asr_prompt: str = "Transcribe the speech."
+    # error: a span whose audio file is missing stops training before the first step, naming the files.
+    # skip: such sequences are left out, counted and recorded in the model's metrics.
+    on_missing_audio: Literal["error", "skip"] = "error"
+    device: str = Field("auto", description="auto: cuda when available (bf16 autocast), else cpu")
+    log_every: int = Field(10, ge=1)
+
+    def canonical_json(self) -> str:
+        """The configuration that shapes the model (device and logging excluded): part of the model id."""
+        return json.dumps(self.model_dump(mode="json", exclude={"device", "log_every", "checkpoint_every",
+                                                                "keep_checkpoints"}),
+                          sort_keys=True, separators=(",", ":"))
+
+    def fingerprint(self) -> str:
+        return hashlib.sha256(self.canonical_json().encode()).hexdigest()[:16]
+
+
+class TrainConfigError(ValueError):
+    pass
+
+
+def load_train_config(path: str | Path | None = None, **overrides) -> TrainConfig:
+    """Read a YAML training config (None: the defaults), apply top-level overrides, validate."""
+    data: dict = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise TrainConfigError(f"training config not found: {path}")
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise TrainConfigError(f"{path}: not valid YAML: {e}") from None
+        if not isinstance(data, dict):
+            raise TrainConfigError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
+    data.update({k: v for k, v in overrides.items() if v is not None})
+    try:
+        return TrainConfig.model_validate(data)
+    except ValidationError as e:
+        raise TrainConfigError(f"{path or 'training config'}: invalid configuration:\n{e}") from None
