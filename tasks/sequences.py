@@ -76,7 +76,7 @@ def build_sequences(store: DatasetStore, version_id: str | None, mix: MixConfig,
     if any(r != SAMPLE_RATE for (r,) in rates):
         raise DatasetError(f"dataset version {version.version_id}: normalised audio at {sorted(r for (r,) in rates)} "
                            f"Hz; the speech-LLM takes {SAMPLE_RATE} Hz (build with normalize.sample_rate: 16000)")
-    spans = con.execute(f"""
+    spans = con.sql(f"""
         SELECT s.plan_id, s.utterance_id, p.strategy, p.domain, s.modality, s.role, s.text,
                s.start_sample, s.end_sample, a.flac_path
         FROM read_parquet('{_parquet(version, 'spans')}') s
@@ -84,7 +84,7 @@ def build_sequences(store: DatasetStore, version_id: str | None, mix: MixConfig,
         LEFT JOIN read_parquet('{_parquet(version, 'normalized_audio')}') a USING (utterance_id)
         WHERE p.strategy IN ('word', 'segment', 'text')
         ORDER BY s.plan_id, s.utterance_id, s.span_index""").to_arrow_table().to_pydict()
-    utterances = con.execute(f"""
+    utterances = con.sql(f"""
         SELECT u.utterance_id, u.domain, u.text, a.flac_path, a.num_samples
         FROM read_parquet('{_parquet(version, 'utterances')}') u
         JOIN read_parquet('{_parquet(version, 'normalized_audio')}') a USING (utterance_id)
