@@ -94,9 +94,10 @@ def task_runner_for(config: RunnerConfig):
 
         if config.dask_address:
             return DaskTaskRunner(address=config.dask_address)
+        # loopback only: a LocalCluster's scheduler and workers serve nobody else (no dashboard either)
         return DaskTaskRunner(cluster_kwargs={"n_workers": config.dask_workers, "processes": True,
                                               "threads_per_worker": config.dask_threads_per_worker,
-                                              "dashboard_address": None})
+                                              "dashboard_address": None, "host": "127.0.0.1"})
     return ThreadPoolTaskRunner(max_workers=config.max_workers or os.cpu_count() or 1)
 
 
@@ -141,4 +142,7 @@ def build_interleaved(
         config = type(config).model_validate(config.model_dump())  # re-validate the override
     if manifest is None:
         manifest, text_corpus = stages.demo_corpus(store, text_corpus)
+        # the demo corpus keeps its Lhotse manifests in lhotse/, beside its audio/
+        ingest = config.ingest.model_copy(update={"allowed_roots": (*config.ingest.allowed_roots, "../audio")})
+        config = config.model_copy(update={"ingest": ingest})
     return build_shards.with_options(task_runner=task_runner_for(config.runner))(manifest, text_corpus, store, config)

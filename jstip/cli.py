@@ -63,6 +63,7 @@ def synth(
 def _run_build(manifest, store, config, name, text_corpus, shard_size):
     from jstip.config import ConfigError, load_config
     from jstip.flows.build_interleaved import build_interleaved
+    from jstip.storage import StoreBusyError
     from jstip.tasks.ingest import ManifestError, detect_manifest_format
     from jstip.tasks.stages import AccountingError
     from jstip.tasks.suites import QualityGateError
@@ -84,7 +85,7 @@ def _run_build(manifest, store, config, name, text_corpus, shard_size):
                                      config_path=None if config is None else str(config), name=name,
                                      text_corpus=None if text_corpus is None else str(text_corpus),
                                      shard_size=shard_size)
-    except (ConfigError, ManifestError, AccountingError, QualityGateError) as e:
+    except (ConfigError, ManifestError, AccountingError, QualityGateError, StoreBusyError) as e:
         _fail(str(e))
 
 
@@ -140,10 +141,38 @@ def build(
 
 
 @app.command()
-def demo(store: StoreOption = Path("data")):
-    """Synthesise the demo corpus, build it, and show what was published."""
+def demo(
+    store: StoreOption = Path("data"),
+    train: Annotated[bool, typer.Option("--train/--no-train", help="Also run the downstream loop: train the "
+                                                                  "CPU demo speech-LLM, evaluate, promote.")] = True,
+):
+    """Synthesise the demo corpus, build it, show what was published; then train, evaluate and promote a
+    small speech-LLM on it (the `nightly-retrain` flow, ~2 minutes on 2 cores)."""
     published = _run_build(None, store, None, None, None, None)
     _report(published, store)
+    if not train:
+        return
+    from jstip.flows.nightly_retrain import nightly_retrain
+    from jstip.storage.registry import ModelRegistry
+
+    console.print("\n[bold]downstream:[/bold] nightly-retrain (build the held-out test set, train, evaluate, promote)")
+    decision = nightly_retrain(store=str(store))
+    registry = ModelRegistry(store)
+    model = registry.models()[-1]
+    results = [r for r in registry.eval_results(model_id=model.model_id).to_pylist()]
+    metrics = ("wer", "entity_accuracy", "eer", "hallucination_rate")
+    rows = sorted({(r["decoding"], r["domain"]) for r in results})
+    table = [(d, dom, *(next((f"{r['value']:.3f}" for r in results if (r["decoding"], r["domain"], r["metric"])
+                               == (d, dom, m)), "") for m in metrics)) for d, dom in rows]
+    console.print(f"\n[bold green]model[/bold green] {model.model_id}  trained on {model.dataset_version}: "
+                  f"loss {model.metrics['first_loss']:.2f} -> {model.metrics['final_loss']:.2f}")
+    _print_relation(["decoding", "domain", *metrics], table, title="held-out demo test set (eval_results)")
+    console.print(f"promotion: {'promoted' if decision.promote else 'kept the incumbent'} ({decision.reason})")
+    jstip = _command_name()
+    console.print(f"try:           {jstip} models list --store {store}")
+    console.print(f"               {jstip} evals --store {store}")
+    console.print("(a tiny model trained for minutes on 50 synthetic utterances: the numbers show the loop works, "
+                  "not what a real model reaches; see BENCHMARKS.md)")
 
 
 @app.command()
@@ -151,17 +180,14 @@ def query(
     sql: Annotated[str, typer.Argument(help="SQL over the catalog's views (spans, utterances, quarantine, ...).")],
     store: StoreOption = Path("data"),
 ):
-    """Run a read-only DuckDB query against the store's catalog."""
+    """Run one read-only SELECT against the store's catalog (no writes, no files outside the store's datasets)."""
     from jstip.storage import DatasetStore, StoreError
 
     try:
-        with DatasetStore(store).connect(read_only=True) as con:
-            rel = con.execute(sql)
-            _print_relation([d[0] for d in rel.description], rel.fetchall())
+        columns, rows = DatasetStore(store).user_query(sql)  # sandboxed: see DatasetStore.user_query
     except StoreError as e:
         _fail(str(e))
-    except Exception as e:  # duckdb raises many error types; all mean "this query failed"
-        _fail(f"query failed: {e}")
+    _print_relation(columns, rows)
 
 
 @app.command()
@@ -240,12 +266,13 @@ def stats(
         v = data_store.version(version) if version else data_store.latest()
         if v is None:
             raise StoreError(f"no published versions in {data_store.catalog_path} (run `jstip build --store {store}`)")
+        if sql is not None:  # sandboxed: see DatasetStore.user_query
+            columns, rows = data_store.user_query(sql, [_sql_parameter(p) for p in param or []],
+                                                  schema=f"v_{v.version_id}")
+            _print_relation(columns, rows)
+            return
         with data_store.connect(read_only=True) as con:
             con.execute(f'USE "v_{v.version_id}"')  # ids are hex: see DatasetStore.version
-            if sql is not None:
-                rel = con.execute(sql, [_sql_parameter(p) for p in param or []])
-                _print_relation([d[0] for d in rel.description], rel.fetchall())
-                return
             console.print(f"[bold]{v.name}/{v.version_id}[/bold]: {v.row_counts.get('interleave_plans', 0)} plans, "
                           f"{v.row_counts.get('spans', 0)} spans")
             for name, view_sql in PLAN_STATISTICS_VIEWS.items():
@@ -415,13 +442,13 @@ def _metric_text(metric: str, value: float) -> str:
 EVAL_SUMMARY_METRICS = ["utterances", "wer", "entity_accuracy", "eer", "hallucination_rate"]
 
 
-def _print_eval_summary(results, metrics: list[str], title: str | None = None) -> None:
-    """Eval result rows pivoted: one row per model, test set, decoding, dataset version and domain."""
+def _print_eval_summary(results, metrics: list[str], title: str | None = None, with_model: bool = True) -> None:
+    """Eval result rows pivoted: one row per (model,) test set, decoding, dataset version and domain."""
+    keys = ["model_id"] * with_model + ["test_set", "decoding", "dataset_version", "domain"]
     groups: dict[tuple, dict[str, float]] = {}
     for row in results.to_pylist():
-        key = (row["model_id"], row["test_set"], row["decoding"], row["dataset_version"], row["domain"])
-        groups.setdefault(key, {})[row["metric"]] = row["value"]
-    _print_relation(["model", "test set", "decoding", "dataset version", "domain", *metrics],
+        groups.setdefault(tuple(row[k] for k in keys), {})[row["metric"]] = row["value"]
+    _print_relation(["model"] * with_model + ["test set", "decoding", "dataset version", "domain", *metrics],
                     [(*key, *(_metric_text(m, values[m]) if m in values else None for m in metrics))
                      for key, values in groups.items()], title=title)
 
@@ -476,7 +503,7 @@ def models_show(
         _print_relation(["metric", "value"], sorted(m.metrics.items()), title="training metrics")
     overall = results.filter(pc.equal(results["domain"], "all"))
     if overall.num_rows:
-        _print_eval_summary(overall, EVAL_SUMMARY_METRICS, title="eval results (all domains)")
+        _print_eval_summary(overall, EVAL_SUMMARY_METRICS, title="eval results (all domains)", with_model=False)
     else:
         console.print("eval results: none recorded")
     console.print("config:")
@@ -540,6 +567,43 @@ def train(
     console.print(f"final loss {result.metrics.get('final_loss', float('nan')):.4f} after {result.steps} steps")
     console.print(f"model:  {result.model_dir}")
     console.print(f"log:    {result.model_dir.parent / 'train_log.csv'}")
+
+
+@app.command()
+def evaluate(
+    model: Annotated[str, typer.Argument(help="Registered model id (or a unique prefix).")],
+    store: StoreOption = Path("data"),
+    test_version: Annotated[Optional[str], typer.Option(help="Dataset version of the test set (default: the "
+                                                             "latest published).")] = None,
+    test_set: Annotated[Optional[str], typer.Option(help="Name of the test set in eval_results (default: the "
+                                                         "version's dataset name).")] = None,
+    decoding: Annotated[Optional[list[str]], typer.Option(help="greedy | beam<N> | joint-ctc<lambda>-beam<N>; "
+                                                               "repeatable (default: greedy, beam4, and joint "
+                                                               "CTC when the model has a CTC head).")] = None,
+    limit: Annotated[Optional[int], typer.Option(min=1, help="Score only the first N utterances.")] = None,
+):
+    """Decode a test set with a registered model (Prefect flow `evaluate`); scores go to eval_results."""
+    from jstip.flows.evaluate import evaluate as evaluate_flow
+    from jstip.model.decode import DecodeOptions
+    from jstip.storage import DatasetStore
+    from jstip.storage.registry import ModelRegistry
+    from jstip.storage.store import StoreError
+    from jstip.tasks.sequences import DatasetError, resolve_version
+
+    try:  # validate at the edge
+        record = ModelRegistry(store).model(model)
+        version = resolve_version(DatasetStore(store), test_version)
+        for name in decoding or []:
+            DecodeOptions.parse(name)
+    except (StoreError, DatasetError, ValueError) as e:
+        _fail(str(e))
+    overall = evaluate_flow(record.model_id, store=str(store), test_version=version.version_id, test_set=test_set,
+                            decodings=decoding or None, limit=limit)
+    metrics = ("utterances", "wer", "entity_accuracy", "eer", "insertions", "hallucinations")
+    rows = [(name, *(f"{values[m]:.4g}" if m in values else "" for m in metrics)) for name, values in overall.items()]
+    _print_relation(["decoding", *metrics], rows,
+                    title=f"model {record.model_id} on {test_set or version.name} ({version.version_id})")
+    console.print(f"per domain: {_command_name()} evals --model {record.model_id} --store {store}")
 
 
 def main() -> None:  # pragma: no cover - console entry point

@@ -23,6 +23,17 @@ class _Section(BaseModel):
         return hashlib.sha256(self.model_dump_json().encode()).hexdigest()[:16]
 
 
+class IngestConfig(_Section):
+    """Where a manifest may point (jstip.tasks.ingest). An audio path outside every allowed root, once `..`
+    and symlinks are resolved, is quarantined (`path_outside_allowed_roots`) and never opened: a manifest
+    cannot make the factory read, or publish, files outside its corpus."""
+
+    # The manifest's own directory (an audio directory: itself) is always allowed. Entries here are
+    # absolute, or relative to the manifest's directory: e.g. [../audio] for Lhotse's recipe layout
+    # (manifests/ beside audio/), [/mnt/corpora] for a shared mount; [/] allows every path.
+    allowed_roots: tuple[str, ...] = ()
+
+
 class NormalizeConfig(_Section):
     sample_rate: int = Field(16000, ge=8000, le=48000, description="target rate in Hz; 16 kHz is what ASR "
                              "encoders expect")
@@ -320,6 +331,7 @@ class RunnerConfig(_Section):
 class BuildConfig(_Section):
     name: str = Field("demo", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     shard_size: int = Field(16, ge=1, description="utterances per shard task")
+    ingest: IngestConfig = IngestConfig()
     normalize: NormalizeConfig = NormalizeConfig()
     align: AlignConfig = AlignConfig()
     checks: CheckConfig = CheckConfig()

@@ -1,5 +1,5 @@
 """Storage: the versioned dataset store, its DuckDB catalog, and the content-addressed stage cache."""
 
-from jstip.storage.store import DatasetStore, DatasetVersion, StoreError, version_id_for
+from jstip.storage.store import DatasetStore, DatasetVersion, StoreBusyError, StoreError, version_id_for
 
-__all__ = ["DatasetStore", "DatasetVersion", "StoreError", "version_id_for"]
+__all__ = ["DatasetStore", "DatasetVersion", "StoreBusyError", "StoreError", "version_id_for"]

@@ -3,7 +3,9 @@
 A key is a hash of the stage name, the keys/hashes of the stage's inputs, the stage's config and the code
 version, so a rerun with unchanged inputs finds every result already there and does no stage work, and a
 changed config or code misses the cache instead of reusing a stale result.
-A result directory appears only complete (written to a temporary sibling, then renamed).
+A result directory appears only complete (written to a temporary sibling, then renamed); the temporary
+sibling is named after its owner process, so the next publish deletes what a killed build left
+(jstip.storage.lock.remove_stale_temporaries).
 """
 
 from __future__ import annotations
@@ -11,7 +13,6 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
-import uuid
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
@@ -19,6 +20,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from jstip.schemas import conform
+from jstip.storage.lock import kill_point, temp_name
 from jstip.storage.store import PARQUET_OPTIONS
 
 
@@ -37,11 +39,12 @@ def cached_stage(
     out = result_dir(work_dir, stage, key)
     if out.is_dir():
         return {p.stem: p for p in sorted(out.glob("*.parquet"))}, True
-    tmp = out.parent / f".{key}.{uuid.uuid4().hex[:8]}.tmp"
+    tmp = out.parent / temp_name(key)
     tmp.mkdir(parents=True)
     try:
         for name, table in compute().items():
             pq.write_table(conform(name, table), tmp / f"{name}.parquet", **PARQUET_OPTIONS)
+        kill_point(stage)  # a test hook: crash with the result written but not yet in place
         try:
             os.rename(tmp, out)
         except OSError:

@@ -36,6 +36,12 @@ the repeated id as `value`. So no accepted utterance_id ever appears in this sta
 Audio is not opened here (13M lines must stay fast): only `os.path.exists`, cached. Recording metadata that a
 manifest does not give (NeMo, audio directories) stays null; the normaliser measures it. The recordings table
 holds only recordings that an accepted utterance uses.
+
+Confinement (`allowed_roots`, the build's `ingest.allowed_roots`): an audio path must lie under the manifest's
+directory (an audio directory: itself) or an allowed root once `..` and symlinks are resolved, else the entry
+is quarantined as `path_outside_allowed_roots` before its file is even probed. Directories are resolved once
+(cached) and files with one lstat each, so confinement stays cheap at 13M lines. A line that is not UTF-8 is
+`malformed_text`.
 """
 
 from __future__ import annotations
@@ -48,7 +54,7 @@ import logging
 import math
 import os
 import zlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -196,7 +202,9 @@ def _loads(raw: bytes) -> Any:
 def _json_object(raw: bytes) -> dict:
     try:
         value = _loads(raw)
-    except ValueError as e:  # JSONDecodeError and UnicodeDecodeError both are
+    except UnicodeDecodeError as e:
+        raise _Reject("malformed_text", f"line is not UTF-8: {e}", raw.decode("utf-8", "replace").strip()) from None
+    except ValueError as e:  # JSONDecodeError
         raise _Reject("malformed_json", f"malformed JSON: {e}", raw.decode("utf-8", "replace").strip()) from None
     if not isinstance(value, dict):
         raise _Reject("malformed_json", f"expected a JSON object, got {type(value).__name__}",
@@ -351,10 +359,32 @@ def _detect(path: Path) -> tuple[str, tuple[Path, ...]]:
 # ------------------------------------------------------------------------------------------ the readers
 
 
+class _Confinement:
+    """Audio paths must lie under one of `roots` once `..` and symlinks are resolved."""
+
+    def __init__(self, roots: list[str]):
+        self.roots = sorted({os.path.realpath(root) for root in roots})
+        self._prefixes = tuple(root.rstrip(os.sep) + os.sep for root in self.roots)
+        self._real_dir = functools.lru_cache(maxsize=1 << 16)(os.path.realpath)
+
+    def check(self, audio_path: str) -> None:
+        if os.path.islink(audio_path):
+            real = os.path.realpath(audio_path)
+        else:  # the directory's symlinks resolved once per directory, not once per file
+            real = os.path.join(self._real_dir(os.path.dirname(audio_path)), os.path.basename(audio_path))
+        if real in self.roots or real.startswith(self._prefixes):
+            return
+        shown = audio_path if real == audio_path else f"{audio_path} (resolves to {real})"
+        raise _Reject("path_outside_allowed_roots", f"audio path {shown} is outside the allowed roots "
+                      f"{', '.join(self.roots)}; if the corpus lies there, add that directory to "
+                      f"ingest.allowed_roots in the build config", audio_path)
+
+
 class _Ingest:
     """State shared by the format readers: output tables, id claims, the cached existence check."""
 
-    def __init__(self) -> None:
+    def __init__(self, confinement: _Confinement | None = None) -> None:
+        self.confinement = confinement
         self.recordings = _Rows("recordings")
         self.recording_ids: set[str] = set()
         self.utterances = _Rows("utterances")
@@ -364,6 +394,8 @@ class _Ingest:
         self.exists = functools.lru_cache(maxsize=1 << 16)(os.path.exists)
 
     def require_audio(self, audio_path: str) -> None:
+        if self.confinement is not None:  # first: a path outside is never even probed
+            self.confinement.check(audio_path)
         if not self.exists(audio_path):
             raise _Reject("audio_not_found", f"audio file not found: {audio_path}", audio_path)
 
@@ -644,6 +676,8 @@ class _Ingest:
                 source = str(audio_file)
                 try:
                     self.claims.claim(utterance_id, source, audio_file.relative_to(root).as_posix())
+                    if self.confinement is not None:  # a symlink in the directory may point anywhere
+                        self.confinement.check(str(audio_file))
                     if transcript is None:
                         expected = audio_file.with_suffix(TRANSCRIPT_EXTENSION)
                         raise _Reject("no_transcript", f"no transcript (expected {expected})", str(expected))
@@ -670,8 +704,12 @@ def detect_manifest_format(path: str | Path) -> str:
     return _detect(Path(path).absolute())[0]
 
 
-def ingest_manifest(path: str | Path) -> IngestResult:
+def ingest_manifest(path: str | Path, allowed_roots: Sequence[str | Path] | None = None) -> IngestResult:
     """Read one speech manifest (Lhotse, NeMo or a directory of audio + .txt) into recordings + utterances.
+
+    `allowed_roots`: None reads audio paths wherever they point (for trusted manifests); a sequence (the
+    build passes `ingest.allowed_roots`, possibly empty) confines them to the manifest's directory plus
+    these roots (absolute, or relative to the manifest's directory); see the module doc.
 
     Bad entries become quarantine rows (and log warnings); problems with the manifest as a whole raise
     ManifestError. `num_entries == utterances.num_rows + quarantine.num_rows`, where an entry is a non-blank
@@ -680,7 +718,11 @@ def ingest_manifest(path: str | Path) -> IngestResult:
     """
     path = Path(path).absolute()  # sources and error messages name the file unambiguously
     format_, files = _detect(path)
-    ingest = _Ingest()
+    confinement = None
+    if allowed_roots is not None:
+        home = path if path.is_dir() else path.parent
+        confinement = _Confinement([str(home), *(str(home / Path(root).expanduser()) for root in allowed_roots)])
+    ingest = _Ingest(confinement)
     if format_ == "nemo":
         ingest.nemo(files[0])
     elif format_ == "lhotse_cuts":

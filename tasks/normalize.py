@@ -40,7 +40,6 @@ import logging
 import math
 import os
 import threading
-import uuid
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -54,6 +53,8 @@ from scipy.signal import sosfilt
 
 from jstip.config import NormalizeConfig
 from jstip.schemas import from_rows
+from jstip.storage.lock import temp_name
+from jstip.storage.store import TEMP_DIR
 
 log = logging.getLogger(__name__)
 
@@ -390,7 +391,10 @@ def write_flac(pcm16: np.ndarray, sample_rate: int, audio_dir: Path) -> tuple[st
     path = Path(audio_dir) / audio_hash[:2] / f"{audio_hash}.flac"
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+        # written in one directory of temporaries, named after this process: what a killed build leaves
+        # there is found with one listing and deleted by the next publish (DatasetStore.remove_stale_temporaries)
+        tmp = Path(audio_dir) / TEMP_DIR / temp_name(path.name)
+        tmp.parent.mkdir(exist_ok=True)
         sf.write(tmp, pcm16, sample_rate, subtype="PCM_16", format="FLAC")
         os.replace(tmp, path)
     return audio_hash, path

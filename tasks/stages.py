@@ -20,6 +20,7 @@ import pyarrow.parquet as pq
 from jstip.config import BuildConfig
 from jstip.schemas import conform, empty
 from jstip.storage import DatasetStore
+from jstip.storage.lock import temp_name
 from jstip.storage.work import cached_stage, result_dir, stage_key
 from jstip.tasks.align import align_shard
 from jstip.tasks.checks import check_shard, duplicate_audio, fill_durations
@@ -36,6 +37,8 @@ TEXT_CORPUS_STAGE = "text_corpus"
 
 DEMO_UTTERANCES = 50
 DEMO_SEED = 0
+DEMO_TEST_UTTERANCES = 20
+DEMO_TEST_SEED = 1000  # far from DEMO_SEED: no utterance of the test set repeats a training one
 
 
 @dataclass(frozen=True)
@@ -108,9 +111,22 @@ def demo_corpus(store: str, text_corpus: str | None = None) -> tuple[str, str]:
     return str(cuts), text_corpus or str(out / "text_corpus.tsv")
 
 
+def demo_test_corpus(store: str) -> str:
+    """The demo's held-out test set: DEMO_TEST_UTTERANCES more synthetic utterances of the same domains,
+    drawn with another seed (other voices, fillers and entities), synthesised into the store once."""
+    from jstip.tasks.synth import synthesize_corpus
+
+    out = Path(store).resolve() / "demo_corpus_test"
+    manifest = out / "nemo_manifest.jsonl"  # NeMo JSONL beside the audio: inside the default allowed root
+    if not manifest.exists():
+        result = synthesize_corpus(out, utterances=DEMO_TEST_UTTERANCES, seed=DEMO_TEST_SEED)
+        assert result.nemo_manifest == manifest, result.nemo_manifest
+    return str(manifest)
+
+
 def ingest(manifest: str, text_corpus: str | None, store: str, config: BuildConfig) -> Ingested:
     """Read the manifest (and domain text), cut the utterances into content-keyed shards."""
-    result = ingest_manifest(manifest)
+    result = ingest_manifest(manifest, allowed_roots=config.ingest.allowed_roots)
     text_table, text_quarantine = empty("text_corpus"), empty("quarantine")
     if text_corpus:
         text = ingest_text_corpus(text_corpus)
@@ -126,7 +142,7 @@ def ingest(manifest: str, text_corpus: str | None, store: str, config: BuildConf
         path = work / "shards" / f"{key}.parquet"
         if not path.exists():
             path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(".tmp")
+            tmp = path.with_name(temp_name(path.name))  # concurrent builds write the same shard: own names
             pq.write_table(table, tmp)
             tmp.replace(path)
         shards.append(Shard(f"s{index:04d}", key, str(path), table.num_rows))

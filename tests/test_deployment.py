@@ -79,6 +79,10 @@ def test_deployment_run_through_a_server_and_a_process_worker(prefect_server, tm
     _prefect(env, "work-pool", "create", "jstip-process", "--type", "process")
     deployed = _prefect(env, "deploy", "--all")
     assert "build-interleaved/demo" in deployed.stdout and "build-interleaved/38k" in deployed.stdout
+    assert "nightly-retrain/nightly" in deployed.stdout and "train/on-demand" in deployed.stdout
+    # the nightly schedule is deployed from prefect.yaml as written: 02:00 UTC, active
+    nightly = _prefect(env, "deployment", "inspect", "nightly-retrain/nightly").stdout
+    assert "'cron': '0 2 * * *'" in nightly and "'timezone': 'UTC'" in nightly and "'active': True" in nightly
 
     worker = _start([PREFECT, "worker", "start", "--pool", "jstip-process"], env, tmp_path / "worker.log")
     try:

@@ -1,0 +1,65 @@
+"""Flow `evaluate`: a registered model and a test dataset version in, scores in the catalog out.
+
+    resolve test version -> decode + score (one task per decoding) -> eval_results + hypotheses Parquet
+
+The logic lives in jstip.tasks.evaluate.
+"""
+
+from __future__ import annotations
+
+from jstip.runtime import apply_offline_defaults
+
+apply_offline_defaults()
+
+from prefect import flow, get_run_logger, task  # noqa: E402
+from prefect.cache_policies import NONE  # noqa: E402
+
+from jstip.model.decode import DecodeOptions  # noqa: E402
+from jstip.storage.store import DatasetStore  # noqa: E402
+from jstip.tasks import evaluate as evaluation  # noqa: E402
+from jstip.tasks.sequences import resolve_version  # noqa: E402
+
+_TASK_OPTIONS = dict(cache_policy=NONE, persist_result=False)
+
+
+@task(name="resolve-test-version", **_TASK_OPTIONS)
+def resolve_test_version(store: str, test_version: str | None) -> str:
+    return resolve_version(DatasetStore(store), test_version).version_id
+
+
+@task(name="decode-and-score", task_run_name="decode-{decoding}", **_TASK_OPTIONS)
+def decode_and_score(store: str, model_id: str, test_version: str, test_set: str | None, decoding: str,
+                     limit: int | None) -> evaluation.EvalReport:
+    return evaluation.evaluate(store, model_id, test_version, test_set=test_set,
+                               decodings=[DecodeOptions.parse(decoding)], limit=limit, on_log=get_run_logger().info)
+
+
+@flow(name="evaluate", log_prints=True)
+def evaluate(
+    model_id: str,
+    store: str = "./data",
+    test_version: str | None = None,
+    test_set: str | None = None,
+    decodings: list[str] | None = None,
+    limit: int | None = None,
+) -> dict[str, dict[str, float]]:
+    """Score a registered model on a test dataset version; returns decoding -> overall metrics.
+
+    model_id: registered model id or unique prefix.  test_version: dataset version of the test set (None:
+    the latest).  test_set: its name in eval_results (None: the version's dataset name).  decodings:
+    greedy | beam<N> | joint-ctc<lambda>-beam<N> (None: greedy, beam4, and joint-ctc0.3-beam4 when the model
+    has a CTC head).  limit: score only the first N utterances (smoke runs).
+    """
+    from jstip.model.speech_llm import MODEL_FILE
+    from jstip.storage.registry import ModelRegistry
+    import json
+
+    version = resolve_test_version(store, test_version)
+    if decodings is None:
+        record = ModelRegistry(store).model(model_id)
+        has_ctc = json.loads((record.path / MODEL_FILE).read_text())["config"]["ctc_weight"] > 0
+        decodings = [o.name for o in evaluation.decodings_for(has_ctc)]
+    for name in decodings:
+        DecodeOptions.parse(name)  # a typo fails before any decoding runs
+    reports = [decode_and_score(store, model_id, version, test_set, name, limit) for name in decodings]
+    return {name: report.overall[name] for name, report in zip(decodings, reports)}

@@ -1,0 +1,93 @@
+"""Flow `nightly-retrain`: new data in, a better model promoted (or the incumbent kept) out.
+
+    build-interleaved (incremental: unchanged shards come from the stage cache)
+      -> build the held-out test set (cached likewise)
+      -> train (from the model promoted on the channel, or from scratch)
+      -> evaluate the candidate (and the incumbent, if it has no scores on this test version yet)
+      -> promote only if the candidate beats the incumbent on `metric` (`tie_break` on a tie)
+
+Every decision, taken or not, is appended to the catalog's `promotions` table (jstip.storage.registry).
+Deployed as `nightly-retrain/nightly` with a cron schedule (prefect.yaml).
+"""
+
+from __future__ import annotations
+
+from jstip.runtime import apply_offline_defaults
+
+apply_offline_defaults()
+
+from prefect import flow, get_run_logger, task  # noqa: E402
+from prefect.cache_policies import NONE  # noqa: E402
+
+from jstip.flows.build_interleaved import build_interleaved  # noqa: E402
+from jstip.flows.evaluate import evaluate  # noqa: E402
+from jstip.flows.train import train  # noqa: E402
+from jstip.model.decode import DecodeOptions  # noqa: E402
+from jstip.storage.registry import ModelRegistry, PromotionDecision  # noqa: E402
+from jstip.tasks import stages  # noqa: E402
+
+_TASK_OPTIONS = dict(cache_policy=NONE, persist_result=False)
+
+
+@task(name="incumbent", **_TASK_OPTIONS)
+def incumbent_model(store: str, channel: str) -> str | None:
+    record = ModelRegistry(store).promoted(channel)
+    return record.model_id if record else None
+
+
+@task(name="has-scores", **_TASK_OPTIONS)
+def has_scores(store: str, model_id: str, test_version: str, decoding: str) -> bool:
+    results = ModelRegistry(store).eval_results(model_id=model_id)
+    return any(v == test_version and d == decoding for v, d in
+               zip(results.column("dataset_version").to_pylist(), results.column("decoding").to_pylist()))
+
+
+@task(name="promote", **_TASK_OPTIONS)
+def promote(store: str, candidate: str, channel: str, test_set: str, test_version: str, decoding: str,
+            metric: str, tie_break: str | None) -> PromotionDecision:
+    return ModelRegistry(store).promote_if_better(candidate, channel=channel, test_set=test_set, decoding=decoding,
+                                                  metric=metric, tie_break=tie_break, dataset_version=test_version)
+
+
+@flow(name="nightly-retrain", log_prints=True)
+def nightly_retrain(
+    store: str = "./data",
+    manifest: str | None = None,
+    text_corpus: str | None = None,
+    build_config: str | None = None,
+    test_manifest: str | None = None,
+    train_config: str | None = None,
+    steps: int | None = None,
+    init: str = "promoted",
+    channel: str = "nightly",
+    metric: str = "entity_accuracy",
+    tie_break: str | None = "wer",
+    decoding: str = "beam4",
+) -> PromotionDecision:
+    """Rebuild, retrain, evaluate, and promote if better.
+
+    manifest / text_corpus / build_config: the training corpus, as for build-interleaved (None: the
+    embedded demo corpus).  test_manifest: the held-out test corpus (None: the demo's held-out test
+    corpus); it is built with the same config under the dataset name `<name>-test`.  train_config /
+    steps: as for the train flow.  init: promoted (continue from the channel's promoted model, if any) or
+    scratch.  channel: the promotion channel.  metric / tie_break: the promotion rule (higher entity
+    accuracy wins, lower WER breaks a tie).  decoding: the decoding the comparison uses.
+    """
+    if init not in ("promoted", "scratch"):
+        raise ValueError(f"init must be 'promoted' or 'scratch', not {init!r}")
+    DecodeOptions.parse(decoding)
+    logger = get_run_logger()
+    published = build_interleaved(manifest=manifest, store=store, config_path=build_config, text_corpus=text_corpus)
+    if test_manifest is None:
+        test_manifest = stages.demo_test_corpus(store)
+    test = build_interleaved(manifest=test_manifest, store=store, config_path=build_config,
+                             name=f"{published.name}-test")
+    incumbent = incumbent_model(store, channel)
+    trained = train(store=store, dataset_version=published.version_id, config_path=train_config, steps=steps,
+                    init_model=incumbent if init == "promoted" else None, name=published.name)
+    evaluate(trained.model_id, store=store, test_version=test.version_id, test_set=test.name, decodings=[decoding])
+    if incumbent is not None and not has_scores(store, incumbent, test.version_id, decoding):
+        evaluate(incumbent, store=store, test_version=test.version_id, test_set=test.name, decodings=[decoding])
+    decision = promote(store, trained.model_id, channel, test.name, test.version_id, decoding, metric, tie_break)
+    logger.info("%s: %s", "promoted" if decision.promote else "kept the incumbent", decision.reason)
+    return decision

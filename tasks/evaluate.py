@@ -1,0 +1,124 @@
+"""Evaluation: decode a test set with a registered model, score it, record the results in the catalog.
+
+    test dataset version (accepted utterances + normalised audio) -> decode (greedy | beam | joint CTC)
+        -> jstip.tasks.metrics.score_hypotheses (WER, entity accuracy, EER, insertions, hallucinations,
+           overall and per domain) -> eval_results (catalog) + the hypotheses as Parquet
+
+A test set is a published dataset version built from held-out data (`jstip build` on the test manifest);
+its name in `eval_results` defaults to the version's dataset name. Hypotheses go to
+`<store>/evals/<model_id>/<dataset_version>/<decoding>.parquet`, one row per utterance with its counts, so
+every number in the catalog can be traced to the transcripts behind it.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import duckdb
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from jstip.model.decode import DecodeOptions, transcribe
+from jstip.model.speech_llm import load_speech_llm
+from jstip.schemas.sequences import AudioSlice
+from jstip.storage.registry import ModelRegistry
+from jstip.storage.store import DatasetStore
+from jstip.tasks.metrics import ALL_DOMAINS, score_hypotheses, utterance_scores
+from jstip.tasks.sequences import resolve_version
+from jstip.tasks.train import pick_device
+
+log = logging.getLogger(__name__)
+
+DEFAULT_DECODINGS = (DecodeOptions(beam_size=1), DecodeOptions(beam_size=4))
+
+
+@dataclass(frozen=True)
+class EvalReport:
+    model_id: str
+    dataset_version: str
+    test_set: str
+    overall: dict[str, dict[str, float]]  # decoding -> metric -> value (domain "all")
+    hypotheses: dict[str, Path]  # decoding -> Parquet of per-utterance hypotheses
+    utterances: int
+    seconds: dict[str, float]  # decoding -> wall seconds
+
+
+def decodings_for(model_has_ctc: bool, beam_size: int = 4, ctc_weight: float = 0.3) -> list[DecodeOptions]:
+    """Greedy and beam search; plus joint CTC/LLM beam search when the model has a CTC head."""
+    options = [DecodeOptions(beam_size=1), DecodeOptions(beam_size=beam_size)]
+    if model_has_ctc:
+        options.append(DecodeOptions(beam_size=beam_size, ctc_weight=ctc_weight))
+    return options
+
+
+def _test_utterances(store: DatasetStore, version_id: str | None, limit: int | None):
+    version = resolve_version(store, version_id)
+    path = lambda t: str(version.path / t / "*.parquet").replace("'", "''")  # noqa: E731
+    sql = f"""SELECT u.utterance_id, u.domain, u.entities, u.text AS reference, a.flac_path, a.num_samples
+              FROM read_parquet('{path('utterances')}') u
+              JOIN read_parquet('{path('normalized_audio')}') a USING (utterance_id)
+              ORDER BY u.utterance_id"""
+    if limit is not None:
+        sql += f" LIMIT {int(limit)}"
+    return version, duckdb.connect().sql(sql).to_arrow_table()
+
+
+def evaluate(
+    store: str | Path,
+    model_id: str,
+    test_version: str | None = None,
+    *,
+    test_set: str | None = None,
+    decodings: list[DecodeOptions] | None = None,
+    prompt: str | None = None,
+    limit: int | None = None,
+    device: str = "auto",
+    on_log: Callable[[str], None] | None = None,
+) -> EvalReport:
+    """Decode every accepted utterance of `test_version` (None: the latest) with model `model_id` and record
+    the scores. decodings: None -> greedy, beam 4, and joint CTC (beam 4, lambda 0.3) when the model has a
+    CTC head. prompt: None -> the ASR prompt the model was trained with. limit: the first N utterances."""
+    say = on_log or log.info
+    data_store = DatasetStore(store)
+    registry = ModelRegistry(data_store)
+    record = registry.model(model_id)
+    version, utterances = _test_utterances(data_store, test_version, limit)
+    test_set = test_set or version.name
+    model = load_speech_llm(record.path).to(pick_device(device)).eval()
+    decodings = decodings if decodings is not None else decodings_for(model.ctc_head is not None)
+    prompt = prompt if prompt is not None else record.config.get("asr_prompt", "Transcribe the speech.")
+    out_dir = data_store.root / "evals" / record.model_id / version.version_id
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rows = utterances.to_pylist()
+    overall, files, seconds = {}, {}, {}
+    for options in decodings:
+        started = time.perf_counter()
+        hypotheses = [transcribe(model, AudioSlice(r["flac_path"], 0, r["num_samples"]), prompt, options)
+                      for r in rows]
+        seconds[options.name] = round(time.perf_counter() - started, 3)
+        scored = [{**r, "hypothesis": h} for r, h in zip(rows, hypotheses)]
+        records = score_hypotheses(scored)
+        registry.record_eval(model_id=record.model_id, dataset_version=version.version_id, test_set=test_set,
+                             decoding=options.name, metrics=records)
+        per_utterance = utterance_scores(scored)
+        table = pa.table({"utterance_id": [r["utterance_id"] for r in rows],
+                          "domain": [r["domain"] for r in rows],
+                          "reference": [r["reference"] for r in rows],
+                          "hypothesis": hypotheses})
+        for name in per_utterance.column_names:
+            if name not in table.column_names:
+                table = table.append_column(name, per_utterance[name])
+        target = out_dir / f"{options.name}.parquet"
+        tmp = target.with_suffix(".parquet.tmp")
+        pq.write_table(table, tmp, compression="zstd")
+        tmp.replace(target)
+        files[options.name] = target
+        overall[options.name] = {r.metric: r.value for r in records if r.domain == ALL_DOMAINS}
+        say(f"{record.model_id} on {test_set} ({version.version_id}), {options.name}: "
+            + ", ".join(f"{k} {overall[options.name][k]:.4f}" for k in ("wer", "entity_accuracy", "eer")
+                        if k in overall[options.name]))
+    return EvalReport(record.model_id, version.version_id, test_set, overall, files, len(rows), seconds)
