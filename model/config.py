@@ -119,6 +119,10 @@ class TrainConfig(_Section):
     model: SpeechLLMConfig = SpeechLLMConfig()
     mix: MixConfig = MixConfig()
     steps: int = Field(300, ge=1)
+    # Set to count passes over the data instead: steps = ceil(epochs * sequences / batch_size), counting
+    # the sequences of every pool with a positive mix weight (pools are sampled, so an "epoch" is that many
+    # sequences drawn, not a guarantee that each was seen once).
+    epochs: float | None = Field(None, gt=0, description="overrides steps when set")
     batch_size: int = Field(8, ge=1, description="sequences per step")
     learning_rate: float = Field(2e-3, gt=0)
     warmup_steps: int = Field(20, ge=0)

@@ -234,7 +234,7 @@ class DatasetStore:
             con.execute("SET enable_external_access = false")
             con.execute("SET lock_configuration = true")
             if schema is not None:
-                con.execute(f'USE "{schema}"')
+                con.execute('USE "{}"'.format(schema.replace('"', '""')))
             try:
                 relation = con.execute(sql, list(params))
                 return [d[0] for d in relation.description], relation.fetchall()

@@ -182,6 +182,9 @@ def train(
     data_store = DatasetStore(store)
     registry = ModelRegistry(data_store)
     pools = build_sequences(data_store, dataset_version, config.mix, config.asr_prompt, config.on_missing_audio)
+    if config.epochs is not None:
+        sequences = sum(n for pool, n in pools.counts().items() if getattr(config.mix, pool) > 0)
+        config = config.model_copy(update={"steps": max(1, math.ceil(config.epochs * sequences / config.batch_size))})
     init_dir = registry.model(init_model).path if init_model else None
     model_id = model_id_for(pools.version_id, config, registry.model(init_model).model_id if init_model else None)
     model_dir = data_store.root / "models" / model_id

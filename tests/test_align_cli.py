@@ -156,4 +156,4 @@ def test_bad_input_each_ends_ok_or_failed_with_a_specific_reason(tmp_path):
     assert "empty.wav is empty (0 bytes)" in reasons[1]
     assert "nan.wav holds NaN/inf samples" in reasons[2]
     assert "pocketsphinx alignment failed" in reasons[3]  # a transcript of other words
-    assert "m.jsonl:8: malformed JSON: 'utf-8' codec can't decode" in reasons[4]
+    assert "m.jsonl:8: line is not UTF-8: 'utf-8' codec can't decode" in reasons[4]

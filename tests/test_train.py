@@ -219,3 +219,41 @@ def test_unknown_or_unfinished_version_and_missing_audio_are_clear_errors(datase
         assert skipped.counts() == {"interleaved": 5, "asr": 5, "text": 0}
     finally:
         hidden.rename(victim)
+
+
+def test_pretrained_whisper_encoder_and_a_qwen_style_llm_load_from_local_directories(tiny_llm, tmp_path):
+    """Users point encoder.pretrained / llm.path at checkpoints; here both are tiny ones saved locally."""
+    from transformers import AutoTokenizer, Qwen2Config, Qwen2ForCausalLM, WhisperConfig, WhisperModel
+
+    whisper_dir = tmp_path / "whisper"
+    WhisperModel(WhisperConfig(num_mel_bins=80, d_model=32, encoder_layers=1, decoder_layers=1,
+                               encoder_attention_heads=2, decoder_attention_heads=2, encoder_ffn_dim=64,
+                               decoder_ffn_dim=64, max_source_positions=50)).save_pretrained(whisper_dir)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_llm)
+    qwen_dir = tmp_path / "qwen"
+    Qwen2ForCausalLM(Qwen2Config(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                 num_attention_heads=2, num_key_value_heads=1)).save_pretrained(qwen_dir)
+    tokenizer.save_pretrained(qwen_dir)
+
+    config = SpeechLLMConfig(encoder={"kind": "whisper", "pretrained": str(whisper_dir)}, projector={"stack": 4},
+                             llm={"path": str(qwen_dir)})
+    model = build_speech_llm(config, qwen_dir)
+    saved = WhisperModel.from_pretrained(whisper_dir).get_encoder().state_dict()
+    assert all(torch.equal(saved[k], v) for k, v in model.encoder.encoder.state_dict().items())
+    assert type(model.llm).__name__ == "Qwen2ForCausalLM"
+    assert model.embeddings_for_samples(16000) == 13  # 101 frames -> 51 (20 ms) -> 13 of 4 stacked (80 ms)
+    sequence = TrainingSequence("s", "asr", "u", None, (
+        Segment("speech", "two tablets", loss=False, audio=AudioSlice("x", 0, 24000)),
+        Segment("text", "two tablets")), prompt="Transcribe the speech.")
+    layout = lay_out(sequence, model.tokenizer, model.embeddings_for_samples)
+    batch = collate([layout], model.tokenizer, load=lambda a: torch.randn(a.num_samples) * 0.1)
+    losses = model(batch)
+    losses["loss"].backward()
+    assert torch.isfinite(losses["loss"]) and model.projector[0].weight.grad is not None
+
+
+def test_epochs_set_the_number_of_steps_from_the_dataset_size(dataset):
+    store, version = dataset
+    # 6 interleaved + 6 asr sequences (text has weight 0.2 but no sequences): 1.5 epochs of 12 at batch 4
+    done = train(store, version, TINY.model_copy(update={"epochs": 1.5, "steps": 1}))
+    assert done.steps == 5 and done.metrics["steps_logged"] == 5
