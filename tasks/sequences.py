@@ -24,6 +24,8 @@ from dataclasses import dataclass, field
 
 import duckdb
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from jstip.model.config import MixConfig
 from jstip.schemas.sequences import POOLS, AudioSlice, Segment, TrainingSequence
@@ -36,14 +38,66 @@ class DatasetError(RuntimeError):
     """A dataset version cannot be trained on; the message names the version and the item."""
 
 
+class SequencePool(Sequence[TrainingSequence]):
+    """One pool's sequences, held as columns (Arrow/NumPy) and materialised one at a time on access.
+
+    `index` has one row per sequence, sorted by (estimated length, sequence_id); `segments` one row per
+    segment of every sequence of every pool, and a sequence's segments are the rows
+    [first_row, first_row + num_rows). At 38k hours (~14 M utterances, ~100 M spans) this is a few
+    columns of numbers and strings, not millions of Python objects."""
+
+    def __init__(self, name: str, index: pa.Table, segments: "_SegmentColumns", prompt: str | None):
+        self.name = name
+        self.prompt = prompt
+        self._segments = segments
+        self.sequence_ids = index.column("sequence_id").to_pylist()
+        self._utterance_ids = index.column("utterance_id").combine_chunks()
+        self._domains = index.column("domain").combine_chunks()
+        self._first = index.column("first_row").to_numpy()
+        self._count = index.column("num_rows").to_numpy()
+        self.lengths = index.column("est_positions").to_numpy()
+
+    def __len__(self) -> int:
+        return len(self.sequence_ids)
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]
+        first, count = int(self._first[i]), int(self._count[i])
+        return TrainingSequence(self.sequence_ids[i], self.name, self._utterance_ids[i].as_py(),
+                                self._domains[i].as_py(), self._segments.segments(first, count),
+                                prompt=self.prompt if self.name == "asr" else None)
+
+
+class _SegmentColumns:
+    def __init__(self, table: pa.Table):
+        self.modality = table.column("modality").combine_chunks()
+        self.text = table.column("text").combine_chunks()
+        self.path = table.column("flac_path").combine_chunks()
+        self.start = table.column("start_sample").combine_chunks()
+        self.end = table.column("end_sample").combine_chunks()
+
+    def segments(self, first: int, count: int) -> tuple[Segment, ...]:
+        out = []
+        for r in range(first, first + count):
+            text = self.text[r].as_py()
+            if self.modality[r].as_py() == "speech":
+                audio = AudioSlice(self.path[r].as_py(), self.start[r].as_py(), self.end[r].as_py())
+                out.append(Segment("speech", text, loss=False, audio=audio))
+            else:
+                out.append(Segment("text", text))
+        return tuple(out)
+
+
 @dataclass
 class SequencePools:
     version_id: str
-    pools: dict[str, list[TrainingSequence]]
+    pools: dict[str, SequencePool]
     skipped: dict[str, int] = field(default_factory=dict)  # reason -> sequences left out
+    texts: list[str] = field(default_factory=list)  # every distinct text of every segment (tokenizer training)
 
     def counts(self) -> dict[str, int]:
-        return {pool: len(self.pools.get(pool, [])) for pool in POOLS}
+        return {pool: len(self.pools[pool]) if pool in self.pools else 0 for pool in POOLS}
 
 
 def resolve_version(store: DatasetStore, version_id: str | None) -> DatasetVersion:
@@ -71,88 +125,85 @@ def build_sequences(store: DatasetStore, version_id: str | None, mix: MixConfig,
                     on_missing_audio: str = "error") -> SequencePools:
     version = resolve_version(store, version_id)
     con = duckdb.connect()
-    rates = con.execute(f"SELECT DISTINCT sampling_rate FROM read_parquet('{_parquet(version, 'normalized_audio')}')"
-                        ).fetchall()
+    tables = {t: f"read_parquet('{_parquet(version, t)}')" for t in
+              ("spans", "interleave_plans", "normalized_audio", "utterances")}
+    rates = con.execute(f"SELECT DISTINCT sampling_rate FROM {tables['normalized_audio']}").fetchall()
     if any(r != SAMPLE_RATE for (r,) in rates):
         raise DatasetError(f"dataset version {version.version_id}: normalised audio at {sorted(r for (r,) in rates)} "
                            f"Hz; the speech-LLM takes {SAMPLE_RATE} Hz (build with normalize.sample_rate: 16000)")
-    spans = con.sql(f"""
-        SELECT s.plan_id, s.utterance_id, p.strategy, p.domain, s.modality, s.role, s.text,
-               s.start_sample, s.end_sample, a.flac_path
-        FROM read_parquet('{_parquet(version, 'spans')}') s
-        JOIN read_parquet('{_parquet(version, 'interleave_plans')}') p USING (plan_id, utterance_id)
-        LEFT JOIN read_parquet('{_parquet(version, 'normalized_audio')}') a USING (utterance_id)
+    # Every sequence of every pool as segment rows, in one relation (see the module docstring for the pools).
+    con.execute(f"""
+        CREATE TEMP TABLE segments AS
+        SELECT CASE WHEN p.strategy = 'text' THEN 'text' ELSE 'interleaved' END AS pool,
+               (CASE WHEN p.strategy = 'text' THEN 'text/' ELSE 'interleaved/' END) || s.plan_id || '/' || s.utterance_id
+                   AS sequence_id,
+               s.utterance_id, p.domain, s.span_index AS segment_index, s.modality, s.text,
+               CASE WHEN s.modality = 'speech' THEN a.flac_path END AS flac_path,
+               CASE WHEN s.modality = 'speech' THEN s.start_sample END AS start_sample,
+               CASE WHEN s.modality = 'speech' THEN s.end_sample END AS end_sample
+        FROM {tables['spans']} s
+        JOIN {tables['interleave_plans']} p USING (plan_id, utterance_id)
+        LEFT JOIN {tables['normalized_audio']} a USING (utterance_id)
         WHERE p.strategy IN ('word', 'segment', 'text')
-        ORDER BY s.plan_id, s.utterance_id, s.span_index""").to_arrow_table().to_pydict()
-    utterances = con.sql(f"""
-        SELECT u.utterance_id, u.domain, u.text, a.flac_path, a.num_samples
-        FROM read_parquet('{_parquet(version, 'utterances')}') u
-        JOIN read_parquet('{_parquet(version, 'normalized_audio')}') a USING (utterance_id)
-        ORDER BY u.utterance_id""").to_arrow_table().to_pydict()
-
-    pools: dict[str, list[TrainingSequence]] = {pool: [] for pool in POOLS}
-    pools["interleaved"], pools["text"] = _plan_sequences(version, spans)
-    for utt, domain, text, path, samples in zip(utterances["utterance_id"], utterances["domain"],
-                                                utterances["text"], utterances["flac_path"],
-                                                utterances["num_samples"]):
-        speech = Segment("speech", text, loss=False, audio=AudioSlice(path, 0, samples))
-        pools["asr"].append(TrainingSequence(f"asr/utt/{utt}", "asr", utt, domain,
-                                             (speech, Segment("text", text)), prompt=asr_prompt))
-        if mix.transcripts_as_text:
-            pools["text"].append(TrainingSequence(f"text/utt/{utt}", "text", utt, domain, (Segment("text", text),)))
-    return _drop_missing_audio(version, pools, on_missing_audio)
-
-
-def _plan_sequences(version: DatasetVersion, spans: dict) -> tuple[list, list]:
-    interleaved, text_only = [], []
-    n = len(spans["plan_id"])
-    start = 0
-    while start < n:
-        key = (spans["plan_id"][start], spans["utterance_id"][start])
-        end = start
-        while end < n and (spans["plan_id"][end], spans["utterance_id"][end]) == key:
-            end += 1
-        segments = []
-        for i in range(start, end):
-            if spans["modality"][i] == "speech":
-                if spans["flac_path"][i] is None or spans["start_sample"][i] is None:
-                    raise DatasetError(f"dataset version {version.version_id}: speech span {i - start} of plan "
-                                       f"{key[0]} for utterance {key[1]} has no audio (no normalized_audio row "
-                                       "or no sample offsets)")
-                audio = AudioSlice(spans["flac_path"][i], spans["start_sample"][i], spans["end_sample"][i])
-                segments.append(Segment("speech", spans["text"][i], loss=False, audio=audio))
-            else:
-                segments.append(Segment("text", spans["text"][i]))
-        strategy, domain = spans["strategy"][start], spans["domain"][start]
-        pool = "text" if strategy == "text" else "interleaved"
-        sequence = TrainingSequence(f"{pool}/{key[0]}/{key[1]}", pool, key[1], domain, tuple(segments))
-        (text_only if pool == "text" else interleaved).append(sequence)
-        start = end
-    return interleaved, text_only
+        UNION ALL
+        SELECT 'asr', 'asr/utt/' || u.utterance_id, u.utterance_id, u.domain, k.i,
+               CASE k.i WHEN 0 THEN 'speech' ELSE 'text' END, u.text,
+               CASE k.i WHEN 0 THEN a.flac_path END, CASE k.i WHEN 0 THEN 0 END,
+               CASE k.i WHEN 0 THEN a.num_samples END
+        FROM {tables['utterances']} u JOIN {tables['normalized_audio']} a USING (utterance_id),
+             (VALUES (0), (1)) k(i)
+        UNION ALL
+        SELECT 'text', 'text/utt/' || u.utterance_id, u.utterance_id, u.domain, 0, 'text', u.text, NULL, NULL, NULL
+        FROM {tables['utterances']} u WHERE ?""", [mix.transcripts_as_text])
+    broken = con.execute("""SELECT sequence_id, segment_index FROM segments
+                            WHERE modality = 'speech' AND (flac_path IS NULL OR start_sample IS NULL)
+                            ORDER BY ALL LIMIT 1""").fetchall()
+    if broken:
+        raise DatasetError(f"dataset version {version.version_id}: speech span {broken[0][1]} of sequence "
+                           f"{broken[0][0]} has no audio (no normalized_audio row or no sample offsets)")
+    skipped = _missing_audio(con, version, on_missing_audio)
+    # one sequence per group, sorted by estimated length (bucketing) then id (a total, stable order)
+    segments = con.sql("""
+        SELECT *, sum(CASE WHEN modality = 'speech' THEN end_sample - start_sample ELSE 0 END)
+                      OVER (PARTITION BY sequence_id) AS speech_samples,
+               sum(CASE WHEN modality = 'text' THEN length(text) + 1 ELSE 0 END)
+                      OVER (PARTITION BY sequence_id) AS text_chars,
+               row_number() OVER (ORDER BY pool, sequence_id, segment_index) - 1 AS rn
+        FROM segments ORDER BY pool, sequence_id, segment_index""").to_arrow_table()
+    con.register("ordered", segments)
+    columns = _SegmentColumns(segments)
+    pools = {}
+    for pool in POOLS:
+        index = con.sql(f"""
+            SELECT sequence_id, any_value(utterance_id) AS utterance_id, any_value(domain) AS domain,
+                   min(rn) AS first_row, count(*) AS num_rows,
+                   any_value(speech_samples) / 1280.0 + (any_value(text_chars)
+                       + CASE WHEN ? = 'asr' THEN length(?) ELSE 0 END) / 4.0 AS est_positions
+            FROM ordered WHERE pool = ?
+            GROUP BY sequence_id ORDER BY est_positions, sequence_id""",
+                        params=[pool, asr_prompt, pool]).to_arrow_table()
+        pools[pool] = SequencePool(pool, index, columns, asr_prompt)
+    texts = sorted(set(pc.unique(segments.column("text")).to_pylist()) | {asr_prompt})
+    return SequencePools(version.version_id, pools, skipped, texts)
 
 
-def _drop_missing_audio(version: DatasetVersion, pools: dict[str, list[TrainingSequence]],
-                        on_missing_audio: str) -> SequencePools:
-    paths = {s.audio.path for seqs in pools.values() for seq in seqs for s in seq.segments if s.audio is not None}
-    missing = {p for p in paths if not os.path.isfile(p)}
+def _missing_audio(con: duckdb.DuckDBPyConnection, version: DatasetVersion, on_missing_audio: str) -> dict[str, int]:
+    """Check every audio file the sequences read exists (one stat per file); drop or stop (module doc)."""
+    paths = [p for (p,) in con.execute("SELECT DISTINCT flac_path FROM segments WHERE flac_path IS NOT NULL").fetchall()]
+    missing = [p for p in paths if not os.path.isfile(p)]
     if not missing:
-        return SequencePools(version.version_id, pools)
-    affected = [seq for seqs in pools.values() for seq in seqs
-                if any(s.audio is not None and s.audio.path in missing for s in seq.segments)]
+        return {}
+    con.execute("CREATE TEMP TABLE missing AS SELECT unnest(?::VARCHAR[]) AS flac_path", [missing])
+    affected = con.execute("SELECT DISTINCT sequence_id FROM segments JOIN missing USING (flac_path)").fetchall()
     if on_missing_audio == "error":
-        example = affected[0]
-        path = next(s.audio.path for s in example.segments if s.audio is not None and s.audio.path in missing)
+        utterance, path = con.execute("SELECT utterance_id, flac_path FROM segments JOIN missing USING (flac_path) "
+                                      "ORDER BY utterance_id, flac_path LIMIT 1").fetchone()
         raise DatasetError(f"dataset version {version.version_id}: {len(missing)} audio file(s) missing from the "
-                           f"store, used by {len(affected)} sequence(s); e.g. utterance {example.utterance_id}: "
-                           f"{path}. Rebuild the version, or set on_missing_audio: skip to train without them")
-    dropped = {seq.sequence_id for seq in affected}
-    kept = {pool: [seq for seq in seqs if seq.sequence_id not in dropped] for pool, seqs in pools.items()}
-    return SequencePools(version.version_id, kept, {"missing_audio": len(affected)})
-
-
-def estimated_positions(sequence: TrainingSequence) -> float:
-    """Rough LLM positions: one per 80 ms of speech, one per 4 characters of text (for bucketing only)."""
-    return sequence.speech_samples / 1280 + sequence.text_chars / 4
+                           f"store, used by {len(affected)} sequence(s); e.g. utterance {utterance}: {path}. "
+                           "Rebuild the version, or set on_missing_audio: skip to train without them")
+    con.execute("DELETE FROM segments WHERE sequence_id IN "
+                "(SELECT DISTINCT sequence_id FROM segments JOIN missing USING (flac_path))")
+    return {"missing_audio": len(affected)}
 
 
 class BucketSampler:
@@ -162,7 +213,7 @@ class BucketSampler:
     Batches of similar length pad little. Batch `step` depends only on (seed, step), so a resumed run
     draws exactly the batches the uninterrupted run would have drawn, with no sampler state to save."""
 
-    def __init__(self, pools: dict[str, Sequence[TrainingSequence]], weights: dict[str, float], batch_size: int,
+    def __init__(self, pools: dict[str, SequencePool], weights: dict[str, float], batch_size: int,
                  buckets: int, seed: int):
         self.batch_size = batch_size
         self.seed = seed
@@ -173,11 +224,10 @@ class BucketSampler:
                                f"(sequences per pool: {available}; weights: {weights})")
         total = sum(weights[p] for p in self.pools)
         self.weights = np.array([weights[p] / total for p in self.pools])
-        self.buckets: dict[str, list[list[TrainingSequence]]] = {}
-        for pool in self.pools:
-            ordered = sorted(pools[pool], key=lambda s: (estimated_positions(s), s.sequence_id))
-            bounds = np.array_split(np.arange(len(ordered)), min(buckets, len(ordered)))
-            self.buckets[pool] = [ordered[b[0]:b[-1] + 1] for b in bounds]
+        # a pool is already sorted by estimated length: buckets are contiguous index ranges of it
+        self._pools = pools
+        self.buckets: dict[str, list[np.ndarray]] = {
+            pool: np.array_split(np.arange(len(pools[pool])), min(buckets, len(pools[pool]))) for pool in self.pools}
 
     def batch(self, step: int) -> list[TrainingSequence]:
         rng = np.random.default_rng([self.seed, step])
@@ -187,4 +237,4 @@ class BucketSampler:
         bucket = buckets[int(rng.choice(len(buckets), p=sizes / sizes.sum()))]
         replace = len(bucket) < self.batch_size
         picks = rng.choice(len(bucket), size=self.batch_size, replace=replace)
-        return [bucket[i] for i in picks]
+        return [self._pools[pool][int(bucket[i])] for i in picks]

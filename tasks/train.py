@@ -100,11 +100,6 @@ def loss_and_backward(model: SpeechLLM, sequences: list[TrainingSequence], devic
     return out
 
 
-def _texts_for_tokenizer(pools: SequencePools) -> list[str]:
-    return sorted({s.text for seqs in pools.pools.values() for seq in seqs for s in seq.segments}
-                  | {seq.prompt for seqs in pools.pools.values() for seq in seqs if seq.prompt})
-
-
 def _initial_model(config: TrainConfig, pools: SequencePools, model_dir: Path,
                    init_model_dir: Path | None) -> tuple[SpeechLLM, str]:
     """The model to start from and where its base LLM lives (for saving)."""
@@ -123,7 +118,7 @@ def _initial_model(config: TrainConfig, pools: SequencePools, model_dir: Path,
     if not (llm_dir / "config.json").exists():
         tmp = model_dir / f".{LLM_DIR}.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
-        build_tiny_lm(tmp, _texts_for_tokenizer(pools), config.model.llm.tiny, seed=config.seed)
+        build_tiny_lm(tmp, pools.texts, config.model.llm.tiny, seed=config.seed)
         tmp.rename(llm_dir)
     return build_speech_llm(config.model, llm_dir, seed=config.seed), LLM_DIR
 
