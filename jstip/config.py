@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Literal
+from typing import Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -347,22 +347,31 @@ class ConfigError(ValueError):
     pass
 
 
-def load_config(path: str | Path | None = None, **overrides) -> BuildConfig:
-    """Read a YAML build config (None: the defaults), apply top-level overrides, validate."""
+M = TypeVar("M", bound=BaseModel)
+
+
+def load_yaml_config(path: str | Path | None, model: type[M], error: type[Exception], what: str,
+                     **overrides) -> M:
+    """Read a YAML config into `model` (None: its defaults), apply top-level overrides, validate; every
+    problem is one `error` naming the file."""
     data: dict = {}
     if path is not None:
         path = Path(path)
         if not path.is_file():
-            raise ConfigError(f"config file not found: {path}")
+            raise error(f"{what} not found: {path}")
         try:
             data = yaml.safe_load(path.read_text()) or {}
         except yaml.YAMLError as e:
-            raise ConfigError(f"{path}: not valid YAML: {e}") from None
+            raise error(f"{path}: not valid YAML: {e}") from None
         if not isinstance(data, dict):
-            raise ConfigError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
+            raise error(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
     data.update({k: v for k, v in overrides.items() if v is not None})
     try:
-        return BuildConfig.model_validate(data)
+        return model.model_validate(data)
     except ValidationError as e:
-        where = path or "config"
-        raise ConfigError(f"{where}: invalid configuration:\n{e}") from None
+        raise error(f"{path or what}: invalid configuration:\n{e}") from None
+
+
+def load_config(path: str | Path | None = None, **overrides) -> BuildConfig:
+    """Read a YAML build config (None: the defaults), apply top-level overrides, validate."""
+    return load_yaml_config(path, BuildConfig, ConfigError, "config file", **overrides)

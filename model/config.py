@@ -14,8 +14,9 @@ import json
 from pathlib import Path
 from typing import Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from jstip.config import load_yaml_config
 
 
 class _Section(BaseModel):
@@ -156,19 +157,4 @@ class TrainConfigError(ValueError):
 
 def load_train_config(path: str | Path | None = None, **overrides) -> TrainConfig:
     """Read a YAML training config (None: the defaults), apply top-level overrides, validate."""
-    data: dict = {}
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise TrainConfigError(f"training config not found: {path}")
-        try:
-            data = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise TrainConfigError(f"{path}: not valid YAML: {e}") from None
-        if not isinstance(data, dict):
-            raise TrainConfigError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
-    data.update({k: v for k, v in overrides.items() if v is not None})
-    try:
-        return TrainConfig.model_validate(data)
-    except ValidationError as e:
-        raise TrainConfigError(f"{path or 'training config'}: invalid configuration:\n{e}") from None
+    return load_yaml_config(path, TrainConfig, TrainConfigError, "training config", **overrides)
