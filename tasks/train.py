@@ -180,8 +180,10 @@ def train(
     if config.epochs is not None:
         sequences = sum(n for pool, n in pools.counts().items() if getattr(config.mix, pool) > 0)
         config = config.model_copy(update={"steps": max(1, math.ceil(config.epochs * sequences / config.batch_size))})
-    init_dir = registry.model(init_model).path if init_model else None
-    model_id = model_id_for(pools.version_id, config, registry.model(init_model).model_id if init_model else None)
+    parent = registry.model(init_model) if init_model else None  # resolves a prefix; clear error if unknown
+    parent_id = parent.model_id if parent else None
+    init_dir = parent.path if parent else None
+    model_id = model_id_for(pools.version_id, config, parent_id)
     model_dir = data_store.root / "models" / model_id
     final_dir = model_dir / FINAL
 
@@ -189,7 +191,7 @@ def train(
         record = registry.register_model(model_id=model_id, name=name, dataset_version=pools.version_id,
                                          config_json=config.canonical_json(),
                                          metrics=json.loads((final_dir / "metrics.json").read_text()),
-                                         path=final_dir, parent_model=init_model and registry.model(init_model).model_id)
+                                         path=final_dir, parent_model=parent_id)
         say(f"model {model_id} is already trained on {pools.version_id}: {final_dir}")
         return TrainResult(model_id, final_dir, pools.version_id, config.steps, record.metrics, None)
 
@@ -265,7 +267,7 @@ def train(
     tmp.rename(final_dir)
     record = registry.register_model(model_id=model_id, name=name, dataset_version=pools.version_id,
                                      config_json=config.canonical_json(), metrics=metrics, path=final_dir,
-                                     parent_model=init_model and registry.model(init_model).model_id)
+                                     parent_model=parent_id)
     say(f"model {model_id} trained: final loss {metrics['final_loss']:.4f}; {final_dir}")
     return TrainResult(record.model_id, final_dir, pools.version_id, config.steps, metrics, resumed_from)
 
