@@ -2,16 +2,18 @@
 loss curve (issue #9).
 
     .venv/bin/python benchmarks/train_demo.py [--utterances 300] [--seed 0] [--strategy mixed]
-        [--minutes 4 | --steps N] [--batch-size 8] [--out benchmarks/out/train_demo] [--write]
+        [--steps 2000 | --minutes M] [--batch-size 8] [--out benchmarks/out/train_demo] [--write]
 
 Steps: synthesise `--utterances` espeak-ng utterances (medical/banking, jstip.tasks.synth) plus their domain
 text corpus; build one dataset version in process (jstip.tasks.stages.build_in_process; plan strategy
 `--strategy`, default mixed so that the interleaved, asr and text pools are all non-empty); train the
 default model (jstip.model.config.TrainConfig defaults: conv encoder + tiny Llama-style LM, mix
-interleaved 0.5 / asr 0.3 / text 0.2, batch 8) for `--steps`, or, without `--steps`, for as many steps as
-fit `--minutes` at the rate of a short calibration run (`--calibration-steps`, a separate model whose
-steps are not counted). The learning-rate schedule needs the step count up front, hence the calibration
-rather than stopping on the clock; the steps chosen are printed, and `--steps N` reproduces that model.
+interleaved 0.5 / asr 0.3 / text 0.2, batch 8) for `--steps` (default 2000: about 4 minutes on 2 idle
+cores), or, with `--minutes M`, for as many steps as fit M minutes at the rate of a short calibration run
+(`--calibration-steps`, a separate model whose steps are not counted). The learning-rate schedule needs
+the step count up front, hence the calibration rather than stopping on the clock; the steps chosen are
+printed, and `--steps N` reproduces that model. On a shared machine the calibration is only as good as the
+load during its few seconds, which is why a fixed step count is the default.
 
 Writes to `--out`: loss_curve.csv (the train_log.csv rows plus moving averages of loss and llm_loss),
 loss_curve.png (raw and smoothed loss and llm_loss vs step; with the default ctc_weight 0 they are the
@@ -70,6 +72,7 @@ def write_curve(rows: list[dict], out: Path, window: int, title: str) -> tuple[P
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker  # noqa: F401  (matplotlib.ticker below)
 
     steps = [int(r["step"]) for r in rows]
     loss = [float(r["loss"]) for r in rows]
@@ -91,6 +94,8 @@ def write_curve(rows: list[dict], out: Path, window: int, title: str) -> tuple[P
     ax.set_xlabel("step")
     ax.set_ylabel("cross-entropy (nats / label token)")
     ax.set_yscale("log")
+    ax.yaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
+    ax.yaxis.set_minor_formatter(matplotlib.ticker.ScalarFormatter())
     ax.set_title(title, fontsize=9)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
@@ -106,11 +111,13 @@ def main() -> None:
     parser.add_argument("--utterances", type=int, default=300)
     parser.add_argument("--seed", type=int, default=0, help="corpus seed (the training seed is TrainConfig's, 0)")
     parser.add_argument("--strategy", default="mixed", choices=["word", "segment", "asr", "mixed"])
-    parser.add_argument("--minutes", type=float, default=4.0, help="training time budget (ignored with --steps)")
-    parser.add_argument("--steps", type=int, default=None, help="train exactly this many steps (no calibration)")
+    parser.add_argument("--steps", type=int, default=2000, help="training steps (ignored with --minutes)")
+    parser.add_argument("--minutes", type=float, default=None,
+                        help="train for about this long instead: the step count from a calibration run")
     parser.add_argument("--calibration-steps", type=int, default=40)
     parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--smooth", type=int, default=25, help="moving-average window of the plotted curve")
+    parser.add_argument("--smooth", type=int, default=None,
+                        help="moving-average window of the plotted curve (default: steps / 40, at least 10)")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     parser.add_argument("--store", type=Path, default=None, help="keep the dataset store here (default: temporary)")
     parser.add_argument("--write", action="store_true", help="record the figures in BENCHMARKS.md")
@@ -151,7 +158,7 @@ def main() -> None:
 
         base = TrainConfig(batch_size=args.batch_size)
         calibration = None
-        if args.steps is None:
+        if args.minutes is not None:
             # a throwaway model (other step count, so another model id): seconds per step after the first
             probe = base.model_copy(update={"steps": 100_000})
             probed = train(store, published.version_id, probe, name="train-demo-calibration",
@@ -187,7 +194,8 @@ def main() -> None:
     pools = metrics["sequences_per_pool"]
     title = (f"default CPU speech-LLM, {args.utterances} synthetic utterances ({args.strategy}), "
              f"{steps} steps x {args.batch_size}")
-    csv_path, png_path = write_curve(rows, args.out, args.smooth, title)
+    window = args.smooth or max(10, steps // 40)
+    csv_path, png_path = write_curve(rows, args.out, window, title)
     summary = {
         "utterances": args.utterances, "corpus_hours": synth.audio_seconds / 3600,
         "domain_sentences": synth.text_sentences, "version_id": published.version_id, "strategy": args.strategy,
@@ -209,7 +217,7 @@ def main() -> None:
     how = (f"{steps} steps: the most that fit {args.minutes:g} min at the calibration run's "
            f"{calibration['seconds_per_step'] * 1000:.0f} ms per step ({calibration['steps']} steps of a throwaway "
            f"model); `--steps {steps}` trains exactly this model again" if calibration
-           else f"{steps} steps (--steps)")
+           else f"{steps} steps")
     table_rows = [
         ("corpus", f"{args.utterances} synthetic utterances (seed {args.seed}), {synth.audio_seconds / 3600:.3f} h "
                    f"of audio, {published.accepted} accepted; {synth.text_sentences} domain-text sentences"),
@@ -233,8 +241,8 @@ def main() -> None:
             f"{machine}. Loss curve: `{png_path.relative_to(REPO) if png_path.is_relative_to(REPO) else png_path}` "
             f"and `loss_curve.csv` beside it (not in git; rerun the command).\n\n{table}\n\n"
             "Wall times are of a shared 2-core machine: other processes running at the same time slow the step "
-            "loop several-fold, so the calibrated step count and the rates vary from run to run (the batches and "
-            "the dropout of each step are seeded, so a given `--steps` trains the same model).\n")
+            "loop several-fold, so the wall time and the rates vary from run to run (the batches and the dropout "
+            "of each step are seeded, so the losses of a given `--steps` do not depend on the load).\n")
     print()
     print(body)
     print(f"train_demo: {steps} steps in {train_wall:.0f} s, {metrics['sequences_per_second']:.1f} seq/s, "
