@@ -375,9 +375,12 @@ def _frames(audio: np.ndarray, first: int, count: int, window: int, context: int
 def speech_segments(audios: list[np.ndarray], sample_rate: int, threshold: float = 0.5) -> list[list[dict]]:
     """silero-vad speech segments ({"start", "end"} in samples) of each mono float32 audio, from its own
     `get_speech_timestamps_from_probs` with its defaults (250 ms min speech, 100 ms min silence, 30 ms pad)."""
+    probabilities = speech_probabilities(audios, sample_rate)
+    # imported only now: the first import of silero_vad sets torch to 1 thread for the whole process, and
+    # _silero is the one place that imports it with the thread count restored
+    _silero(sample_rate)
     from silero_vad import get_speech_timestamps_from_probs
 
-    probabilities = speech_probabilities(audios, sample_rate)
     return [get_speech_timestamps_from_probs(p.tolist(), sampling_rate=sample_rate, threshold=threshold,
                                              audio_length_samples=len(a)) for p, a in zip(probabilities, audios)]
 

@@ -299,3 +299,16 @@ def test_speech_detection_needs_a_silero_rate():
     with pytest.raises(pydantic.ValidationError, match="silero-vad"):
         NormalizeConfig(sample_rate=22050)
     assert NormalizeConfig(sample_rate=22050, measure_speech=False).sample_rate == 22050
+
+
+def test_voice_activity_detection_leaves_torch_thread_count_alone():
+    """Importing silero_vad sets torch to one thread process-wide; a build followed by training in the same
+    process must not train on one thread. Run in a fresh interpreter: the import happens once per process."""
+    import subprocess
+    import sys
+
+    code = ("import torch, numpy as np\ntorch.set_num_threads(2)\n"
+            "from jstip.tasks.normalize import speech_segments\n"
+            "speech_segments([np.zeros(16000, np.float32)], 16000)\nprint(torch.get_num_threads())")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip().splitlines()[-1] == "2"
