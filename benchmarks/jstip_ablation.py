@@ -2,7 +2,7 @@
 seed trained on the synthetic medical/banking corpus in seven ways, each scored on one held-out test set.
 
     .venv/bin/python benchmarks/jstip_ablation.py [--utterances 240] [--test-utterances 40] [--steps N]
-        [--seeds 1] [--out benchmarks/out/jstip_ablation] [--store DIR] [--write]
+        [--seeds 1] [--ctc-weight 0] [--out benchmarks/out/jstip_ablation] [--store DIR] [--write]
 
 Data
 - training corpus: `--utterances` espeak-ng utterances (jstip.tasks.synth, seed 0), alternately medical
@@ -45,8 +45,9 @@ weights aside), so arms on different versions also differ in their tokenizer. Ev
 greedy and beam-4 decoding (jstip.tasks.evaluate; the results also go to the catalog's eval_results).
 With `--seeds K` each arm is trained with TrainConfig.seed 0..K-1 (same data) and the means are reported.
 
-Writes `<out>/results.json` (every metric of every arm, seed and decoding) and, with --write, the
-"JSTIP ablation" section of BENCHMARKS.md.
+Writes `<out>/results.json` (every metric of every arm, seed and decoding, plus the run's facts) and, with
+--write, the "JSTIP ablation" section of BENCHMARKS.md. `--from-results <out>/results.json [--write]`
+trains nothing and renders the section of a saved run again (e.g. after a change to the report's wording).
 """
 
 from __future__ import annotations
@@ -193,8 +194,13 @@ def main() -> None:
     parser.add_argument("--arms", default=None, help="comma-separated subset of arms (default: all + mixed_ctc)")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     parser.add_argument("--store", type=Path, default=None, help="keep corpora + store here (default: temporary)")
+    parser.add_argument("--from-results", type=Path, default=None,
+                        help="train nothing: print (and with --write record) the section of a saved results.json")
     parser.add_argument("--write", action="store_true", help="record the figures in BENCHMARKS.md")
     args = parser.parse_args()
+    if args.from_results:
+        publish(json.loads(args.from_results.read_text()), args.write)
+        return
 
     import torch
 
@@ -301,24 +307,51 @@ def main() -> None:
             tmp.cleanup()
     total_s = time.perf_counter() - started
 
-    # -- report ------------------------------------------------------------------------------------------
+    argv = [a for a in sys.argv[1:] if a != "--write"]
+    results["meta"] = dict(
+        command=" ".join([".venv/bin/python benchmarks/jstip_ablation.py", *map(shlex.quote, argv), "--write"]),
+        utterances=args.utterances, test_utterances=args.test_utterances, steps=args.steps,
+        batch_size=args.batch_size, seeds=args.seeds, ctc_weight=args.ctc_weight,
+        train_audio_s=synth.audio_seconds, test_audio_s=test.audio_seconds, domain_sentences=len(sentences),
+        tts_audio_s=tts_seconds, test_in_training=overlap_train, test_in_domain_text=overlap_text,
+        total_s=total_s, build_s=build_s, test_version=test_version.version_id,
+        versions={k: v.version_id for k, v in versions.items()},
+        machine=(f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, torch "
+                 f"{torch.__version__} on {torch.get_num_threads()} threads (CPU)"))
+    (args.out / "results.json").write_text(json.dumps(results, indent=2))
+    publish(results, args.write)
+    print(f"jstip_ablation: {len(results['arms'])} arms x {args.seeds} seed(s), "
+          f"{args.steps} steps each, {total_s / 60:.1f} min; results in {args.out / 'results.json'}")
+
+
+def publish(results: dict, write: bool) -> None:
+    """Print the BENCHMARKS.md section of a run's results (and record it with `write`)."""
+    title, body = render(results)
+    print()
+    print(body)
+    if write:
+        write_section(title, body)
+
+
+def render(results: dict) -> tuple[str, str]:
+    """(section title, section body) of a run's results.json."""
+    meta = results["meta"]
+
     def avg(runs, decoding, metric):
         return mean([r["overall"][decoding].get(metric, float("nan")) for r in runs])
+
+    def spread(runs, decoding, metric):
+        values = [r["overall"][decoding][metric] for r in runs]
+        return max(values) - min(values)
 
     some_run = next(iter(results["arms"].values()))[0]["overall"]["beam4"]
     entity_n, ref_words = some_run["entity_occurrences"], some_run["ref_words"]
     joint = "joint-ctc0.3-beam4"
-    results.update(utterances=args.utterances, test_utterances=args.test_utterances, steps=args.steps,
-                   batch_size=args.batch_size, seeds=args.seeds, total_s=total_s, build_s=build_s,
-                   test_version=test_version.version_id, versions={k: v.version_id for k, v in versions.items()},
-                   test_in_domain_text=overlap_text, test_in_training=overlap_train)
-    (args.out / "results.json").write_text(json.dumps(results, indent=2))
-
+    all_ctc = meta["ctc_weight"] > 0
+    ctc_arm = "mixed" if all_ctc else CTC_ARM.name
+    main_arms = {name: runs for name, runs in results["arms"].items() if name != CTC_ARM.name}
     rows = []
-    all_ctc = args.ctc_weight > 0
-    for name, runs in results["arms"].items():
-        if name == CTC_ARM.name:
-            continue
+    for name, runs in main_arms.items():
         rows.append((name, avg(runs, "greedy", "wer"), avg(runs, "beam4", "wer"), avg(runs, "beam4", "entity_accuracy"),
                      avg(runs, "beam4", "eer"), avg(runs, "beam4", "hallucination_rate"),
                      mean([r["final_loss"] for r in runs]), mean([r["train_s"] for r in runs]))
@@ -329,10 +362,9 @@ def main() -> None:
     table += "\n".join("| " + " | ".join([row[0]] + [f"{v:.3f}" for v in row[1:7]] + [f"{row[7]:.0f}"]
                                           + [f"{v:.3f}" for v in row[8:]]) + " |" for row in rows)
     ctc_table = ""
-    for name, runs in results["arms"].items():
-        if name != ctc_arm:
-            continue
-        ctc_table = (f"| decoding ({name} arm, ctc_weight {args.ctc_weight if all_ctc else CTC_ARM.ctc_weight:g}) | "
+    if ctc_arm in results["arms"]:
+        runs = results["arms"][ctc_arm]
+        ctc_table = (f"| decoding ({ctc_arm} arm, ctc_weight {meta['ctc_weight'] if all_ctc else CTC_ARM.ctc_weight:g}) | "
                      "WER | entity acc. | EER | insertions | hallucination rate |\n|---|---|---|---|---|---|\n")
         for decoding in runs[0]["overall"]:
             ctc_table += (f"| {decoding} | {avg(runs, decoding, 'wer'):.3f} | {avg(runs, decoding, 'entity_accuracy'):.3f} "
@@ -342,28 +374,29 @@ def main() -> None:
                       f"{mean([r['final_loss'] for r in runs]):.3f}.\n")
 
     pools = "; ".join(f"{name} {'/'.join(str(v) for v in runs[0]['sequences_per_pool'].values())}"
-                      for name, runs in results["arms"].items() if name != CTC_ARM.name)
-    acc = {row[0]: row[3] for row in rows}
-    wer = {row[0]: row[2] for row in rows}
-    verdict = _verdict(acc, wer, entity_n, "Beam 4")
+                      for name, runs in main_arms.items())
+    seeds_note = ""
+    if meta["seeds"] > 1:
+        parts = [f"WER beam4 {mean([spread(r, 'beam4', 'wer') for r in main_arms.values()]):.3f}",
+                 f"entity acc. beam4 {mean([spread(r, 'beam4', 'entity_accuracy') for r in main_arms.values()]):.3f}"]
+        if all_ctc:
+            parts += [f"WER joint CTC {mean([spread(r, joint, 'wer') for r in main_arms.values()]):.3f}",
+                      f"entity acc. joint CTC {mean([spread(r, joint, 'entity_accuracy') for r in main_arms.values()]):.3f}"]
+        seeds_note = (f"Seed noise: the difference between the best and the worst of the {meta['seeds']} training "
+                      f"seeds of one arm, averaged over the arms: {', '.join(parts)}.\n\n")
+    verdict = _verdict({r[0]: r[3] for r in rows}, {r[0]: r[2] for r in rows}, entity_n, "Beam 4")
     if all_ctc:
-        verdict += _verdict({row[0]: row[9] for row in rows}, {row[0]: row[8] for row in rows}, entity_n,
-                            "Joint CTC decoding")
+        verdict += _verdict({r[0]: r[9] for r in rows}, {r[0]: r[8] for r in rows}, entity_n, "Joint CTC decoding")
     verdict.append("The model is tiny and trained for minutes on minutes of synthetic audio; numbers move by "
                    "several points with the training seed, so read them as a smoke test of the comparison, "
                    "not as evidence for or against the paper.")
-    ctc_note = (f"Every arm here has a CTC head (model.ctc_weight {args.ctc_weight:g}) and is also decoded jointly "
+    ctc_note = (f"Every arm here has a CTC head (model.ctc_weight {meta['ctc_weight']:g}) and is also decoded jointly "
                 f"(beam 4, lambda 0.3). " if all_ctc else "")
-    for line in verdict:
-        print(line)
-    argv = [a for a in sys.argv[1:] if a != "--write"]
-    command = " ".join([".venv/bin/python benchmarks/jstip_ablation.py", *map(shlex.quote, argv), "--write"])
-    machine = (f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, torch "
-               f"{torch.__version__} on {torch.get_num_threads()} threads (CPU)")
-    seeds = "seed 0" if args.seeds == 1 else f"means over training seeds 0..{args.seeds - 1}"
-    body = f"""`{command}`
+    seeds = "seed 0" if meta["seeds"] == 1 else f"means over training seeds 0..{meta['seeds'] - 1}"
+    n_sent = meta["domain_sentences"]
+    body = f"""`{meta['command']}`
 
-Training corpus: {args.utterances} synthetic medical/banking utterances (seed {TRAIN_SEED}, {synth.audio_seconds / 60:.1f} min of audio) and its domain text ({len(sentences)} sentences from the same templates, none a training transcript). Test set: {args.test_utterances} held-out utterances (seed {TEST_SEED}, {test.audio_seconds / 60:.1f} min, {int(ref_words)} words, {int(entity_n)} entity occurrences); test transcripts that also occur among the training transcripts: {overlap_train}, in the domain text: {overlap_text}. {ctc_note}Every arm: the default CPU model (conv encoder + tiny Llama-style LM, from scratch{f", ctc_weight {args.ctc_weight:g}" if all_ctc else ""}), {args.steps} steps x batch {args.batch_size}, lr 2e-3, {seeds}; only the data version and the pool mix differ. {machine}; whole run {total_s / 60:.1f} min (builds {build_s:.0f} s).
+Training corpus: {meta['utterances']} synthetic medical/banking utterances (seed {TRAIN_SEED}, {meta['train_audio_s'] / 60:.1f} min of audio) and its domain text ({n_sent} sentences from the same templates, none a training transcript). Test set: {meta['test_utterances']} held-out utterances (seed {TEST_SEED}, {meta['test_audio_s'] / 60:.1f} min, {int(ref_words)} words, {int(entity_n)} entity occurrences); test transcripts that also occur among the training transcripts: {meta['test_in_training']}, in the domain text: {meta['test_in_domain_text']}. {ctc_note}Every arm: the default CPU model (conv encoder + tiny Llama-style LM, from scratch{f", ctc_weight {meta['ctc_weight']:g}" if all_ctc else ""}), {meta['steps']} steps x batch {meta['batch_size']}, lr 2e-3, {seeds}; only the data version and the pool mix differ. {meta['machine']}; whole run {meta['total_s'] / 60:.1f} min (builds {meta['build_s']:.0f} s).
 
 Arms (versions are build-config defaults except the plan; mix = sampling weights of the interleaved / asr / text pools):
 - asr_only: word version; mix asr 1 (prompt + utterance -> transcript only).
@@ -371,63 +404,64 @@ Arms (versions are build-config defaults except the plan; mix = sampling weights
 - word: word-level version (F1, Poisson(3) spans, eta 0.5); mix interleaved 0.5, asr 0.5.
 - segment: segment-level version (~3 s segments); mix interleaved 0.5, asr 0.5.
 - mixed: mixed version (per utterance word 0.4 / segment 0.4 / asr 0.2, domain text at text_share 0.1); mix interleaved 0.4, asr 0.4, text 0.2.
-- domain_text: mixed strategy with word 1 / segment 0 / asr 0 (word-level plans) + all {len(sentences)} domain sentences as text-only sequences (text_share 0.5); mix interleaved 0.4, asr 0.4, text 0.2.
-- tts_pairs: word version of the training manifest plus the same {len(sentences)} domain sentences spoken by espeak-ng ({tts_seconds / 60:.1f} min; random corpus voices), as ASR pairs and word-level plans; mix interleaved 0.4, asr 0.4.
+- domain_text: mixed strategy with word 1 / segment 0 / asr 0 (word-level plans) + all {n_sent} domain sentences as text-only sequences (text_share 0.5); mix interleaved 0.4, asr 0.4, text 0.2.
+- tts_pairs: word version of the training manifest plus the same {n_sent} domain sentences spoken by espeak-ng ({meta['tts_audio_s'] / 60:.1f} min; random corpus voices), as ASR pairs and word-level plans; mix interleaved 0.4, asr 0.4.
 
 Scored on the test version with greedy and beam-4 decoding (jstip.tasks.evaluate; {seeds}). Final train loss is the mean of the last 10 steps on each arm's own mix, so it is not comparable across arms.
 
 {table}
 
-Sequences per pool (interleaved / asr / text) of each arm's version: {pools}.
+{seeds_note}Sequences per pool (interleaved / asr / text) of each arm's version: {pools}.
 
 Joint CTC/LLM decoding: {"the mixed arm" if all_ctc else "the mixed arm again with a CTC head (model.ctc_weight 0.3)"}, decoded LLM-only and with CTC prefix scores (DecodeOptions(beam_size=4, ctc_weight=0.3)):
 
 {ctc_table}
 {chr(10).join('- ' + line for line in verdict)}
 """
-    print()
-    print(body)
-    print(f"jstip_ablation: {len(results['arms'])} arms x {args.seeds} seed(s), "
-          f"{args.steps} steps each, {total_s / 60:.1f} min; results in {args.out / 'results.json'}")
-    if args.write:
-        write_section(SECTION if not all_ctc else f"{SECTION} (ctc_weight {args.ctc_weight:g} in every arm)", body)
+    title = SECTION if not all_ctc else f"{SECTION} (ctc_weight {meta['ctc_weight']:g} in every arm)"
+    return title, body
 
 
 def _verdict(acc: dict[str, float], wer: dict[str, float], entities: float, decoding: str) -> list[str]:
-    """Plain statements on the paper's two directions (entity accuracy and WER of one decoding per arm),
-    with the sampling noise of an entity accuracy on this test set."""
+    """Plain statements on the paper's two directions for one decoding: entity accuracy (the paper's
+    measure) with its sampling noise on this test set, and WER beside it. A comparison whose arms all
+    have WER >= LEARNED_WER is not a test of anything: those models did not learn to transcribe."""
     lines = []
-    learned = bool(wer) and min(wer.values()) < LEARNED_WER
-    if not learned:
-        lines.append(f"{decoding}: no arm learned to transcribe at this budget (WER {min(wer.values()):.2f}-"
-                     f"{max(wer.values()):.2f}, above {LEARNED_WER} everywhere): the hypotheses are mostly in-domain "
-                     "sentences unrelated to the audio, so this comparison can neither confirm nor refute "
-                     "the paper's claims.")
     se = lambda p: math.sqrt(max(p * (1 - p), 0.25 / entities) / entities)  # noqa: E731
+    untrained = lambda names: all(wer[n] >= LEARNED_WER for n in names)  # noqa: E731
+    if wer and untrained(wer):
+        lines.append(f"{decoding}: no arm learned to transcribe at this budget (WER {min(wer.values()):.2f}-"
+                     f"{max(wer.values()):.2f}, >= {LEARNED_WER} everywhere): the hypotheses are mostly in-domain "
+                     "sentences unrelated to the audio, so neither comparison below tests the paper's claims.")
     base = [n for n in ("asr_only", "joint") if n in acc]
     inter = [n for n in ("word", "segment", "mixed") if n in acc]
     if base and inter:
-        b, i = max(acc[n] for n in base), mean([acc[n] for n in inter])
+        best = max(base, key=lambda n: acc[n])
+        b, i = acc[best], mean([acc[n] for n in inter])
         noise = 2 * math.sqrt(2) * se((b + i) / 2)
         direction = ("reproduced" if i - b > noise else "reversed" if b - i > noise
                      else "not reproduced (the difference is within noise)")
-        if not learned:
-            direction = "not tested (nothing was learned)"
-        lines.append(f"{decoding}, interleaving vs. no interleaving on entity accuracy: the interleaving arms "
-                     f"(word/segment/mixed) average {i:.3f}, the better baseline (asr_only/joint) {b:.3f}; "
+        if untrained(base + inter):
+            direction = f"not tested (all these arms have WER >= {LEARNED_WER})"
+        lines.append(f"{decoding}, interleaving vs. no interleaving: entity accuracy of the interleaving arms "
+                     f"(word/segment/mixed) {i:.3f} on average, of the better baseline ({best}) {b:.3f}: "
                      f"difference {i - b:+.3f}, noise (2 x the standard error of a difference on {entities:.0f} "
-                     f"entities) ~{noise:.3f}: the paper's direction is {direction}.")
+                     f"entities) ~{noise:.3f}; WER {mean([wer[n] for n in inter]):.3f} vs. "
+                     f"{', '.join(f'{n} {wer[n]:.3f}' for n in base)}. The paper's direction (interleaving better "
+                     f"on entities) is {direction}.")
     if "domain_text" in acc and "tts_pairs" in acc:
         d, t = acc["domain_text"], acc["tts_pairs"]
         noise = 2 * math.sqrt(2) * se((d + t) / 2)
-        same = abs(d - t) <= noise
-        lines.append(f"{decoding}, domain text vs. TTS pairs: entity accuracy {d:.3f} vs {t:.3f} (difference "
-                     f"{d - t:+.3f}, noise ~{noise:.3f}): "
-                     + ("not tested (nothing was learned)." if not learned else
-                        "about equal, as in the paper." if same else
-                        f"{'domain text' if d > t else 'TTS pairs'} better, unlike the paper's 'about equal'.")
-                     + " (The TTS voices are the test set's own synthesiser, which favours TTS pairs more than "
-                       "real speech would.)")
+        if untrained(["domain_text", "tts_pairs"]):
+            outcome = f"not tested (both have WER >= {LEARNED_WER})."
+        elif abs(d - t) <= noise:
+            outcome = "about equal, as in the paper."
+        else:
+            outcome = f"{'domain text' if d > t else 'TTS pairs'} better, unlike the paper's 'about equal'."
+        lines.append(f"{decoding}, domain text vs. TTS pairs: entity accuracy {d:.3f} vs. {t:.3f} (difference "
+                     f"{d - t:+.3f}, noise ~{noise:.3f}), WER {wer['domain_text']:.3f} vs. {wer['tts_pairs']:.3f}: "
+                     f"{outcome} (The TTS pairs come from the test set's own synthesiser and voices, which favours "
+                     "them far more than real test speech would.)")
     return lines
 
 if __name__ == "__main__":
