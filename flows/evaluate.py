@@ -27,11 +27,14 @@ def resolve_test_version(store: str, test_version: str | None) -> str:
     return resolve_version(DatasetStore(store), test_version).version_id
 
 
-@task(name="decode-and-score", task_run_name="decode-{decoding}", **_TASK_OPTIONS)
-def decode_and_score(store: str, model_id: str, test_version: str, test_set: str | None, decoding: str,
-                     limit: int | None) -> evaluation.EvalReport:
-    return evaluation.evaluate(store, model_id, test_version, test_set=test_set,
-                               decodings=[DecodeOptions.parse(decoding)], limit=limit, on_log=get_run_logger().info)
+# One task for all decodings: the model is loaded once (a real LLM takes long to load), then each decoding
+# runs over the test set and is recorded as soon as it is scored.
+@task(name="decode-and-score", **_TASK_OPTIONS)
+def decode_and_score(store: str, model_id: str, test_version: str, test_set: str | None,
+                     decodings: list[str] | None, limit: int | None) -> evaluation.EvalReport:
+    options = None if decodings is None else [DecodeOptions.parse(name) for name in decodings]
+    return evaluation.evaluate(store, model_id, test_version, test_set=test_set, decodings=options, limit=limit,
+                               on_log=get_run_logger().info)
 
 
 @flow(name="evaluate", log_prints=True)
@@ -50,16 +53,7 @@ def evaluate(
     greedy | beam<N> | joint-ctc<lambda>-beam<N> (None: greedy, beam4, and joint-ctc0.3-beam4 when the model
     has a CTC head).  limit: score only the first N utterances (smoke runs).
     """
-    from jstip.model.speech_llm import MODEL_FILE
-    from jstip.storage.registry import ModelRegistry
-    import json
-
+    for name in decodings or []:
+        DecodeOptions.parse(name)  # a typo fails before the model is loaded
     version = resolve_test_version(store, test_version)
-    if decodings is None:
-        record = ModelRegistry(store).model(model_id)
-        has_ctc = json.loads((record.path / MODEL_FILE).read_text())["config"]["ctc_weight"] > 0
-        decodings = [o.name for o in evaluation.decodings_for(has_ctc)]
-    for name in decodings:
-        DecodeOptions.parse(name)  # a typo fails before any decoding runs
-    reports = [decode_and_score(store, model_id, version, test_set, name, limit) for name in decodings]
-    return {name: report.overall[name] for name, report in zip(decodings, reports)}
+    return decode_and_score(store, model_id, version, test_set, decodings, limit).overall

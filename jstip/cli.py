@@ -203,12 +203,7 @@ def quarantine(
 
     data_store = DatasetStore(store)
     try:
-        if version == "latest":
-            latest = data_store.latest()
-            if latest is None:
-                raise StoreError(f"no published versions in {data_store.catalog_path}")
-            version = latest.version_id
-        v = data_store.version(version)
+        v = data_store.version(version)  # an id, a prefix or `latest`
         with data_store.connect(read_only=True) as con:
             # the version's own schema; the view's SQL, so versions registered before the view existed work too
             con.execute(f'USE "v_{v.version_id}"')

@@ -111,7 +111,6 @@ class _Beam:
     llm: float  # sum of LLM log-probs
     ctc: float  # CTC prefix log-prob of tokens
     ctc_state: object | None
-    finished: bool = False
 
     def score(self, ctc_weight: float) -> float:
         return (1 - ctc_weight) * self.llm + ctc_weight * self.ctc
@@ -188,7 +187,6 @@ def _beam_search(model: SpeechLLM, prefix: torch.Tensor, options: DecodeOptions,
                 continue
             beam = _Beam(beams[b].tokens + [token], llm, ctc, state)
             if token == eos:
-                beam.finished = True
                 finished.append(beam)
             else:
                 next_beams.append(beam)

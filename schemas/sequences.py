@@ -42,11 +42,3 @@ class TrainingSequence:
     domain: str | None
     segments: tuple[Segment, ...]
     prompt: str | None = None  # instruction text before the segments; no loss
-
-    @property
-    def speech_samples(self) -> int:
-        return sum(s.audio.num_samples for s in self.segments if s.audio is not None)
-
-    @property
-    def text_chars(self) -> int:
-        return sum(len(s.text) + 1 for s in self.segments if s.modality == "text") + len(self.prompt or "")

@@ -260,7 +260,12 @@ class DatasetStore:
         return versions[-1] if versions else None
 
     def version(self, version_id: str) -> DatasetVersion:
-        """Look a version up by id or unique id prefix."""
+        """Look a version up by id, unique id prefix, or `latest` (the newest published)."""
+        if version_id == "latest":
+            latest = self.latest()
+            if latest is None:
+                raise StoreError(f"no published versions in {self.catalog_path} (run `jstip build --store {self.root}`)")
+            return latest
         matches = [v for v in self.versions() if v.version_id.startswith(version_id)]
         if not matches:
             raise StoreError(f"no dataset version {version_id!r} in {self.catalog_path} (see `jstip catalog list`)")

@@ -33,9 +33,6 @@ from jstip.tasks.train import pick_device
 
 log = logging.getLogger(__name__)
 
-DEFAULT_DECODINGS = (DecodeOptions(beam_size=1), DecodeOptions(beam_size=4))
-
-
 @dataclass(frozen=True)
 class EvalReport:
     model_id: str

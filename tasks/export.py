@@ -37,7 +37,7 @@ from pathlib import Path
 
 import duckdb
 
-from jstip.storage.store import DatasetStore, DatasetVersion, StoreError
+from jstip.storage.store import DatasetStore, DatasetVersion
 
 EXPORT_FORMATS = ("lhotse", "lhotse-shar", "nemo")
 TEXT_CORPUS_FILE = "text_corpus.jsonl"
@@ -217,12 +217,7 @@ def export_version(store: str | Path, version: str, format: str, out: str | Path
     if shard_size < 1:
         raise ExportError(f"shard size must be >= 1, got {shard_size}")
     data_store = DatasetStore(store)
-    if version == "latest":
-        latest = data_store.latest()
-        if latest is None:
-            raise StoreError(f"no published versions in {data_store.catalog_path} (run `jstip build --store {store}`)")
-        version = latest.version_id
-    v = data_store.version(version)
+    v = data_store.version(version)  # an id, a prefix or `latest`
     out = Path(out).resolve()
     _prepare_out(out, overwrite)
 

@@ -174,7 +174,7 @@ def build_sequences(store: DatasetStore, version_id: str | None, mix: MixConfig,
     columns = _SegmentColumns(segments)
     pools = {}
     for pool in POOLS:
-        index = con.sql(f"""
+        index = con.sql("""
             SELECT sequence_id, any_value(utterance_id) AS utterance_id, any_value(domain) AS domain,
                    min(rn) AS first_row, count(*) AS num_rows,
                    any_value(speech_samples) / 1280.0 + (any_value(text_chars)

@@ -258,7 +258,7 @@ def train(
     metrics = _metrics(log_path, pools, elapsed, sequences_seen, device)
     tmp = model_dir / f".{FINAL}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
-    save_speech_llm(model, tmp, llm_source if llm_source != LLM_DIR else LLM_DIR,
+    save_speech_llm(model, tmp, llm_source,
                     extra={"model_id": model_id, "dataset_version": pools.version_id, "steps": config.steps})
     if llm_source == LLM_DIR:
         shutil.copytree(model_dir / LLM_DIR, tmp / LLM_DIR)

@@ -7,7 +7,6 @@ import csv
 import shutil
 from pathlib import Path
 
-import numpy as np
 import pytest
 import soundfile as sf
 import torch
