@@ -213,10 +213,8 @@ def main() -> None:
 
     if args.ctc_weight > 0:
         arms = [Arm(a.name, a.version, a.mix, ctc_weight=args.ctc_weight) for a in ARMS]
-        ctc_arm = "mixed"
     else:
         arms = list(ARMS) + [CTC_ARM]
-        ctc_arm = CTC_ARM.name
     if args.arms:
         wanted = set(args.arms.split(","))
         unknown = wanted - {a.name for a in arms}
@@ -228,7 +226,6 @@ def main() -> None:
     root = Path(tmp.name) if tmp else args.store.resolve()
     root.mkdir(parents=True, exist_ok=True)
     store = str(root / "store")
-    threads = torch.get_num_threads()
     started = time.perf_counter()
     results: dict = {"arms": {}}
     try:
@@ -267,8 +264,6 @@ def main() -> None:
             say(f"version {key}: {versions[key].version_id}, {versions[key].accepted} accepted of "
                 f"{versions[key].ingested}, {versions[key].row_counts['interleave_plans']} plans")
         build_s = time.perf_counter() - t0
-        # a cold build leaves torch on 1 thread (importing silero_vad does that; see the report): train as started
-        torch.set_num_threads(threads)
         say(f"test version {test_version.version_id}: {test_version.accepted} accepted; builds took {build_s:.0f} s")
 
         # -- arms ------------------------------------------------------------------------------------

@@ -136,7 +136,6 @@ def main() -> None:
     root = Path(tmp.name) if tmp else args.store.resolve()
     root.mkdir(parents=True, exist_ok=True)
     store = str(root / "store")
-    threads = torch.get_num_threads()
     try:
         t0 = time.perf_counter()
         synth = synthesize_corpus(root / "corpus", utterances=args.utterances, seed=args.seed)
@@ -151,8 +150,6 @@ def main() -> None:
         published = build_in_process(str(synth.nemo_manifest), str(synth.text_corpus), store, config)
         build_s = time.perf_counter() - t0
         rss_build = peak_rss_mib()
-        # a cold build leaves torch on 1 thread (importing silero_vad does that): train on the threads it started with
-        torch.set_num_threads(threads)
         print(f"built version {published.version_id}: {published.accepted} accepted of {published.ingested} "
               f"in {build_s:.1f} s", flush=True)
 
