@@ -78,6 +78,30 @@ class AlignRetry(_Section):
         return f"beam={self.beam:g} wbeam={self.wbeam:g} pbeam={self.pbeam:g} topn={self.topn} frate={self.frate}"
 
 
+class VerifyConfig(_Section):
+    """Transcript verification (pocketsphinx; jstip.tasks.align "Transcript verification").
+
+    The first decoder pass aligns the transcript with a garbage alternative for every token and for
+    speech before the first / after the last token (the acoustic model's +SPN+ speech-noise phone, which
+    fits any speech moderately well). Tokens the garbage explains better than their own pronunciation
+    are what the audio does not say; speech the edge garbage (or silence) takes is speech the transcript
+    does not cover. Measured on synthetic sweeps (BENCHMARKS.md "transcript verification").
+    """
+
+    enabled: bool = True
+    # Prior probability of explaining a token by garbage instead of its words, per token (language-model
+    # units, scaled by pocketsphinx's lw 6.5). 1e-3: with 1e-4 swapped transcripts kept more of their
+    # words; with 1e-2 correct words in noise went to garbage (BENCHMARKS.md).
+    garbage_probability: float = Field(1e-3, gt=0, le=1)
+    # transcript_mismatch: share of the transcript's letters (spoken forms) in tokens the audio does not
+    # support, above this. A correct transcript loses a short word now and then (clean synthetic: 99th
+    # percentile below this); another sentence of the same domain loses a third of its letters (median).
+    max_mismatch: float = Field(0.2, ge=0, le=1)
+    # transcript_incomplete: seconds of speech-level frames before the first / after the last aligned word,
+    # above this. One short word lasts ~0.15-0.3 s; correct transcripts leave <= 0.01 s (90th percentile).
+    max_edge_speech_s: float = Field(0.15, ge=0)
+
+
 class AlignConfig(_Section):
     aligner: Literal["pocketsphinx", "whisperx", "nemo"] = "pocketsphinx"
     # whisperx: a hub id or a local directory of a transformers Wav2Vec2ForCTC + Wav2Vec2Processor;
@@ -85,21 +109,25 @@ class AlignConfig(_Section):
     model: str | None = None
     device: str = Field("cpu", description="torch device for whisperx/nemo, e.g. cpu, cuda, cuda:1")
     batch_size: int = Field(8, ge=1, description="utterances per aligner call (nemo: one forward pass)")
-    # pocketsphinx, first decoder pass. Much wider beams and more Gaussians per frame than pocketsphinx's defaults
-    # (1e-48/7e-29/1e-48, topn 4): with those, forced alignment of 144 synthesized sentences (4 voices,
-    # 3 speaking rates) failed 32 times with "Final result does not match the grammar"; with these, none
-    # did, at ~50x real time per core (benchmark: tests/test_align.py docstring).
-    beam: float = Field(1e-120, gt=0, lt=1)
-    wbeam: float = Field(1e-100, gt=0, lt=1)
-    pbeam: float = Field(1e-120, gt=0, lt=1)
-    topn: int = Field(16, ge=1, le=128)
+    # pocketsphinx, first decoder pass: narrow, so most utterances cost one cheap pass. topn (Gaussians per
+    # codebook per frame) sets most of the cost: 16 -> 4 took 2-4 s utterances in 20 dB SNR noise with
+    # reverberation from 42x to 77x real time per core at the same word-boundary error; beams 1e-60 vs
+    # 1e-120 changed neither (BENCHMARKS.md "alignment speed"). pocketsphinx's own defaults (1e-48, topn 4)
+    # failed 32 of 144 synthetic sentences ("Final result does not match the grammar"): those go to the retries.
+    beam: float = Field(1e-60, gt=0, lt=1)
+    wbeam: float = Field(1e-40, gt=0, lt=1)
+    pbeam: float = Field(1e-60, gt=0, lt=1)
+    topn: int = Field(4, ge=1, le=128)
     frate: int = Field(100, ge=50, le=400, description="frames per second of the first pass")
-    # Passes tried, in order, when a pass fails or drops words: wider still, then a 5 ms frame shift,
-    # which lets very fast speech fit phones of the model's 3-frame minimum duration.
+    # Passes tried, in order, when a pass fails or drops words: the wide beams that failed none of the 144
+    # sentences, wider still, then a 5 ms frame shift, which lets very fast speech fit phones of the model's
+    # 3-frame minimum duration.
     retries: tuple[AlignRetry, ...] = (
+        AlignRetry(beam=1e-120, wbeam=1e-100, pbeam=1e-120, topn=16, frate=100),
         AlignRetry(beam=1e-200, wbeam=1e-150, pbeam=1e-200, topn=32, frate=100),
         AlignRetry(beam=1e-200, wbeam=1e-150, pbeam=1e-200, topn=32, frate=200),
     )
+    verify: VerifyConfig = VerifyConfig()
     # Plausibility of an alignment against the audio's own energy (any aligner). A forced aligner always
     # finds *some* path, so silence or a wrong transcript must be caught here. Frames are 25 ms every
     # 10 ms; a frame is speech when its energy is above floor + 30% of (loud level - floor), with floor

@@ -227,6 +227,8 @@ class PocketsphinxAligner:
                               pbeam=s.pbeam, topn=s.topn, frate=s.frate, loglevel="FATAL")
             for word, phones in self._pronunciations.items():
                 decoder.add_word(word, phones, True)
+            decoder.add_word(_GARBAGE, "+SPN+", True)
+            decoder.add_word(_EDGE_GARBAGE, "+SPN+", True)
             self._decoders[attempt] = decoder
         return decoder
 
@@ -263,7 +265,12 @@ class PocketsphinxAligner:
         pcm = np.asarray(samples, dtype=np.int16)
         duration = len(samples) / sampling_rate
         if duration <= self.config.max_chunk_s:
-            words, phones, attempts = self._decode_window(forms, pcm, 0, 0.0, duration, early_end=False)
+            verified = self._verify(tokens, forms, pcm, speech, duration) if self.config.verify.enabled else None
+            if verified is not None:
+                words, attempts = verified
+                phones: list[PhoneTiming] = []
+            else:
+                words, phones, attempts = self._decode_window(forms, pcm, 0, 0.0, duration, early_end=False)
         else:
             words, phones, attempts = self._align_long(forms, pcm, speech, energy_db)
         # The energy checks judge pocketsphinx's own spans: extended ends would cover the very speech that
@@ -275,6 +282,44 @@ class PocketsphinxAligner:
             raise
         words, phones = _extend_ends(words, phones, speech, self.config.max_closure_s, duration)
         return UtteranceAlignment(words, attempts=attempts, phones=phones if self.config.phone_alignments else None)
+
+    def _verify(self, tokens: list[str], forms: list[list[tuple[str, ...]]], pcm: np.ndarray, speech: np.ndarray,
+                duration: float) -> tuple[list[WordTiming], int] | None:
+        """Transcript verification (module docstring): raises transcript_mismatch / transcript_incomplete, or
+        returns (word timings, passes) when every token was aligned with its own words, or None when some
+        token went to garbage within the tolerance (the plain forced pass then times every word)."""
+        verify = self.config.verify
+        window = (_dithered(pcm) if self.config.dither else np.ascontiguousarray(pcm)).tobytes()
+        for attempt in range(len(self.settings)):
+            try:
+                words, garbage = self._decode(attempt, forms, window, duration, verify=True)
+                break
+            except AlignmentFailed:
+                continue
+        else:
+            return None  # no path even with garbage: the plain passes report why
+        letters = np.array([max(len("".join(alternatives[0])), 1) for alternatives in forms], dtype=float)
+        mismatch = float(letters[garbage].sum() / letters.sum()) if garbage else 0.0
+        if mismatch > verify.max_mismatch:
+            unheard = [tokens[i] for i in garbage]
+            raise AlignmentFailed(
+                "transcript_mismatch", f"the audio does not support {len(unheard)} of {len(tokens)} words "
+                f"({', '.join(repr(t) for t in unheard[:8])}{' ...' if len(unheard) > 8 else ''}): {mismatch:.0%} of "
+                f"the transcript's letters, above {verify.max_mismatch:.0%}: the transcript belongs to other audio or "
+                "is wrong in places", attempts=attempt + 1, value=f"{mismatch:.3f}", threshold=f"{verify.max_mismatch:g}")
+        centres = np.arange(len(speech)) * _HOP_S + _WINDOW_S / 2
+        lead = float(np.count_nonzero(speech[centres < words[0].start])) * _HOP_S
+        trail = float(np.count_nonzero(speech[centres > words[-1].end])) * _HOP_S
+        if max(lead, trail) > verify.max_edge_speech_s:
+            where = "before the first" if lead >= trail else "after the last"
+            raise AlignmentFailed(
+                "transcript_incomplete", f"{max(lead, trail):.2f} s of speech {where} transcript word, above "
+                f"{verify.max_edge_speech_s:g} s: the transcript misses words at its {'start' if lead >= trail else 'end'}",
+                attempts=attempt + 1, value=f"{lead:.2f} s / {trail:.2f} s",
+                threshold=f"{verify.max_edge_speech_s:g} s")
+        if garbage or self.config.phone_alignments:
+            return None
+        return words, attempt + 1
 
     def _align_long(self, forms: list[list[tuple[str, ...]]], pcm: np.ndarray, speech: np.ndarray,
                     energy_db: np.ndarray) -> tuple[list[WordTiming], list[PhoneTiming], int]:
@@ -370,7 +415,9 @@ class PocketsphinxAligner:
             for reason, passes in failures.items()), attempts=len(self.settings))
 
     def _decode(self, attempt: int, forms: list[list[tuple[str, ...]]], pcm: bytes, duration: float,
-                early_end: bool = False) -> tuple[list[WordTiming], list[PhoneTiming]]:
+                early_end: bool = False, verify: bool = False):
+        """One decoder pass: (word timings, phone timings); with `verify`, the verification grammar and
+        (word timings, indices of the tokens garbage took) instead."""
         decoder = self._decoder(attempt)
         # A linear grammar, one branch per spoken form of each token ("250": with and without "and"),
         # instead of set_align_text's single word sequence. With early_end, a null transition from every
@@ -392,9 +439,19 @@ class PocketsphinxAligner:
         if early_end:
             state, n_states = n_states, n_states + 1
             transitions += [(b, state, 1.0) for b in boundaries]
+        start = 0
+        if verify:
+            # every token may be taken by garbage instead of its words; speech before the first and after the
+            # last token by edge garbage (a single +SPN+ stretches over any length: one prior per stretch)
+            p = self.config.verify.garbage_probability
+            transitions += [(a, b, p, _GARBAGE) for a, b in zip(boundaries, boundaries[1:])]
+            start, final, n_states = n_states, n_states + 1, n_states + 2
+            transitions += [(start, 0, 1.0), (start, 0, p, _EDGE_GARBAGE), (state, final, 1.0),
+                            (state, final, p, _EDGE_GARBAGE)]
+            state = final
         phone_entries = None
         try:
-            fsg = decoder.create_fsg("jstip_align", 0, state, transitions)
+            fsg = decoder.create_fsg("jstip_align", start, state, transitions)
             decoder.add_fsg("jstip_align", fsg)
             decoder.activate_search("jstip_align")
             # Feature extraction keeps state from one utterance to the next (the same audio aligns
@@ -406,7 +463,7 @@ class PocketsphinxAligner:
             segments = decoder.seg()
             segments = None if segments is None else [
                 (s.word, s.start_frame, s.end_frame, s.ascore) for s in segments]
-            if segments and self.config.phone_alignments and not early_end:
+            if segments and self.config.phone_alignments and not early_end and not verify:
                 # The word results are read above, and hyp() is never called: after set_alignment() it
                 # segfaults.
                 decoder.set_alignment()
@@ -424,6 +481,9 @@ class PocketsphinxAligner:
         frate = int(decoder.config["frate"])
         logmath = decoder.get_logmath()
         spoken = [(_ALT_PRON.sub("", w), sf_, ef, asc) for w, sf_, ef, asc in segments if not _FILLER.match(w)]
+        if verify:
+            spoken = [seg for seg in spoken if seg[0] != _EDGE_GARBAGE]
+            forms = [[*alternatives, (_GARBAGE,)] for alternatives in forms]
         spans = _match_forms(forms, [w for w, *_ in spoken], prefix=early_end)
         if spans is None:
             raise AlignmentFailed("words_missing", f"decoded words {[w for w, *_ in spoken]} do not cover the "
@@ -436,17 +496,39 @@ class PocketsphinxAligner:
             raise AlignmentFailed("align_failed", f"phone-level pass found words {[w for w, _ in phone_entries]}, "
                                   f"the word pass {[w for w, *_ in spoken]}")
         timings, phones = [], []
+        to_time = _FrameClock(frate, float(decoder.config["wlen"]), duration)
         for index, (first, last) in enumerate(spans):
             sf_, ef = spoken[first][1], spoken[last][2]
             frames = sum(e - s + 1 for _, s, e, _ in spoken[first:last + 1])
             score = sum(_nats(logmath, a) for *_, a in spoken[first:last + 1]) / max(frames, 1)
-            start = min(sf_ / frate, duration)
-            end = min((ef + 1) / frate, duration)
-            timings.append(WordTiming(index, start, end, max(float(score), _SCORE_FLOOR)))
+            timings.append(WordTiming(index, to_time(sf_), to_time(ef + 1), max(float(score), _SCORE_FLOOR)))
             for _, entries in (phone_entries or [])[first:last + 1]:
-                phones += [PhoneTiming(index, phone, min(s / frate, duration), min((s + d) / frate, duration))
-                           for phone, s, d in entries]
+                phones += [PhoneTiming(index, phone, to_time(s), to_time(s + d)) for phone, s, d in entries]
+        if verify:
+            return timings, [i for i, (first, _) in enumerate(spans) if spoken[first][0] == _GARBAGE]
         return timings, phones
+
+
+# Transcript verification's garbage words (dictionary words of the acoustic model's +SPN+ speech-noise
+# phone): one stands in for a token, the other for speech before the first / after the last token.
+_GARBAGE, _EDGE_GARBAGE = "jstip_garbage", "jstip_edge_garbage"
+
+
+class _FrameClock:
+    """Seconds of a frame boundary: boundary k lies between frames k-1 and k.
+
+    pocketsphinx's frame k analyses the window [k*hop, k*hop + wlen) of the audio (sphinxbase's front end
+    starts the first window at sample 0; wlen 0.025625 s, hop 1/frate), so what frame k says about the
+    signal belongs to the window's centre, k*hop + wlen/2. A segment of frames [s, e] says the change
+    happened between the centres of frames s-1 and s: at s*hop + (wlen - hop)/2 (7.8 ms after the window
+    start at 100 frames/s, 10.3 ms at 200). Reading the window start instead puts every boundary early by that.
+    """
+
+    def __init__(self, frate: int, wlen: float, duration: float):
+        self.hop, self.offset, self.duration = 1.0 / frate, (wlen - 1.0 / frate) / 2, duration
+
+    def __call__(self, boundary: int) -> float:
+        return min(max(boundary * self.hop + self.offset, 0.0), self.duration)
 
 
 def _nats(logmath, ascore: float) -> float:
