@@ -71,12 +71,14 @@ from typing import ClassVar, Protocol
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import soundfile as sf
 from pocketsphinx import Decoder
 
-from jstip.config import AlignConfig, AlignRetry
+from jstip.config import AlignConfig, AlignRetry, CheckConfig
 from jstip.schemas import from_rows
 from jstip.schemas.validate import conform, schema_for
+from jstip.tasks.checks import precheck_shard
 from jstip.tasks.g2p import arpabet
 from jstip.tasks.text import split_words
 
@@ -813,13 +815,15 @@ def _align_batch(aligner: WordAligner, items: list[tuple[str, np.ndarray, int]])
 
 
 def align_shard(utterances: pa.Table, audio: pa.Table, config: AlignConfig,
-                aligner: WordAligner | None = None) -> AlignResult:
+                aligner: WordAligner | None = None, precheck: CheckConfig | None = None) -> AlignResult:
     """Align every utterance of the shard that has normalised audio.
 
     `utterances` needs utterance_id and text (source is quoted in reasons when present); `audio` is the
     normalized_audio table. Utterances without an audio row were quarantined by normalize: they get a
     "skipped" status here and no second quarantine row. `aligner` defaults to `make_aligner(config)`,
-    made once for the shard.
+    made once for the shard. With `precheck` (the build's checks), utterances failing a check that needs no
+    alignment (duration, transcript characters: `checks.precheck_shard`) are quarantined under their check
+    name (stage "check") and never decoded: "skipped" here.
     """
     ids = utterances.column("utterance_id").to_pylist()
     if len(set(ids)) != len(ids):
@@ -829,10 +833,15 @@ def align_shard(utterances: pa.Table, audio: pa.Table, config: AlignConfig,
     sources = (utterances.column("source").to_pylist() if "source" in utterances.column_names
                else [None] * len(ids))
     audio_by_id = {row["utterance_id"]: row for row in audio.select(["utterance_id", "flac_path"]).to_pylist()}
+    prechecked = precheck_shard(utterances, audio, precheck) if precheck is not None else None
+    if prechecked is not None and prechecked.num_rows:
+        failed = set(prechecked.column("utterance_id").to_pylist())
+        audio = audio.filter(pc.invert(pc.is_in(audio.column("utterance_id"), value_set=pa.array(sorted(failed)))))
     aligner = aligner or make_aligner(config)
 
     words: dict[str, list] = {name: [] for name in ("utterance_id", "word_index", "word", "start", "end", "score")}
     quarantine: list[dict] = []
+    failed = set() if prechecked is None else set(prechecked.column("utterance_id").to_pylist())
     status: list[dict] = []
     phones: list[dict] = []
 
@@ -870,7 +879,8 @@ def align_shard(utterances: pa.Table, audio: pa.Table, config: AlignConfig,
             row = audio_by_id.get(utt_id)
             if row is None:
                 status.append(dict(utterance_id=utt_id, status="skipped", attempts=0, check_name=None,
-                                   reason="no normalised audio (quarantined by normalize)"))
+                                   reason="no normalised audio (quarantined by normalize)" if utt_id not in failed
+                                   else "failed a check before alignment (quarantined, stage check)"))
                 continue
             try:
                 samples, rate = _read_audio(row)
@@ -889,6 +899,9 @@ def align_shard(utterances: pa.Table, audio: pa.Table, config: AlignConfig,
     schema = schema_for("word_alignments")
     columns = {name: pa.array(values, type=schema.field(name).type) for name, values in words.items()}
     columns["aligner"] = pa.array([aligner.name] * len(words["utterance_id"]), type=pa.string())
-    return AlignResult(conform("word_alignments", pa.table(columns)), from_rows("quarantine", quarantine),
+    quarantine_table = from_rows("quarantine", quarantine)
+    if prechecked is not None and prechecked.num_rows:
+        quarantine_table = pa.concat_tables([conform("quarantine", prechecked), quarantine_table])
+    return AlignResult(conform("word_alignments", pa.table(columns)), quarantine_table,
                        pa.Table.from_pylist(status, schema=ALIGN_STATUS),
                        pa.Table.from_pylist(phones, schema=PHONE_ALIGNMENTS))

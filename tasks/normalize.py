@@ -22,6 +22,9 @@ cannot open or decode it), `audio_truncated` (it ends more than `range_tolerance
 said), `audio_nonfinite` (NaN/inf samples), `audio_out_of_range` (the range lies outside the file by more
 than `range_tolerance_s`), `audio_channel` (the manifest's channel does not exist).
 
+DC: the utterance's mean is subtracted after decoding (when above -60 dBFS), before loudness, VAD and the
+aligner's energy checks (`_remove_dc`).
+
 Measurements (NORMALIZED_AUDIO): of the INPUT, before any processing: `dc_offset`, `clipping_ratio`,
 `orig_sampling_rate`, `orig_num_channels`; of the STORED audio: `peak_dbfs`, `rms_dbfs`, `loudness_lufs`,
 `speech_ratio`; and what was done: `loudness_gain_db`, `trimmed_lead_s`, `trimmed_trail_s`.
@@ -214,6 +217,22 @@ def _append(out: np.ndarray, written: int, chunk: np.ndarray) -> tuple[np.ndarra
         out = np.resize(out, written + len(chunk))
     out[written:written + len(chunk)] = chunk
     return out, written + len(chunk)
+
+
+# A DC offset below this (of full scale, -60 dBFS) is left alone: it moves no energy or VAD decision, and
+# leaving it keeps the stored PCM of ordinary recordings bit-exact.
+_DC_REMOVE_MIN = 1e-3
+
+
+def _remove_dc(decoded: _Decoded) -> None:
+    """Subtract the utterance's mean from its audio, before loudness, VAD and every energy measurement.
+
+    A constant offset (a cheap sound card, a bad ADC calibration; 0.1-0.5 of full scale seen in crawled
+    audio) is energy without signal: every frame's power then sits at the offset's level, so the aligner's
+    speech/silence contrast and silero-vad see no speech. `dc_offset` keeps the measured input value."""
+    mean = float(decoded.audio.mean(dtype=np.float64))
+    if abs(mean) > _DC_REMOVE_MIN:
+        decoded.audio -= np.float32(mean)
 
 
 # ------------------------------------------------------------------------------------- loudness (BS.1770)
@@ -492,6 +511,7 @@ def normalize_shard(utterances: pa.Table, audio_dir: Path, config: NormalizeConf
                                     check_name="audio_unreadable", value=None, threshold=None, reason=reason,
                                     source=utt["source"]))
             continue
+        _remove_dc(decoded)
         group.append(decoded)
         group_samples += len(decoded.audio)
         if group_samples >= _GROUP_SECONDS * config.sample_rate:

@@ -168,7 +168,8 @@ def _normalize_key(shard: Shard, config: BuildConfig) -> str:
 
 
 def _align_key(normalize_key: str, config: BuildConfig) -> str:
-    return stage_key("align", normalize_key, config.align.fingerprint(), code_version())
+    # the checks too: align skips what fails a check needing no alignment (checks.precheck_shard)
+    return stage_key("align", normalize_key, config.align.fingerprint(), config.checks.fingerprint(), code_version())
 
 
 def _check_key(align_key: str, config: BuildConfig) -> str:
@@ -194,7 +195,8 @@ def align(shard: Shard, normalized: StageOutput, store: str, config: BuildConfig
     key = _align_key(normalized.key, config)
 
     def compute():
-        result = align_shard(pq.read_table(shard.path), normalized.read("normalized_audio"), config.align)
+        result = align_shard(pq.read_table(shard.path), normalized.read("normalized_audio"), config.align,
+                             precheck=config.checks)
         return {"word_alignments": result.word_alignments, "quarantine": result.quarantine}
 
     return _output("align", shard.shard_id, key, *cached_stage(_work_dir(store), "align", key, compute))
