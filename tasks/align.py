@@ -302,9 +302,9 @@ class PocketsphinxAligner:
             return None  # no path even with garbage: the plain passes report why
         letters = np.array([max(len("".join(alternatives[0])), 1) for alternatives in forms], dtype=float)
         mismatch = float(letters[garbage].sum() / letters.sum()) if garbage else 0.0
-        if mismatch > verify.max_mismatch:
+        def mismatch_failure() -> AlignmentFailed:
             unheard = [tokens[i] for i in garbage]
-            raise AlignmentFailed(
+            return AlignmentFailed(
                 "transcript_mismatch", f"the audio does not support {len(unheard)} of {len(tokens)} words "
                 f"({', '.join(repr(t) for t in unheard[:8])}{' ...' if len(unheard) > 8 else ''}): {mismatch:.0%} of "
                 f"the transcript's letters, above {verify.max_mismatch:.0%}: the transcript belongs to other audio or "
@@ -312,13 +312,19 @@ class PocketsphinxAligner:
         centres = np.arange(len(speech)) * _HOP_S + _WINDOW_S / 2
         lead = float(np.count_nonzero(speech[centres < words[0].start])) * _HOP_S
         trail = float(np.count_nonzero(speech[centres > words[-1].end])) * _HOP_S
-        if max(lead, trail) > verify.max_edge_speech_s:
+        def incomplete_failure() -> AlignmentFailed:
             where = "before the first" if lead >= trail else "after the last"
-            raise AlignmentFailed(
+            return AlignmentFailed(
                 "transcript_incomplete", f"{max(lead, trail):.2f} s of speech {where} transcript word, above "
                 f"{verify.max_edge_speech_s:g} s: the transcript misses words at its {'start' if lead >= trail else 'end'}",
                 attempts=attempt + 1, value=f"{lead:.2f} s / {trail:.2f} s",
                 threshold=f"{verify.max_edge_speech_s:g} s")
+        # both at once (another sentence often also leaves speech at an edge): the one further past its limit
+        excess = {mismatch_failure: mismatch / max(verify.max_mismatch, 1e-9),
+                  incomplete_failure: max(lead, trail) / max(verify.max_edge_speech_s, 1e-9)}
+        worst = max(excess, key=excess.get)
+        if excess[worst] > 1.0:
+            raise worst()
         if garbage or self.config.phone_alignments:
             return None
         return words, attempt + 1
@@ -832,11 +838,11 @@ def align_shard(utterances: pa.Table, audio: pa.Table, config: AlignConfig,
     texts = utterances.column("text").to_pylist()
     sources = (utterances.column("source").to_pylist() if "source" in utterances.column_names
                else [None] * len(ids))
-    audio_by_id = {row["utterance_id"]: row for row in audio.select(["utterance_id", "flac_path"]).to_pylist()}
     prechecked = precheck_shard(utterances, audio, precheck) if precheck is not None else None
     if prechecked is not None and prechecked.num_rows:
-        failed = set(prechecked.column("utterance_id").to_pylist())
-        audio = audio.filter(pc.invert(pc.is_in(audio.column("utterance_id"), value_set=pa.array(sorted(failed)))))
+        skip = pa.array(sorted(set(prechecked.column("utterance_id").to_pylist())), pa.string())
+        audio = audio.filter(pc.invert(pc.is_in(audio.column("utterance_id"), value_set=skip)))
+    audio_by_id = {row["utterance_id"]: row for row in audio.select(["utterance_id", "flac_path"]).to_pylist()}
     aligner = aligner or make_aligner(config)
 
     words: dict[str, list] = {name: [] for name in ("utterance_id", "word_index", "word", "start", "end", "score")}
