@@ -289,45 +289,56 @@ class PocketsphinxAligner:
                 duration: float) -> tuple[list[WordTiming], int] | None:
         """Transcript verification (module docstring): raises transcript_mismatch / transcript_incomplete, or
         returns (word timings, passes) when every token was aligned with its own words, or None when some
-        token went to garbage within the tolerance (the plain forced pass then times every word)."""
-        verify = self.config.verify
+        token went to garbage within the tolerance (the plain forced pass then times every word).
+
+        A verdict against the transcript must hold in two passes: the narrow first pass sometimes lets <sil>
+        swallow a correct first word (measured: 5 of 120 clean synthetic utterances); the next, wider retry
+        setting decides those. Passes without any path do not count."""
         window = (_dithered(pcm) if self.config.dither else np.ascontiguousarray(pcm)).tobytes()
+        failure: AlignmentFailed | None = None
         for attempt in range(len(self.settings)):
             try:
                 words, garbage = self._decode(attempt, forms, window, duration, verify=True)
-                break
             except AlignmentFailed:
                 continue
-        else:
-            return None  # no path even with garbage: the plain passes report why
+            verdict = self._verdict(tokens, forms, words, garbage, speech, attempt + 1)
+            if verdict is None:
+                if garbage or self.config.phone_alignments:
+                    return None
+                return words, attempt + 1
+            if failure is not None:
+                raise verdict
+            failure = verdict
+        if failure is not None:
+            raise failure
+        return None  # no path even with garbage: the plain passes report why
+
+    def _verdict(self, tokens: list[str], forms: list[list[tuple[str, ...]]], words: list[WordTiming],
+                 garbage: list[int], speech: np.ndarray, attempts: int) -> AlignmentFailed | None:
+        """transcript_mismatch / transcript_incomplete for one verification pass, or None when it passes."""
+        verify = self.config.verify
         letters = np.array([max(len("".join(alternatives[0])), 1) for alternatives in forms], dtype=float)
         mismatch = float(letters[garbage].sum() / letters.sum()) if garbage else 0.0
-        def mismatch_failure() -> AlignmentFailed:
+        centres = np.arange(len(speech)) * _HOP_S + _WINDOW_S / 2
+        lead = float(np.count_nonzero(speech[centres < words[0].start])) * _HOP_S
+        trail = float(np.count_nonzero(speech[centres > words[-1].end])) * _HOP_S
+        # both at once (another sentence often also leaves speech at an edge): the one further past its limit
+        mismatch_excess = mismatch / max(verify.max_mismatch, 1e-9)
+        edge_excess = max(lead, trail) / max(verify.max_edge_speech_s, 1e-9)
+        if max(mismatch_excess, edge_excess) <= 1.0:
+            return None
+        if mismatch_excess >= edge_excess:
             unheard = [tokens[i] for i in garbage]
             return AlignmentFailed(
                 "transcript_mismatch", f"the audio does not support {len(unheard)} of {len(tokens)} words "
                 f"({', '.join(repr(t) for t in unheard[:8])}{' ...' if len(unheard) > 8 else ''}): {mismatch:.0%} of "
                 f"the transcript's letters, above {verify.max_mismatch:.0%}: the transcript belongs to other audio or "
-                "is wrong in places", attempts=attempt + 1, value=f"{mismatch:.3f}", threshold=f"{verify.max_mismatch:g}")
-        centres = np.arange(len(speech)) * _HOP_S + _WINDOW_S / 2
-        lead = float(np.count_nonzero(speech[centres < words[0].start])) * _HOP_S
-        trail = float(np.count_nonzero(speech[centres > words[-1].end])) * _HOP_S
-        def incomplete_failure() -> AlignmentFailed:
-            where = "before the first" if lead >= trail else "after the last"
-            return AlignmentFailed(
-                "transcript_incomplete", f"{max(lead, trail):.2f} s of speech {where} transcript word, above "
-                f"{verify.max_edge_speech_s:g} s: the transcript misses words at its {'start' if lead >= trail else 'end'}",
-                attempts=attempt + 1, value=f"{lead:.2f} s / {trail:.2f} s",
-                threshold=f"{verify.max_edge_speech_s:g} s")
-        # both at once (another sentence often also leaves speech at an edge): the one further past its limit
-        excess = {mismatch_failure: mismatch / max(verify.max_mismatch, 1e-9),
-                  incomplete_failure: max(lead, trail) / max(verify.max_edge_speech_s, 1e-9)}
-        worst = max(excess, key=excess.get)
-        if excess[worst] > 1.0:
-            raise worst()
-        if garbage or self.config.phone_alignments:
-            return None
-        return words, attempt + 1
+                "is wrong in places", attempts=attempts, value=f"{mismatch:.3f}", threshold=f"{verify.max_mismatch:g}")
+        side = "start" if lead >= trail else "end"
+        return AlignmentFailed(
+            "transcript_incomplete", f"{max(lead, trail):.2f} s of speech {'before the first' if side == 'start' else 'after the last'} "
+            f"transcript word, above {verify.max_edge_speech_s:g} s: the transcript misses words at its {side}",
+            attempts=attempts, value=f"{lead:.2f} s / {trail:.2f} s", threshold=f"{verify.max_edge_speech_s:g} s")
 
     def _align_long(self, forms: list[list[tuple[str, ...]]], pcm: np.ndarray, speech: np.ndarray,
                     energy_db: np.ndarray) -> tuple[list[WordTiming], list[PhoneTiming], int]:

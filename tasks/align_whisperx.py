@@ -52,6 +52,15 @@ whisperx 3.8.6 traps handled here (installed --no-deps on torch 2.13 CPU, see EN
 - importing whisperx configures its "whisperx" logger (own stdout handler, propagate=False); we leave that
   as is and read its warnings through a handler on "whisperx.alignment" during each call.
 config.batch_size is not used: whisperx aligns one segment per forward pass.
+
+Frame times. wav2vec2's convolutional feature encoder has no padding: with the kernels and strides of its
+config ((10,3,3,3,3,2,2) and (5,2,2,2,2,2,2) for the base/large models) output frame k sees samples
+[k x 320, k x 320 + 400), i.e. it is centred on k x 20 ms + 12.5 ms, and an N-sample segment gives
+floor((N - 400) / 320) + 1 frames. whisperx converts a character on frames [a, b] to [a x r, (b + 1) x r)
+with r = duration / frames, slightly over 20 ms (so times drift late by up to 5 ms over a segment) and
+counting from the window's start. The boundaries between frame centres lie at a x 20 ms + 2.5 ms and
+(b + 1) x 20 ms + 2.5 ms: `_FrameGeometry` recovers the frame indices from whisperx's times (rounded to
+1 ms, far below a frame) and places them there.
 """
 
 from __future__ import annotations
@@ -285,7 +294,36 @@ class WhisperXAligner:
         if untimed:
             raise AlignmentFailed("words_untimed", f"whisperx could not place spoken word(s) {untimed[:10]} in the "
                                   "audio (none of their characters aligned)", value=str(len(untimed)), threshold="0")
+        geometry = _FrameGeometry.of(self._model, len(audio))
+        if geometry is not None:
+            aligned = [{**w, "start": geometry.boundary(w["start"]), "end": geometry.boundary(w["end"])}
+                       for w in aligned]
         return UtteranceAlignment(_token_timings(aligned, owners, len(tokens), duration), attempts=1)
+
+
+class _FrameGeometry:
+    """Where wav2vec2's output frames sit in an N-sample segment (module docstring, "Frame times")."""
+
+    def __init__(self, receptive: int, stride: int, frames: int, samples: int):
+        self.stride_s, self.offset_s = stride / SAMPLE_RATE, (receptive - stride) / 2 / SAMPLE_RATE
+        self.whisperx_frame_s = samples / SAMPLE_RATE / frames  # whisperx's `ratio`
+
+    @classmethod
+    def of(cls, model, samples: int) -> _FrameGeometry | None:
+        config = getattr(model, "config", None)
+        kernels, strides = getattr(config, "conv_kernel", None), getattr(config, "conv_stride", None)
+        if not kernels or not strides:
+            return None  # not a wav2vec2-style feature encoder: whisperx's times as they are
+        receptive, stride, frames = 1, 1, samples
+        for kernel, step in zip(kernels, strides):
+            receptive += (kernel - 1) * stride
+            stride *= step
+            frames = (frames - kernel) // step + 1
+        return cls(receptive, stride, frames, samples) if frames > 0 else None
+
+    def boundary(self, t: float) -> float:
+        """whisperx's time of boundary k (k x its ratio) -> midway between the centres of frames k-1 and k."""
+        return round(float(t) / self.whisperx_frame_s) * self.stride_s + self.offset_s
 
 
 def _finite(x) -> bool:
