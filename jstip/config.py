@@ -100,6 +100,12 @@ class VerifyConfig(_Section):
     # transcript_incomplete: seconds of speech-level frames before the first / after the last aligned word,
     # above this. One short word lasts ~0.15-0.3 s; correct transcripts leave <= 0.01 s (90th percentile).
     max_edge_speech_s: float = Field(0.15, ge=0)
+    # whisperx / nemo: transcript_mismatch when the character error rate of the CTC model's own greedy
+    # transcript (argmax per frame, repeats and blanks removed) against the text it aligns is above this.
+    # null: off. No pretrained CTC weights can be fetched here to measure a default on; NeMo SDP's dataset
+    # configs drop at CER 65-90 (loose), a good English CTC model's greedy CER on read speech is ~5%: set it
+    # from your model's CER on a sample of known-good utterances (e.g. 3x its 99th percentile).
+    max_ctc_cer: float | None = Field(None, ge=0)
 
 
 class AlignConfig(_Section):

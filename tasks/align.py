@@ -9,23 +9,49 @@ quarantined (or "skipped" when normalize already quarantined it and there is no 
 Checks, for any aligner: every word comes back, in order, with start < end inside the audio; the audio
 holds speech at all (`no_speech`); no stretch of speech is left outside the words (`untranscribed_speech`)
 and the words do not lie on silence (`words_in_silence`). A forced aligner finds *some* path through
-nearly anything, so these energy checks are what turns silence or another utterance's transcript into a
-quarantine row; a transcript wrong in a word or two is not caught (see the word `score`).
+nearly anything: these energy checks catch silence and gross mismatches only (a transcript of about the
+right length for the audio passes them); transcript verification (below) is what compares the words.
+
+Transcript verification (pocketsphinx, `AlignConfig.verify`, audio up to max_chunk_s). The first decoder
+pass aligns a grammar in which every token has one more alternative, a garbage word, and the audio may
+hold garbage before the first and after the last token. The garbage word is the acoustic model's +SPN+
+("speech noise") phone, a context-free model that fits any speech moderately well; one garbage word
+stretches over any length, so its prior (`garbage_probability`) is paid once per token replaced. A token
+whose pronunciation fits its stretch of audio better than garbage does (after the prior) keeps its words;
+a token the audio does not say goes to garbage. From that pass:
+- transcript_mismatch: the share of the transcript's letters (of each token's preferred spoken form) in
+  tokens that went to garbage, above `max_mismatch`;
+- transcript_incomplete: speech-level frames (the energy frames below) before the first or after the last
+  token's span, above `max_edge_speech_s` (there the edge garbage or silence took speech no token covers);
+- the larger excess over its limit names the check when both fail. A failing verdict must hold in the next
+  retry setting too (a narrow pass sometimes lets <sil> swallow a correct first word); a passing one is
+  final. Every token aligned with its own words: that pass IS the alignment (no second pass). Some token in
+  garbage but within the limit: the plain forced passes below time the words.
+Cost: the garbage alternatives are context-independent single-phone words, so the pass costs ~15-20% more
+than plain forced alignment (BENCHMARKS.md "transcript verification"; an all-phone loop or free decoding
+with pocketsphinx costs 1-30x the alignment). What it cannot catch: a transcript differing in short words
+(a, the, on) or in words that sound alike; a same-template sentence whose few differing words fit the audio
+tolerably; speech at the edges quieter than the energy threshold. Long audio (windows) is not verified.
 
 pocketsphinx traps handled here (pocketsphinx 5.1.1, measured on synthesized speech):
 - its lattice "bestpath" pass may end on any word that exits in the last frame, so with the default
   `bestpath=yes` forced alignment silently drops words (often several at the end); we decode with
   `bestpath=no`, where the backtrace must end in the grammar's final state or fail loudly;
 - with its default beams (1e-48) and `topn=4`, 32 of 144 sentences failed with "Final result does not
-  match the grammar"; the config's wider beams and topn (1e-120, 16) fail none of them, and a failed pass
-  is retried with the settings in `config.retries`;
+  match the grammar"; wider beams and topn (1e-120, 16) failed none of them, at 2x the cost. The first pass
+  is narrow (1e-60, topn 4: most utterances need nothing more), and a failed pass is retried with the
+  settings in `config.retries` (the wide ones first);
 - an out-of-vocabulary word makes the grammar invalid: every OOV gets a G2P pronunciation (`g2p.arpabet`);
 - feature extraction keeps state between utterances (the same audio aligned differently after another
   one): `reinit_feat()` before every pass makes a result a function of its own audio and transcript;
 - calling `hyp()` after a phone-level `set_alignment()` pass segfaults: the optional phone pass
   (`AlignConfig.phone_alignments`) runs after the word results are read and never calls `hyp()`.
-Frames are converted with the decoder's own `frate`: start = start_frame / frate, end = (end_frame + 1) /
-frate, both clipped to the audio's duration.
+Frame times (`_FrameClock`): frame k analyses the window [k/frate, k/frate + wlen) (sphinxbase's front end
+starts the first window at sample 0; wlen 25.625 ms), so it speaks for the window's centre. A segment on
+frames [s, e] starts at the boundary between frames s-1 and s, midway between their centres: s/frate +
+(wlen - 1/frate)/2, and ends at the same point after frame e: (e + 1)/frate + (wlen - 1/frate)/2, i.e.
+7.8 ms after the window starts at 100 frames/s (10.3 ms at 200), clipped to the audio. Until this was
+worked out, times were read at the window starts: every boundary 7.8 ms early.
 
 Boundary accuracy (pocketsphinx; BENCHMARKS.md "align accuracy (pocketsphinx)" has the figures):
 - digital silence (exact zeros, as in synthetic or gated audio) is unlike the recordings the acoustic model
@@ -670,6 +696,33 @@ def _extend_ends(words: list[WordTiming], phones: list[PhoneTiming], speech: np.
         phones = [PhoneTiming(p.word_index, p.phone, p.start, moved[p.word_index])
                   if p.word_index in moved and last_phone[p.word_index] == j else p for j, p in enumerate(phones)]
     return out, phones
+
+
+def ctc_greedy_text(frame_ids: np.ndarray, blank: int, to_text) -> str:
+    """A CTC model's own transcript: the best class of each frame, repeats merged, blanks dropped, mapped to
+    text by `to_text(ids)` (the backend's vocabulary)."""
+    ids = np.asarray(frame_ids)
+    if len(ids) == 0:
+        return ""
+    keep = np.concatenate([[True], ids[1:] != ids[:-1]]) & (ids != blank)
+    return to_text([int(i) for i in ids[keep]])
+
+
+def check_ctc_transcript(hypothesis: str, reference: str, config: AlignConfig) -> None:
+    """Transcript verification for CTC aligners (whisperx, nemo): transcript_mismatch when the model's greedy
+    transcript's CER against the text it was asked to align is above `align.verify.max_ctc_cer` (spaces
+    collapsed, case folded)."""
+    limit = config.verify.max_ctc_cer
+    if not config.verify.enabled or limit is None:
+        return
+    import jiwer
+
+    ref, hyp = (" ".join(t.lower().split()) for t in (reference, hypothesis))
+    cer = float(jiwer.cer(ref, hyp)) if ref else 0.0
+    if cer > limit:
+        raise AlignmentFailed("transcript_mismatch", f"the model's own transcript {hyp[:80]!r} differs from the text "
+                              f"{ref[:80]!r} by CER {cer:.2f}, above {limit:g}: the transcript belongs to other audio "
+                              "or is wrong in places", value=f"{cer:.3f}", threshold=f"{limit:g}")
 
 
 # Aligner backends by name, imported only when chosen (whisperx and nemo import torch and friends).

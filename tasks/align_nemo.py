@@ -51,7 +51,8 @@ from typing import ClassVar
 import numpy as np
 
 from jstip.config import AlignConfig
-from jstip.tasks.align import AlignmentFailed, UtteranceAlignment, WordTiming
+from jstip.tasks.align import (AlignmentFailed, UtteranceAlignment, WordTiming, check_ctc_transcript,
+                               ctc_greedy_text)
 from jstip.tasks.text import split_words
 
 try:  # the shared text normaliser: spoken forms per token, reordered by context ("No. 5" -> number five)
@@ -298,6 +299,12 @@ class NemoAligner:
                              f"{self.n_classes}")
         return log_probs.float().cpu(), encoded_lengths.cpu().tolist()
 
+    def _ids_to_text(self, ids: list[int]) -> str:
+        if hasattr(self.model, "tokenizer"):
+            return self.model.tokenizer.ids_to_text(ids)
+        vocabulary = list(self.decoder.vocabulary)
+        return "".join(vocabulary[i] for i in ids if i < len(vocabulary))
+
     def _align_prepared(self, batch: list[_Prepared]) -> list[UtteranceAlignment | AlignmentFailed]:
         import torch
         from nemo.collections.asr.parts.utils.aligner_utils import (
@@ -316,7 +323,13 @@ class NemoAligner:
                     f"({self.frame_s * 1000:g} ms each); the transcript needs at least {needed} ({len(ids)} tokens "
                     "plus a blank between repeated ones)", value=str(frames[b]), threshold=str(needed))
             else:
-                feasible.append(b)
+                try:  # transcript verification (align.verify.max_ctc_cer): the model's own greedy transcript
+                    greedy = log_probs[b, :frames[b]].argmax(dim=-1).numpy()
+                    check_ctc_transcript(ctc_greedy_text(greedy, self.n_classes - 1, self._ids_to_text),
+                                         p.model_text, self.config)
+                    feasible.append(b)
+                except AlignmentFailed as e:
+                    out[b] = e
         if not feasible:
             return out  # type: ignore[return-value]
 

@@ -80,7 +80,8 @@ from typing import ClassVar
 import numpy as np
 
 from jstip.config import AlignConfig
-from jstip.tasks.align import AlignmentFailed, UtteranceAlignment, WordTiming
+from jstip.tasks.align import (AlignmentFailed, UtteranceAlignment, WordTiming, check_ctc_transcript,
+                               ctc_greedy_text)
 from jstip.tasks.text import split_words
 
 try:
@@ -269,6 +270,14 @@ class WhisperXAligner:
         self._alignment = _import_whisperx_alignment()
         self._model, self._metadata = _load_model(self._alignment, config.model, config.device)
         self.dictionary: dict[str, int] = self._metadata["dictionary"]
+        # transcript verification reads the emissions whisperx computes (no second forward pass)
+        self._emissions: list = []
+        if config.verify.enabled and config.verify.max_ctc_cer is not None and hasattr(self._model, "register_forward_hook"):
+            self._model.register_forward_hook(lambda module, args, output: self._emissions.append(
+                getattr(output, "logits", output)[0].detach().cpu()))
+
+    def _greedy_text(self, emission) -> str:
+        return _greedy_text_of(emission, self.dictionary)
 
     def align(self, text: str, samples: np.ndarray, sampling_rate: int = SAMPLE_RATE) -> UtteranceAlignment:
         tokens = split_words(text)
@@ -282,9 +291,12 @@ class WhisperXAligner:
                                   f"{MAX_SEGMENT_S:g} s per forward pass", value=f"{duration:.2f}",
                                   threshold=f"{MAX_SEGMENT_S:g}")
         segment = {"start": 0.0, "end": duration, "text": " ".join(words)}
+        self._emissions.clear()
         with _whisperx_call(self._alignment) as warnings:
             result = self._alignment.align([segment], self._model, self._metadata, audio, self.device,
                                            interpolate_method="ignore")
+        if self._emissions:  # transcript verification (align.verify.max_ctc_cer)
+            check_ctc_transcript(self._greedy_text(self._emissions[-1]), " ".join(words), self.config)
         aligned = result["word_segments"]
         if [w.get("word") for w in aligned] != words:
             said = f" (whisperx: {'; '.join(warnings)})" if warnings else ""
@@ -324,6 +336,13 @@ class _FrameGeometry:
     def boundary(self, t: float) -> float:
         """whisperx's time of boundary k (k x its ratio) -> midway between the centres of frames k-1 and k."""
         return round(float(t) / self.whisperx_frame_s) * self.stride_s + self.offset_s
+
+
+def _greedy_text_of(emission, dictionary: dict[str, int]) -> str:
+    labels = {i: c for c, i in dictionary.items()}
+    blank = next((i for c, i in dictionary.items() if c in ("[pad]", "<pad>")), 0)  # as whisperx finds it
+    return ctc_greedy_text(emission.argmax(dim=-1).numpy(), blank,
+                           lambda ids: "".join(" " if labels.get(i) == "|" else labels.get(i, "") for i in ids))
 
 
 def _finite(x) -> bool:
