@@ -229,10 +229,22 @@ def _remove_dc(decoded: _Decoded) -> None:
 
     A constant offset (a cheap sound card, a bad ADC calibration; 0.1-0.5 of full scale seen in crawled
     audio) is energy without signal: every frame's power then sits at the offset's level, so the aligner's
-    speech/silence contrast and silero-vad see no speech. `dc_offset` keeps the measured input value."""
-    mean = float(decoded.audio.mean(dtype=np.float64))
-    if abs(mean) > _DC_REMOVE_MIN:
-        decoded.audio -= np.float32(mean)
+    speech/silence contrast and silero-vad see no speech. `dc_offset` keeps the measured input value.
+
+    A mean is an offset only when it stands out of the signal's own variation: wide-band noise or a tone has
+    a mean of about std / sqrt(n) by chance (1 s of full-scale white noise: ~0.005), and subtracting that
+    would change audio that has no offset at all. So the mean is removed when it is above -60 dBFS and
+    above 4 standard errors (std / sqrt(n)), i.e. not a chance value (p < 1e-4)."""
+    audio, n = decoded.audio, len(decoded.audio)
+    total = squares = 0.0
+    for i in range(0, n, _CHUNK):
+        chunk = audio[i:i + _CHUNK].astype(np.float64)
+        total += float(chunk.sum())
+        squares += float(np.square(chunk).sum())
+    mean = total / max(n, 1)
+    std = math.sqrt(max(squares / max(n, 1) - mean * mean, 0.0))
+    if abs(mean) > max(_DC_REMOVE_MIN, 4.0 * std / math.sqrt(max(n, 1))):
+        audio -= np.float32(mean)
 
 
 # ------------------------------------------------------------------------------------- loudness (BS.1770)
