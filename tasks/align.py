@@ -25,9 +25,9 @@ a token the audio does not say goes to garbage. From that pass:
   token's span, above `max_edge_speech_s` (there the edge garbage or silence took speech no token covers);
 - the larger excess over its limit names the check when both fail. The first retry setting that finds a
   path decides, but a borderline verdict (one word in garbage, edge speech under twice the limit) must hold
-  in the next setting too. Every token aligned with its own words: that pass IS the alignment (no second pass). Some
-  token in garbage but within the limit: the plain forced passes below time the words.
-Cost: the garbage alternatives are context-independent single-phone words, so the pass costs ~15-20% more
+  in the next setting too. Every token aligned with its own words: that pass IS the alignment (no second
+  pass). Some token in garbage but within the limit: the plain forced passes below time the words.
+Cost: the garbage alternatives are context-independent single-phone words, so the pass costs ~25% more
 than plain forced alignment (BENCHMARKS.md "transcript verification"; an all-phone loop or free decoding
 with pocketsphinx costs 1-30x the alignment). What it cannot catch: a transcript differing in short words
 (a, the, on) or in words that sound alike; a same-template sentence whose few differing words fit the audio
