@@ -115,10 +115,15 @@ def test_bad_input_each_ends_ok_or_failed_with_a_specific_reason(tmp_path):
     import soundfile as sf
     import soxr
 
-    from jstip.tasks.espeak import synthesize
+    import dataclasses
+
+    from jstip.tasks.synth import demo_utterances, synthesize_in_fresh_process
 
     text = "Please refill the lisinopril prescription today."
-    speech = synthesize(text, voice="en-us", rate=160, rand_seed=1)
+    # in a fresh process: libespeak-ng's output depends on what the process spoke before, and transcript
+    # verification's verdict on the 8 kHz copy must not depend on which tests ran first
+    script = dataclasses.replace(demo_utterances(1, 0)[0], text=text, voice="en-us", rate=160, noise_seed=1)
+    speech, = synthesize_in_fresh_process([script])
     pcm = speech.samples.astype(np.float32) / 32768.0
     lead = np.zeros(int(0.3 * speech.sample_rate), dtype=np.float32)
     pcm = np.concatenate([lead, pcm, lead])
@@ -144,15 +149,13 @@ def test_bad_input_each_ends_ok_or_failed_with_a_specific_reason(tmp_path):
     result = runner.invoke(app, ["align", str(tmp_path / "m.jsonl"), "--out", str(out)])
     assert result.exit_code == 0, result.output
     rows = [json.loads(line) for line in out.read_text().splitlines()]
-    assert [r["status"] for r in rows] == ["ok", "failed", "ok", "failed", "failed", "failed", "failed", "failed"]
-    # 8 kHz audio has no energy above 4 kHz: transcript verification's garbage model fits its fricative-rich
-    # words ("lisinopril", "prescription") better than their pronunciations (a documented limit: turn
-    # align.verify off for telephone-band corpora)
-    assert "transcript_mismatch" in rows[1]["reason"] and "'lisinopril'" in rows[1]["reason"]
-    for r in rows[:3:2]:
+    assert [r["status"] for r in rows] == ["ok", "ok", "ok", "failed", "failed", "failed", "failed", "failed"]
+    for r in rows[:3]:
         assert [w["word"] for w in r["words"]] == split_words(text)
-    # the same speech at 22.05 and 48 kHz stereo aligns to nearly the same times
-    assert max(abs(a["start"] - b["start"]) for a, b in zip(rows[0]["words"], rows[2]["words"])) <= 0.06
+    # the same speech at 22.05, 8 and 48 kHz stereo aligns to nearly the same times (8 kHz loses the
+    # fricative energy above 4 kHz, which moves a boundary by up to a few frames)
+    for other in rows[1:3]:
+        assert max(abs(a["start"] - b["start"]) for a, b in zip(rows[0]["words"], other["words"])) <= 0.06
     reasons = [r["reason"] for r in rows[3:]]
     assert "cannot decode audio" in reasons[0] and "corrupt.wav" in reasons[0]
     assert "empty.wav is empty (0 bytes)" in reasons[1]
