@@ -37,21 +37,38 @@ another process reads it; two mechanisms make several builds, trainers and reade
 
 Temporary files (staging directories, stage results and audio being written) carry their owner's pid and
 host (jstip.storage.lock.temp_name); each publish deletes those whose owner process is gone.
-`user_query` runs SQL from users in a sandbox: a read-only attachment of the catalog, single SELECT
-statements only, no file access outside datasets/.
+`user_query` runs SQL from users in a sandbox (jstip.storage.sandbox): one SELECT statement by DuckDB's
+parser, in a child process with a time limit, over a read-only attachment of the catalog that can read no
+file outside datasets/ and write none.
+
+Relocatable: everything the catalog records (version and Data Docs paths, the views' Parquet globs, model
+paths) and every path inside a published table (`normalized_audio.flac_path`) is relative to the store
+root, so a store moved, copied or rsynced elsewhere works there and never reads the original's files.
+Connections set DuckDB's `file_search_path` to the root; any DuckDB client can do the same, or open the
+catalog from the store root (`cd STORE && duckdb -readonly catalog.duckdb`).
+
+Readable by DuckDB 1.x: the catalog is created in storage format `CATALOG_STORAGE_VERSION` (DuckDB 1.0's),
+which every DuckDB since 1.0 opens; DuckDB keeps a file's format when it writes to it later.
+
+Tamper evidence: publishing records every file of a version (size and sha256) in `dataset_files`, and
+each normalised audio file's size and sha256 in the version's `normalized_audio` rows (flac_bytes,
+flac_sha256), so the Parquet file hashes cover the audio too. `verify_version` checks them (`fast`: every
+file's size, every Parquet file's sha256 and a random sample of the audio; `full`: every sha256), and
+`ensure_intact` is what training, evaluation and export call before they read a version.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import random
 import shutil
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import AbstractContextManager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -60,10 +77,21 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from jstip.schemas import DATASET_TABLES, conform, empty, schema_for
+from jstip.storage.content import sha256_file
 from jstip.storage.lock import LockTimeout, kill_point, lock_timeout_s, remove_stale_temporaries, store_lock, temp_name
+from jstip.storage.sandbox import QueryFailed, QueryRefused, check_read_only, run_read_only
 from jstip.storage.views import DERIVED_VIEWS
 
+log = logging.getLogger(__name__)
+
 CATALOG_FILE = "catalog.duckdb"
+# DuckDB 1.0's storage format (storage version 64): DuckDB 1.0 to 2.x open it, e.g. the `duckdb` CLI 1.5 of
+# the `duckdb-cli` package, which reads storage versions 64-68 only, while DuckDB 2.0 writes 69 by default.
+CATALOG_STORAGE_VERSION = "v1.0.0"
+# How training, evaluation and export verify a version before reading it: fast | full | off.
+VERIFY_ENV = "JSTIP_VERIFY"
+# Audio files whose sha256 a fast verification checks (chosen at random each time; all when fewer).
+FAST_AUDIO_SAMPLE = 64
 WRITE_LOCK_FILE = ".write.lock"
 # Audio being written (jstip.tasks.normalize.write_flac): one directory, so that finding what a killed
 # process left takes one listing, not one of every audio/<xx>/ directory.
@@ -90,6 +118,14 @@ CREATE TABLE IF NOT EXISTS dataset_versions_table (
 -- catalogs created before the column existed
 ALTER TABLE dataset_versions_table ADD COLUMN IF NOT EXISTS data_docs_path VARCHAR;
 CREATE OR REPLACE VIEW dataset_versions AS SELECT * FROM dataset_versions_table ORDER BY created_at;
+-- every file of every version as published: path relative to the store root, size, sha256
+CREATE TABLE IF NOT EXISTS dataset_files (
+    version_id      VARCHAR NOT NULL,
+    path            VARCHAR NOT NULL,
+    bytes           BIGINT NOT NULL,
+    sha256          VARCHAR NOT NULL,
+    PRIMARY KEY (version_id, path)
+);
 """
 
 
@@ -108,8 +144,12 @@ class StoreBusyError(StoreError, LockTimeout):
     """The store's write lock, or the catalog file, stayed held by another process past the timeout."""
 
 
-# Statement types user SQL may have (duckdb.extract_statements): reading only.
-_USER_STATEMENTS = frozenset({"SELECT", "EXPLAIN"})
+class ModelBusyError(StoreBusyError):
+    """Another process holds the model's lock (it is training or registering that model)."""
+
+
+class VersionIntegrityError(StoreError):
+    """A published version's files differ from what was recorded when it was published."""
 
 
 @dataclass(frozen=True)
@@ -129,6 +169,43 @@ class DatasetVersion:
     @property
     def config(self) -> dict:
         return json.loads(self.config_json)
+
+
+@dataclass
+class VerifyReport:
+    """What `DatasetStore.verify_version` found: `problems` name each file that differs (empty: intact)."""
+
+    version: DatasetVersion
+    mode: str  # fast | full
+    files: int = 0  # files checked (existence and size)
+    hashed: int = 0  # files whose sha256 was computed
+    hashed_bytes: int = 0
+    problems: list[str] = field(default_factory=list)
+    unrecorded: bool = False  # published before checksums were recorded: nothing to compare
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems and not self.unrecorded
+
+    def check(self, path: Path, shown: str, size: int | None, digest: str | None, hash_it: bool) -> None:
+        self.files += 1
+        try:
+            found = path.stat().st_size
+        except FileNotFoundError:
+            self.problems.append(f"{shown}: missing")
+            return
+        except OSError as e:
+            self.problems.append(f"{shown}: unreadable ({e})")
+            return
+        if size is not None and found != size:
+            self.problems.append(f"{shown}: {found} bytes, published with {size}")
+            return
+        if hash_it and digest is not None:
+            _, actual = sha256_file(path)
+            self.hashed += 1
+            self.hashed_bytes += found
+            if actual != digest:
+                self.problems.append(f"{shown}: sha256 {actual[:16]}..., published with {digest[:16]}...")
 
 
 def version_id_for(input_hash: str, config_json: str, code_version: str) -> str:
@@ -170,17 +247,28 @@ class DatasetStore:
     def connect(self, read_only: bool = False) -> duckdb.DuckDBPyConnection:
         """A connection to the catalog; create it (and the store root) on first use.
 
+        Relative paths (the views' Parquet globs) resolve against the store root (`file_search_path`).
         While another process holds the catalog file (DuckDB: one writing process, or any number of
         reading ones), wait for it up to the lock timeout, then raise StoreBusyError naming it."""
+        config = {"file_search_path": str(self.root), "storage_compatibility_version": CATALOG_STORAGE_VERSION}
         if read_only:
             if not self.catalog_path.exists():
                 raise StoreError(f"no catalog at {self.catalog_path}: nothing has been published to this store yet "
                                  f"(run `jstip build --store {self.root}`)")
-            return self._open(lambda: duckdb.connect(str(self.catalog_path), read_only=True))
+            return self._open(lambda: duckdb.connect(str(self.catalog_path), read_only=True, config=config))
         self.root.mkdir(parents=True, exist_ok=True)
-        con = self._open(lambda: duckdb.connect(str(self.catalog_path)))
+        con = self._open(lambda: duckdb.connect(str(self.catalog_path), config=config))
         con.execute(_CATALOG_DDL)
         return con
+
+    def relative(self, path: str | Path) -> str:
+        """`path` as the catalog records it: relative to the store root (POSIX separators)."""
+        return Path(os.path.relpath(Path(path).absolute(), self.root)).as_posix()
+
+    def resolve(self, recorded: str | Path) -> Path:
+        """A path the catalog or a table records, on this machine: relative ones (every path written since
+        stores became relocatable) under this store's root; absolute ones (older catalogs) as they are."""
+        return self.root / recorded
 
     def _open(self, opener: Callable[[], duckdb.DuckDBPyConnection]) -> duckdb.DuckDBPyConnection:
         timeout, started, pause = self._timeout(), time.monotonic(), 0.01
@@ -206,40 +294,22 @@ class DatasetStore:
         Re-entrant; waits up to the lock timeout, then raises StoreBusyError naming the holder."""
         return store_lock(self.root / WRITE_LOCK_FILE, self._timeout(), purpose, error=StoreBusyError)
 
-    def user_query(self, sql: str, params: Sequence = (), schema: str | None = None) -> tuple[list[str], list[tuple]]:
+    def user_query(self, sql: str, params: Sequence = (), schema: str | None = None,
+                   timeout_s: float | None = None) -> tuple[list[str], list[tuple]]:
         """Run one read-only SQL statement from a user; return (column names, rows).
 
-        Three fences: only a single SELECT (or EXPLAIN) statement is accepted; the catalog is attached
-        read-only to a private in-memory DuckDB; that DuckDB may read no file outside datasets/ and write
-        none (enable_external_access off, configuration locked). `schema` is made current first (e.g. a
+        Exactly one SELECT (by DuckDB's parser), run in a child process over a read-only attachment of the
+        catalog that can read no file outside datasets/ and write none, killed after `timeout_s` (None:
+        $JSTIP_QUERY_TIMEOUT_S, else 60 s): jstip.storage.sandbox. `schema` is made current first (e.g. a
         version's `v_<id>`). Parameters are bound, never formatted into the SQL."""
         try:
-            statements = duckdb.extract_statements(sql)
-        except duckdb.Error as e:
-            raise StoreError(f"query failed: {e}") from None
-        kinds = [str(st.type).rpartition(".")[2] for st in statements]
-        if len(kinds) != 1 or kinds[0] not in _USER_STATEMENTS:
-            shown = ", ".join(kinds) or "none"
-            raise StoreError(f"query failed: user SQL runs read-only, one SELECT statement at a time; got "
-                             f"{len(kinds)} statement(s) of type {shown} (the catalog is changed by `jstip build` "
-                             f"only)")
-        if not self.catalog_path.exists():
-            self.connect(read_only=True)  # raises the "nothing published yet" error
-        catalog = str(self.catalog_path).replace("'", "''")
-        allowed = str(self.datasets_dir).replace("'", "''") + os.sep
-        with self._open(duckdb.connect) as con:
-            self._open(lambda: con.execute(f"ATTACH '{catalog}' AS catalog (READ_ONLY)"))
-            con.execute("USE catalog")
-            con.execute(f"SET allowed_directories = ['{allowed}']")
-            con.execute("SET enable_external_access = false")
-            con.execute("SET lock_configuration = true")
-            if schema is not None:
-                con.execute('USE "{}"'.format(schema.replace('"', '""')))
-            try:
-                relation = con.execute(sql, list(params))
-                return [d[0] for d in relation.description], relation.fetchall()
-            except duckdb.Error as e:
-                raise StoreError(f"query failed: {e}") from None
+            if not self.catalog_path.exists():
+                check_read_only(sql)  # a writing statement is refused before "the store is empty"
+                self.connect(read_only=True)  # raises the "nothing published yet" error
+            return run_read_only(self.root, self.catalog_path, sql, params, schema=schema, timeout_s=timeout_s,
+                                 lock_timeout_s=self._timeout())
+        except (QueryRefused, QueryFailed) as e:
+            raise StoreError(str(e)) from None
 
     def versions(self, name: str | None = None) -> list[DatasetVersion]:
         """Published versions, oldest first."""
@@ -279,13 +349,93 @@ class DatasetStore:
         version = self.version(version_id)
         return pq.read_table(version.path / table)
 
-    @staticmethod
-    def _row_to_version(row: dict) -> DatasetVersion:
+    # -- tamper evidence -------------------------------------------------------------------------
+
+    def verify_version(self, version_id: str, full: bool = False, audio_sample: int = FAST_AUDIO_SAMPLE
+                       ) -> VerifyReport:
+        """Compare a version's files with what was recorded when it was published.
+
+        Fast (default): every recorded file exists with its size, no file was added to the version's
+        directory, every Parquet file's sha256 matches, and so does that of `audio_sample` normalised
+        audio files drawn at random (every size is checked). Full: every sha256, audio included."""
+        version = self.version(version_id)
+        with self.connect(read_only=True) as con:
+            recorded = con.execute("SELECT path, bytes, sha256 FROM dataset_files WHERE version_id = ? ORDER BY path",
+                                   [version.version_id]).fetchall()
+        report = VerifyReport(version, "full" if full else "fast")
+        if not recorded:
+            report.unrecorded = True  # published before jstip recorded checksums: nothing to compare
+            return report
+        expected = {path for path, _, _ in recorded}
+        if version.path.is_dir():
+            for found in sorted(version.path.rglob("*")):
+                if found.is_file() and self.relative(found) not in expected:
+                    report.problems.append(f"{self.relative(found)}: not part of the version as published "
+                                           f"(added after publishing; DuckDB's views would read it)")
+        for path, size, digest in recorded:
+            report.check(self.resolve(path), path, size, digest, hash_it=True)
+        if any(p.endswith(".parquet") and "/normalized_audio/" in p for p in report.problems):
+            return report  # the audio list itself cannot be trusted
+        audio = self._audio_files(version)
+        sampled = set(range(len(audio))) if full or len(audio) <= audio_sample else \
+            set(random.SystemRandom().sample(range(len(audio)), audio_sample))
+        for i, (path, size, digest) in enumerate(audio):
+            report.check(self.resolve(path), path, size, digest, hash_it=i in sampled)
+        return report
+
+    def _audio_files(self, version: DatasetVersion) -> list[tuple[str, int | None, str | None]]:
+        """(flac_path, flac_bytes, flac_sha256) of each normalised audio file the version uses."""
+        with duckdb.connect() as con:
+            parts = [str(p) for p in sorted((version.path / "normalized_audio").glob("*.parquet"))]
+            if not parts:
+                return []
+            columns = {name for (name,) in con.execute("SELECT name FROM parquet_schema(?)", [parts[0]]).fetchall()}
+            if "flac_sha256" not in columns:
+                return [(p, None, None) for (p,) in con.execute(
+                    "SELECT DISTINCT flac_path FROM read_parquet(?, union_by_name = true) ORDER BY 1", [parts]).fetchall()]
+            return con.execute("SELECT flac_path, any_value(flac_bytes), any_value(flac_sha256) FROM "
+                               "read_parquet(?, union_by_name = true) GROUP BY flac_path ORDER BY flac_path",
+                               [parts]).fetchall()
+
+    def ensure_intact(self, version_id: str, purpose: str, mode: str | None = None) -> DatasetVersion:
+        """Verify a version before `purpose` reads it (training, evaluation, export) and return it; raise
+        VersionIntegrityError naming the files that differ. `mode`: fast | full | off (None: $JSTIP_VERIFY,
+        else fast)."""
+        mode = mode or os.environ.get(VERIFY_ENV) or "fast"
+        if mode not in ("fast", "full", "off"):
+            raise StoreError(f"{VERIFY_ENV}={mode!r}: expected fast, full or off")
+        version = self.version(version_id)
+        if mode == "off":
+            return version
+        report = self.verify_version(version.version_id, full=mode == "full")
+        if report.unrecorded:
+            log.warning("dataset version %s was published before jstip recorded file checksums: %s reads it "
+                        "unverified (rebuild it to record them)", version.version_id, purpose)
+        elif not report.ok:
+            raise VersionIntegrityError(
+                f"dataset version {version.version_id} differs from what was published; {purpose} stopped before "
+                f"reading it: " + "; ".join(report.problems[:5])
+                + (f" (and {len(report.problems) - 5} more)" if len(report.problems) > 5 else "")
+                + f". List them all with `jstip verify {version.version_id} --full --store {self.root}`; rebuild "
+                  "the version (`jstip build`) to restore it")
+        return version
+
+    # -- per-model lock --------------------------------------------------------------------------
+
+    def model_lock(self, model_id: str, purpose: str, timeout_s: float = 0.0) -> AbstractContextManager[None]:
+        """An exclusive lock on one model (`models/<id>/.lock`): training and registering a model hold it, so
+        two runs of the same model never write the same checkpoints or logs. Waits `timeout_s` (default: not
+        at all), then raises ModelBusyError naming the holder (pid, host, purpose, since when)."""
+        return store_lock(self.root / "models" / model_id / ".lock", timeout_s, purpose, error=ModelBusyError,
+                          what=f"model {model_id}")
+
+    def _row_to_version(self, row: dict) -> DatasetVersion:
         return DatasetVersion(
             version_id=row["version_id"], name=row["name"], parent_version=row["parent_version"],
             created_at=row["created_at"], config_json=row["config_json"], code_version=row["code_version"],
             input_hash=row["input_hash"], row_counts=json.loads(row["row_counts_json"]), status=row["status"],
-            path=Path(row["path"]), data_docs_path=Path(row["data_docs_path"]) if row.get("data_docs_path") else None,
+            path=self.resolve(row["path"]),
+            data_docs_path=self.resolve(row["data_docs_path"]) if row.get("data_docs_path") else None,
         )
 
     # -- publishing ------------------------------------------------------------------------------
@@ -327,6 +477,9 @@ class DatasetStore:
         try:
             row_counts = {table: self._write_table(staging / table, table, tables.get(table)) for table in DATASET_TABLES}
             data_docs = validate(staging, version_id) if validate is not None else None
+            # sizes and sha256 of exactly what becomes visible (tamper evidence: verify_version)
+            files = [(f"{self.relative(final_dir)}/{p.relative_to(staging).as_posix()}", *sha256_file(p))
+                     for p in sorted(staging.rglob("*")) if p.is_file()]
             kill_point("publish-staged")
             with self.write_lock(purpose=f"publish {name}/{version_id}"):
                 existing = self._registered(name, version_id)
@@ -351,7 +504,7 @@ class DatasetStore:
                     os.rename(staging, final_dir)
                     kill_point("publish-renamed")
                     try:
-                        self._register(con, version)
+                        self._register(con, version, files)
                     except BaseException:
                         shutil.rmtree(final_dir, ignore_errors=True)
                         raise
@@ -403,7 +556,8 @@ class DatasetStore:
             pq.write_table(empty(table_name), directory / "part-00000.parquet", **PARQUET_OPTIONS)
         return rows
 
-    def _register(self, con: duckdb.DuckDBPyConnection, version: DatasetVersion) -> None:
+    def _register(self, con: duckdb.DuckDBPyConnection, version: DatasetVersion,
+                  files: list[tuple[str, int, str]]) -> None:
         con.execute("BEGIN TRANSACTION")
         try:
             con.execute(
@@ -412,11 +566,13 @@ class DatasetStore:
                 "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 [version.version_id, version.name, version.parent_version, version.created_at,
                  version.config_json, version.code_version, version.input_hash,
-                 json.dumps(version.row_counts, sort_keys=True), version.status, str(version.path),
-                 None if version.data_docs_path is None else str(version.data_docs_path)],
+                 json.dumps(version.row_counts, sort_keys=True), version.status, self.relative(version.path),
+                 None if version.data_docs_path is None else self.relative(version.data_docs_path)],
             )
-            self._create_views(con, f"v_{version.version_id}", version.path)
-            self._create_views(con, "main", version.path)
+            con.executemany("INSERT INTO dataset_files (version_id, path, bytes, sha256) VALUES (?, ?, ?, ?)",
+                            [[version.version_id, path, size, digest] for path, size, digest in files])
+            self._create_views(con, f"v_{version.version_id}", self.relative(version.path))
+            self._create_views(con, "main", self.relative(version.path))
             # views added by newer code reach older versions too
             for (older,) in con.execute("SELECT version_id FROM dataset_versions_table WHERE version_id <> ?",
                                         [version.version_id]).fetchall():
@@ -427,11 +583,13 @@ class DatasetStore:
             raise
 
     @staticmethod
-    def _create_views(con: duckdb.DuckDBPyConnection, schema: str, version_dir: Path) -> None:
-        # DDL cannot take bound parameters; the path is ours (store root + hex id), quoted defensively.
+    def _create_views(con: duckdb.DuckDBPyConnection, schema: str, version_dir: str) -> None:
+        # Relative globs (datasets/<name>/<id>/<table>/*.parquet), resolved against the store root through
+        # file_search_path: the store stays valid wherever it is moved or copied. DDL cannot take bound
+        # parameters; the path is ours (name + hex id), quoted defensively.
         con.execute(f'CREATE SCHEMA IF NOT EXISTS "{schema}"')
         for table in DATASET_TABLES:
-            glob = str(version_dir / table / "*.parquet").replace("'", "''")
+            glob = f"{version_dir}/{table}/*.parquet".replace("'", "''")
             con.execute(f"CREATE OR REPLACE VIEW \"{schema}\".\"{table}\" AS SELECT * FROM read_parquet('{glob}')")
         DatasetStore._create_derived_views(con, schema)
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import duckdb
 import pytest
 import soundfile as sf
 from typer.testing import CliRunner
 
+from jstip.storage import DatasetStore
 from jstip.tasks.synth import synthesize_corpus
 from jstip.tasks.text import split_words
 
@@ -55,7 +55,7 @@ def test_build_publishes_with_exact_accounting_then_rebuilds_with_lineage(prefec
 
     assert (published.ingested, published.accepted, published.quarantined) == (9, 5, 4)
     good_ids = sorted(g["id"] for g in corpus["good"])
-    with duckdb.connect(str(store / "catalog.duckdb"), read_only=True) as con:
+    with DatasetStore(store).connect(read_only=True) as con:
         assert [r[0] for r in con.execute("SELECT utterance_id FROM utterances ORDER BY 1").fetchall()] == good_ids
         quarantine = con.execute("SELECT stage, check_name, source FROM quarantine ORDER BY stage, check_name").fetchall()
         manifest = str(corpus["manifest"])
@@ -103,7 +103,7 @@ def test_build_publishes_with_exact_accounting_then_rebuilds_with_lineage(prefec
     assert changed.version_id != published.version_id
     assert changed.parent_version == published.version_id
     assert _work_keys(store, "normalize") == normalize_keys and _work_keys(store, "align") == align_keys
-    with duckdb.connect(str(store / "catalog.duckdb"), read_only=True) as con:
+    with DatasetStore(store).connect(read_only=True) as con:
         assert con.execute("SELECT count(*) FROM spans WHERE role = 'transcript'").fetchone() == (0,)
         assert con.execute(f"SELECT count(*) FROM v_{published.version_id}.spans WHERE role = 'transcript'"
                            ).fetchone()[0] > 0

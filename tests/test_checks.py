@@ -250,7 +250,7 @@ def published(built):
 def test_accounting_holds_under_a_mix_of_good_and_bad_items(built, published):
     manifest, good = built["manifest"], built["good"]
     assert (published.ingested, published.accepted, published.quarantined) == (8, 3, 5)
-    with duckdb.connect(str(Path(built["store"]) / "catalog.duckdb"), read_only=True) as con:
+    with DatasetStore(built["store"]).connect(read_only=True) as con:
         accepted = {r[0] for r in con.execute("SELECT utterance_id FROM utterances").fetchall()}
         assert accepted == {g["id"] for g in good} - {built["longest"]["id"]}
         rows = con.execute("SELECT stage, check_name, utterance_id, source, duration IS NOT NULL FROM quarantine "

@@ -134,7 +134,7 @@ def test_jstip_stats_prints_every_summary_and_runs_bound_read_only_sql(published
                               "-p", "word", "-p", "1"])
     assert sql.exit_code == 0 and str(words) in sql.output, sql.output
     write = runner.invoke(app, ["stats", "--store", str(store.root), "--sql", "CREATE TABLE x (a INTEGER)"])
-    assert write.exit_code == 1 and "query failed" in write.output and "read-only" in write.output
+    assert write.exit_code == 1 and "query refused" in write.output and "read-only" in write.output
     missing = runner.invoke(app, ["stats", "ffff", "--store", str(store.root)])
     assert missing.exit_code == 1 and "no dataset version 'ffff'" in missing.output
 

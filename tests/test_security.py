@@ -72,7 +72,7 @@ def test_manifest_paths_are_confined_to_the_manifest_directory_and_allowed_roots
     }
     reasons = {r["utterance_id"]: r["reason"] for r in confined.quarantine.to_pylist()}
     assert f"resolves to {escapes.parent.parent / 'outside' / 'b.wav'}" in reasons["symlink-escape"]
-    assert f"outside the allowed roots {escapes.parent}" in reasons["system-file"]
+    assert "outside the allowed roots (the manifest's directory)" in reasons["system-file"]
 
     # a root relative to the manifest's directory lets that corpus in, and nothing else
     widened = ingest_manifest(escapes, allowed_roots=["../outside"])
