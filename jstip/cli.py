@@ -25,6 +25,8 @@ app.add_typer(models_app, name="models")
 console = Console()
 
 StoreOption = Annotated[Path, typer.Option("--store", help="Root of the versioned dataset store.")]
+TimeoutOption = Annotated[Optional[float], typer.Option(
+    "--timeout", min=0.001, help="Stop the query after this many seconds (default: $JSTIP_QUERY_TIMEOUT_S, else 60).")]
 
 SPAN_STATISTICS_SQL = """
 SELECT modality, role, count(*) AS spans, round(avg(num_words), 2) AS mean_words,
@@ -179,12 +181,13 @@ def demo(
 def query(
     sql: Annotated[str, typer.Argument(help="SQL over the catalog's views (spans, utterances, quarantine, ...).")],
     store: StoreOption = Path("data"),
+    timeout: TimeoutOption = None,
 ):
     """Run one read-only SELECT against the store's catalog (no writes, no files outside the store's datasets)."""
     from jstip.storage import DatasetStore, StoreError
 
     try:
-        columns, rows = DatasetStore(store).user_query(sql)  # sandboxed: see DatasetStore.user_query
+        columns, rows = DatasetStore(store).user_query(sql, timeout_s=timeout)  # sandboxed: jstip.storage.sandbox
     except StoreError as e:
         _fail(str(e))
     _print_relation(columns, rows)
@@ -248,6 +251,7 @@ def stats(
                                                "schema (its tables and the stats_* views).")] = None,
     param: Annotated[Optional[list[str]], typer.Option("--param", "-p", help="Value bound to the next `?` of --sql "
                                                        "(repeat for several; numbers bind as numbers).")] = None,
+    timeout: TimeoutOption = None,
 ):
     """Interleave plan statistics of a version: span lengths, speech fraction, spans per utterance, hours per
     domain, entity placement (the catalog's stats_* views)."""
@@ -263,7 +267,7 @@ def stats(
             raise StoreError(f"no published versions in {data_store.catalog_path} (run `jstip build --store {store}`)")
         if sql is not None:  # sandboxed: see DatasetStore.user_query
             columns, rows = data_store.user_query(sql, [_sql_parameter(p) for p in param or []],
-                                                  schema=f"v_{v.version_id}")
+                                                  schema=f"v_{v.version_id}", timeout_s=timeout)
             _print_relation(columns, rows)
             return
         with data_store.connect(read_only=True) as con:
@@ -301,6 +305,47 @@ def report(
     except StoreError as e:
         _fail(str(e))
     console.print(f"wrote {index}")
+
+
+@app.command()
+def verify(
+    version: Annotated[Optional[str], typer.Argument(help="Version id (or a unique prefix), or `latest`. Default: "
+                                                          "every published version.")] = None,
+    store: StoreOption = Path("data"),
+    full: Annotated[bool, typer.Option("--full", help="Hash every file, the audio included (default: every file's "
+                                                      "size, every Parquet file's sha256, a sample of the audio).")
+                    ] = False,
+):
+    """Check that a version's files are those it was published with (sizes and sha256 recorded at publishing);
+    exit 1 naming each file that differs."""
+    from jstip.storage import DatasetStore, StoreError
+
+    data_store = DatasetStore(store)
+    try:
+        versions = [data_store.version(version)] if version else data_store.versions()
+        if not versions:
+            raise StoreError(f"no published versions in {data_store.catalog_path} (run `jstip build --store {store}`)")
+        reports = [data_store.verify_version(v.version_id, full=full) for v in versions]
+    except StoreError as e:
+        _fail(str(e))
+    failed = False
+    for report in reports:
+        v = report.version
+        if report.unrecorded:
+            console.print(f"[yellow]{v.name}/{v.version_id}: published before file checksums were recorded; "
+                          "nothing to compare (rebuild it to record them)[/yellow]")
+            continue
+        what = (f"{report.files} files, {report.hashed} hashed ({report.hashed_bytes / 1e6:.1f} MB), "
+                f"{report.mode} check")
+        if report.ok:
+            console.print(f"[green]ok[/green] {v.name}/{v.version_id}: {what}")
+            continue
+        failed = True
+        console.print(f"[red]TAMPERED[/red] {v.name}/{v.version_id}: {len(report.problems)} file(s) differ ({what})")
+        for problem in report.problems:
+            console.print(f"  {problem}", markup=False, highlight=False)
+    if failed:
+        raise typer.Exit(code=1)
 
 
 @app.command()
@@ -592,8 +637,11 @@ def evaluate(
             DecodeOptions.parse(name)
     except (StoreError, DatasetError, ValueError) as e:
         _fail(str(e))
-    overall = evaluate_flow(record.model_id, store=str(store), test_version=version.version_id, test_set=test_set,
-                            decodings=decoding or None, limit=limit)
+    try:
+        overall = evaluate_flow(record.model_id, store=str(store), test_version=version.version_id, test_set=test_set,
+                                decodings=decoding or None, limit=limit)
+    except (StoreError, DatasetError) as e:  # e.g. a test version whose files differ from what was published
+        _fail(str(e))
     metrics = ("utterances", "wer", "entity_accuracy", "eer", "insertions", "hallucinations")
     rows = [(name, *(f"{values[m]:.4g}" if m in values else "" for m in metrics)) for name, values in overall.items()]
     _print_relation(["decoding", *metrics], rows,

@@ -343,6 +343,18 @@ class DatasetStore:
             raise StoreError(f"version prefix {version_id!r} is ambiguous: {[v.version_id for v in matches]}")
         return matches[0]
 
+    def table_sql(self, version: DatasetVersion, table: str) -> str:
+        """A DuckDB subquery reading one table of a version, with the paths it holds (normalized_audio's
+        flac_path, relative to the store root) resolved for this machine: `FROM {store.table_sql(v, t)} x`."""
+        if table not in DATASET_TABLES:
+            raise StoreError(f"unknown table {table!r}; a version holds {', '.join(DATASET_TABLES)}")
+        glob = str(version.path / table / "*.parquet").replace("'", "''")
+        if table != "normalized_audio":
+            return f"(SELECT * FROM read_parquet('{glob}'))"
+        root = (str(self.root) + os.sep).replace("'", "''")
+        return (f"(SELECT * REPLACE (CASE WHEN starts_with(flac_path, '/') THEN flac_path "
+                f"ELSE '{root}' || flac_path END AS flac_path) FROM read_parquet('{glob}'))")
+
     def read_table(self, version_id: str, table: str) -> pa.Table:
         if table not in DATASET_TABLES:
             raise StoreError(f"unknown table {table!r}; a version holds {', '.join(DATASET_TABLES)}")

@@ -19,8 +19,8 @@ Per utterance (Lhotse: the supervision, whose `custom` holds the extra keys; NeM
   several, every plan is there and its spans are told apart by plan_id (select one with
   `[s for s in spans if s["plan_id"] == p]`). Span times and samples are in the exported audio.
 
-The Lhotse manifest and the NeMo manifest point at the FLAC files in the store's audio pool (absolute paths;
-content-addressed, never modified); lhotse-shar copies the audio into its tar shards (self-contained).
+The Lhotse manifest and the NeMo manifest point at the FLAC files in the store's audio pool (absolute paths
+of the store the export was made from; content-addressed, never modified); lhotse-shar copies the audio into its tar shards (self-contained).
 Both manifests keep the keys jstip's own ingest reads (supervision.custom domain/entities; NeMo id, lang,
 domain, entities), so an export can be built again.
 """
@@ -217,7 +217,8 @@ def export_version(store: str | Path, version: str, format: str, out: str | Path
     if shard_size < 1:
         raise ExportError(f"shard size must be >= 1, got {shard_size}")
     data_store = DatasetStore(store)
-    v = data_store.version(version)  # an id, a prefix or `latest`
+    # an id, a prefix or `latest`; its files are those that were published, or nothing is exported
+    v = data_store.ensure_intact(version, purpose="export")
     out = Path(out).resolve()
     _prepare_out(out, overwrite)
 

@@ -165,14 +165,10 @@ def _table(columns: list[str], rows: list[tuple]) -> str:
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
-def _data_docs(con, version_id: str, out: Path) -> str | None:
-    """Relative link to the version's Data Docs, when the catalog records them (the column is newer than
-    some catalogs)."""
-    columns, rows = _rows(con, "SELECT * FROM main.dataset_versions_table WHERE version_id = ?", [version_id])
-    if not rows or "data_docs_path" not in columns:
-        return None
-    path = rows[0][columns.index("data_docs_path")]
-    return None if not path else os.path.relpath(path, out)
+def _data_docs(version, out: Path) -> str | None:
+    """Relative link to the version's Data Docs, when the catalog records them (resolved against this
+    store's root: a moved or copied store links to its own)."""
+    return None if version.data_docs_path is None else os.path.relpath(version.data_docs_path, out)
 
 
 def write_report(store: str | Path, version: str | None = None) -> Path:
@@ -184,7 +180,7 @@ def write_report(store: str | Path, version: str | None = None) -> Path:
     out = data_store.root / "reports" / v.version_id
     out.mkdir(parents=True, exist_ok=True)
     with data_store.connect(read_only=True) as con:
-        docs = _data_docs(con, v.version_id, out)
+        docs = _data_docs(v, out)
         con.execute(f'USE "v_{v.version_id}"')
         plots = [
             ("Span lengths in words", _span_length_plot(con, out, "words"),

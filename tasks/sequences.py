@@ -117,16 +117,11 @@ def resolve_version(store: DatasetStore, version_id: str | None) -> DatasetVersi
     return version
 
 
-def _parquet(version: DatasetVersion, table: str) -> str:
-    return str(version.path / table / "*.parquet").replace("'", "''")
-
-
 def build_sequences(store: DatasetStore, version_id: str | None, mix: MixConfig, asr_prompt: str,
                     on_missing_audio: str = "error") -> SequencePools:
     version = resolve_version(store, version_id)
     con = duckdb.connect()
-    tables = {t: f"read_parquet('{_parquet(version, t)}')" for t in
-              ("spans", "interleave_plans", "normalized_audio", "utterances")}
+    tables = {t: store.table_sql(version, t) for t in ("spans", "interleave_plans", "normalized_audio", "utterances")}
     rates = con.execute(f"SELECT DISTINCT sampling_rate FROM {tables['normalized_audio']}").fetchall()
     if any(r != SAMPLE_RATE for (r,) in rates):
         raise DatasetError(f"dataset version {version.version_id}: normalised audio at {sorted(r for (r,) in rates)} "

@@ -60,10 +60,10 @@ def test_build_publishes_with_exact_accounting_then_rebuilds_with_lineage(prefec
         quarantine = con.execute("SELECT stage, check_name, source FROM quarantine ORDER BY stage, check_name").fetchall()
         manifest = str(corpus["manifest"])
         assert quarantine == [
-            ("ingest", "audio_not_found", f"{manifest}:5"),
-            ("ingest", "empty_text", f"{manifest}:6"),
-            ("ingest", "malformed_json", f"{manifest}:4"),
-            ("normalize", "audio_unreadable", f"{manifest}:7"),
+            ("ingest", "audio_not_found", f"{manifest.name}:5"),
+            ("ingest", "empty_text", f"{manifest.name}:6"),
+            ("ingest", "malformed_json", f"{manifest.name}:4"),
+            ("normalize", "audio_unreadable", f"{manifest.name}:7"),
         ]
         # every transcript word has exactly one alignment, in order and inside the audio
         words = dict(con.execute("SELECT utterance_id, count(*) FROM word_alignments GROUP BY 1").fetchall())

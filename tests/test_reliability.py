@@ -229,7 +229,7 @@ def test_a_build_over_every_kind_of_bad_input_accounts_for_each_entry_with_its_r
     assert len(rows) == len(bad_corpus["quarantined"])  # one specific reason each, none doubled
     manifest = str(bad_corpus["manifest"])
     for uid, stage, check, reason, source in rows:
-        assert source.startswith(f"{manifest}:") and reason.startswith(f"{source}: "), (uid, reason)
+        assert source.startswith(f"{manifest.name}:") and reason.startswith(f"{source}: "), (uid, reason)
     reasons = {uid: reason for uid, _, _, reason, _ in rows}
     assert "outside the allowed roots" in reasons["escape-dotdot"] and "ingest.allowed_roots" in reasons["escape-dotdot"]
     assert "resolves to" in reasons["escape-symlink"]  # the symlink's target is named
