@@ -2,10 +2,11 @@
 and a cache of file hashes keyed by what `stat` says, so unchanged files are not read again.
 
 **Confined open** (`open_confined`): the file that is checked is the file that is read. The path is opened
-once; the opened handle must be a regular file, and the path's real location (symlinks and `..`
-resolved) must lie under an allowed root and name the same (device, inode) as the handle. Whoever swaps
-the file for a symlink to elsewhere between a check and the read gets either the inside file (opened
-before the swap) or a refusal, never the outside one: the caller reads from the handle, not the name.
+once; the opened handle must be a regular file, and where the kernel says that handle's file lies
+(/proc/self/fd/N on Linux; elsewhere the path's real location, which must name the same device and
+inode as the handle) must be under an allowed root. Whoever swaps the file, or a directory above it, for
+a symlink to elsewhere around the check gets either the inside file or a refusal, never the outside one:
+the caller reads from the handle, not the name.
 A FIFO or device is refused without blocking (opened with O_NONBLOCK, then checked).
 
 **The hash cache** (`FileHashes`): content identity must not trust paths, sizes or mtimes, but reading
@@ -41,7 +42,11 @@ RACY_S = 2.0
 
 
 class ConfinementError(OSError):
-    """The path resolves outside every allowed root, or is not the regular file that was opened."""
+    """The path resolves outside every allowed root, or is no longer the file that was opened."""
+
+
+class NotARegularFileError(OSError):
+    """The path names a directory, FIFO, socket or device: nothing to hash or decode."""
 
 
 def sha256_fd(fd: int) -> tuple[int, str]:
@@ -70,6 +75,18 @@ def _under(real: str, roots: Sequence[str]) -> bool:
     return any(real == root or real.startswith(root.rstrip(os.sep) + os.sep) for root in roots)
 
 
+def _opened_path(fd: int) -> str | None:
+    """Where the kernel says the opened file lies (Linux: /proc/self/fd), whatever names led to it; None where
+    there is no such view."""
+    try:
+        where = os.readlink(f"/proc/self/fd/{fd}")
+    except OSError:
+        return None
+    if where.endswith(" (deleted)") or not where.startswith("/"):
+        raise ConfinementError(f"the opened file is no longer at a path ({where})")
+    return where
+
+
 def open_confined(path: str, roots: Sequence[str] | None) -> int:
     """Open `path` for reading and return the descriptor, or raise ConfinementError / OSError.
 
@@ -79,19 +96,21 @@ def open_confined(path: str, roots: Sequence[str] | None) -> int:
     try:
         opened = os.fstat(fd)
         if not stat.S_ISREG(opened.st_mode):
-            raise ConfinementError(f"{path} is not a regular file")
+            raise NotARegularFileError(f"{path} is not a regular file")
         if roots is not None:
-            real = os.path.realpath(path)
+            real = _opened_path(fd)
+            if real is None:  # no /proc: resolve the name, then require it to be the opened file
+                try:
+                    real = os.path.realpath(path)
+                    named = os.stat(real, follow_symlinks=False)
+                except OSError as e:  # e.g. a link swapped mid-resolution (readlink on what is now a file)
+                    raise ConfinementError(f"{path} changed while it was being opened ({e.strerror})") from None
+                if (named.st_dev, named.st_ino) != (opened.st_dev, opened.st_ino):
+                    raise ConfinementError(f"{path} changed while it was being opened (it is no longer the file "
+                                           f"at {real}); refusing to read it")
             if not _under(real, roots):
                 shown = path if real == path else f"{path} (resolves to {real})"
                 raise ConfinementError(f"audio path {shown} is outside the allowed roots {', '.join(roots)}")
-            try:
-                named = os.stat(real)
-            except OSError:
-                named = None
-            if named is None or (named.st_dev, named.st_ino) != (opened.st_dev, opened.st_ino):
-                raise ConfinementError(f"{path} changed while it was being opened (it is no longer the file "
-                                       f"at {real}); refusing to read it")
         os.set_blocking(fd, True)
         return fd
     except BaseException:
@@ -121,10 +140,12 @@ _CACHE_SCHEMA = pa.schema([("path", pa.string()), ("device", pa.uint64()), ("ino
 
 class FileHashes:
     """sha256 of files by path, with the stat-keyed cache of the module doc in `cache_file` (a Parquet file,
-    replaced atomically; None: no cache). Hashing runs on `workers` threads (hashlib releases the GIL)."""
+    replaced atomically; None: no cache). Hashing runs on `workers` threads (hashlib releases the GIL).
+    `racy_s`: files changed more recently than this when hashed are not cached (module doc)."""
 
-    def __init__(self, cache_file: str | Path | None = None, workers: int | None = None):
+    def __init__(self, cache_file: str | Path | None = None, workers: int | None = None, racy_s: float = RACY_S):
         self.cache_file = None if cache_file is None else Path(cache_file)
+        self.racy_s = racy_s
         self.workers = workers or min(8, os.cpu_count() or 1)
         self._cached: dict[str, tuple[FileIdentity, str]] = {}
         self._fresh: dict[str, tuple[FileIdentity, str]] = {}
@@ -167,7 +188,7 @@ class FileHashes:
             with self._counting:
                 self.hashed_files += 1
                 self.hashed_bytes += size
-                if time.time_ns() - max(after.mtime_ns, after.ctime_ns) > RACY_S * 1e9:
+                if time.time_ns() - max(after.mtime_ns, after.ctime_ns) > self.racy_s * 1e9:
                     self._fresh[path] = (after, digest)
             return digest
         except OSError as e:

@@ -38,6 +38,7 @@ DEFAULT_QUERY_TIMEOUT_S = 60.0
 # The one statement type user SQL may have (duckdb.extract_statements).
 ALLOWED_STATEMENTS = frozenset({"SELECT"})
 _ERROR_EXIT = 3  # the child's exit status when DuckDB refused or failed the query (message on stdout)
+_CHILD = "import sys; from jstip.storage.sandbox import _child; sys.exit(_child())"
 
 
 class QueryRefused(ValueError):
@@ -94,7 +95,7 @@ def run_read_only(root: Path, catalog: Path, sql: str, params: Sequence = (), sc
     limit = query_timeout_s(timeout_s)
     request = json.dumps({"root": str(root), "catalog": str(catalog), "sql": sql, "params": list(params),
                           "schema": schema, "lock_timeout_s": lock_timeout_s})
-    child = subprocess.Popen([sys.executable, "-m", "jstip.storage.sandbox"], cwd=root, stdin=subprocess.PIPE,
+    child = subprocess.Popen([sys.executable, "-c", _CHILD], cwd=root, stdin=subprocess.PIPE,
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         out, err = child.communicate(request.encode(), timeout=limit)
@@ -134,9 +135,14 @@ def _attach(con: duckdb.DuckDBPyConnection, catalog: str, lock_timeout_s: float)
 def _child() -> int:
     request = json.loads(sys.stdin.buffer.read())
     root = request["root"]
+    # the result goes to the parent through the original stdout; anything DuckDB itself prints (a progress
+    # bar, a warning) goes to stderr instead of into the result stream
+    result = os.fdopen(os.dup(1), "wb")
+    os.dup2(2, 1)
     con = duckdb.connect(":memory:", config={
         "file_search_path": root, "temp_directory": "", "autoinstall_known_extensions": False,
         "autoload_known_extensions": False})
+    con.execute("SET enable_progress_bar = false")
     try:
         _attach(con, request["catalog"], request["lock_timeout_s"])
         con.execute("USE catalog")
@@ -147,14 +153,12 @@ def _child() -> int:
             con.execute('USE "{}"'.format(request["schema"].replace('"', '""')))
         table = con.execute(request["sql"], request["params"]).to_arrow_table()
     except duckdb.Error as e:
-        sys.stdout.write(str(e))
+        result.write(str(e).encode())
+        result.close()
         return _ERROR_EXIT
     import pyarrow as pa
 
-    with pa.ipc.new_stream(sys.stdout.buffer, table.schema) as writer:
+    with result, pa.ipc.new_stream(result, table.schema) as writer:
         writer.write_table(table)
     return 0
 
-
-if __name__ == "__main__":
-    sys.exit(_child())

@@ -262,8 +262,10 @@ class DatasetStore:
         return con
 
     def relative(self, path: str | Path) -> str:
-        """`path` as the catalog records it: relative to the store root (POSIX separators)."""
-        return Path(os.path.relpath(Path(path).absolute(), self.root)).as_posix()
+        """`path` as the catalog records it: relative to the store root (POSIX separators) when it lies in the
+        store, which moves with it; absolute when it lies elsewhere (e.g. a model trained outside it)."""
+        path = Path(os.path.abspath(path))
+        return path.relative_to(self.root).as_posix() if path.is_relative_to(self.root) else str(path)
 
     def resolve(self, recorded: str | Path) -> Path:
         """A path the catalog or a table records, on this machine: relative ones (every path written since

@@ -128,11 +128,13 @@ class _SourceAudio:
         try:
             fd = open_confined(os.path.join(self.corpus_root, path), self.roots)
         except ConfinementError as e:
-            raise _Reject("path_outside_allowed_roots", f"refused audio {path}: {str(e).replace(self.corpus_root + os.sep, '')}") from None
+            shown = str(e).replace(os.path.join(self.corpus_root, ""), "")
+            raise _Reject("path_outside_allowed_roots", f"refused audio {path}: {shown}") from None
         except FileNotFoundError:
             raise _Reject("audio_not_found", f"audio file not found: {path}") from None
         except (OSError, ValueError) as e:
-            raise _Reject("audio_unreadable", f"cannot read audio {path}: {e.strerror if isinstance(e, OSError) else e}") from None
+            reason = e.strerror if isinstance(e, OSError) else e
+            raise _Reject("audio_unreadable", f"cannot read audio {path}: {reason}") from None
         try:
             expected = utt.get("audio_sha256")
             identity = FileIdentity.of(os.fstat(fd))
@@ -160,7 +162,8 @@ def _decode(utt: dict, config: NormalizeConfig, source: _SourceAudio) -> _Decode
         try:
             audio_file = sf.SoundFile(fd, closefd=False)
         except Exception as e:  # libsndfile raises LibsndfileError, soundfile also RuntimeError/TypeError
-            raise _Reject("audio_unreadable", f"cannot decode audio {path}: {e}") from None
+            # libsndfile's own words: soundfile's message names the descriptor, which differs run to run
+            raise _Reject("audio_unreadable", f"cannot decode audio {path}: {getattr(e, 'error_string', e)}") from None
         with audio_file:
             return _decode_range(audio_file, utt, config)
     finally:
@@ -220,7 +223,8 @@ def _decode_range(audio_file: sf.SoundFile, utt: dict, config: NormalizeConfig) 
     except _Reject:
         raise
     except Exception as e:  # a decoder error mid-file (e.g. "flac decoder lost sync")
-        raise _Reject("audio_unreadable", f"cannot decode audio {path} at {start + done / rate:.3f} s: {e}") from None
+        raise _Reject("audio_unreadable", f"cannot decode audio {path} at {start + done / rate:.3f} s: "
+                      f"{getattr(e, 'error_string', e)}") from None
     if resampler is not None and done < num_frames:  # ended early: flush what the resampler holds
         out, written = _append(out, written, resampler.resample_chunk(np.zeros(0, np.float32), last=True))
     if done < num_frames - round(config.range_tolerance_s * rate):  # within it: as for a rounded duration

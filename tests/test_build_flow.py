@@ -58,7 +58,7 @@ def test_build_publishes_with_exact_accounting_then_rebuilds_with_lineage(prefec
     with DatasetStore(store).connect(read_only=True) as con:
         assert [r[0] for r in con.execute("SELECT utterance_id FROM utterances ORDER BY 1").fetchall()] == good_ids
         quarantine = con.execute("SELECT stage, check_name, source FROM quarantine ORDER BY stage, check_name").fetchall()
-        manifest = str(corpus["manifest"])
+        manifest = Path(corpus["manifest"])
         assert quarantine == [
             ("ingest", "audio_not_found", f"{manifest.name}:5"),
             ("ingest", "empty_text", f"{manifest.name}:6"),
