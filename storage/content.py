@@ -197,8 +197,9 @@ class FileHashes:
             os.close(fd)
 
     def save(self) -> None:
-        """Write the entries of the files hashed or confirmed by this instance (an atomic replace)."""
-        if self.cache_file is None or not self._fresh:
+        """Write the entries of the files hashed or confirmed by this instance (an atomic replace); nothing
+        when they are exactly what the cache already held."""
+        if self.cache_file is None or not self._fresh or self._fresh == self._cached:
             return
         rows = [(p, *identity.__dict__.values(), digest) for p, (identity, digest) in sorted(self._fresh.items())]
         table = pa.table([pa.array(col, type=field.type) for col, field in zip(zip(*rows), _CACHE_SCHEMA)],

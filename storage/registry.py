@@ -264,7 +264,8 @@ class ModelRegistry:
             con.execute("INSERT INTO models (model_id, name, dataset_version, config_json, metrics_json, path, "
                         "created_at, parent_model) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                         [record.model_id, record.name, record.dataset_version, record.config_json,
-                         json.dumps(record.metrics, sort_keys=True), self.store.relative(record.path), record.created_at,
+                         json.dumps(record.metrics, sort_keys=True), self.store.relative(record.path),
+                         record.created_at,
                          record.parent_model])
         return record
 

@@ -406,7 +406,8 @@ class DatasetStore:
             columns = {name for (name,) in con.execute("SELECT name FROM parquet_schema(?)", [parts[0]]).fetchall()}
             if "flac_sha256" not in columns:
                 return [(p, None, None) for (p,) in con.execute(
-                    "SELECT DISTINCT flac_path FROM read_parquet(?, union_by_name = true) ORDER BY 1", [parts]).fetchall()]
+                    "SELECT DISTINCT flac_path FROM read_parquet(?, union_by_name = true) ORDER BY 1",
+                    [parts]).fetchall()]
             return con.execute("SELECT flac_path, any_value(flac_bytes), any_value(flac_sha256) FROM "
                                "read_parquet(?, union_by_name = true) GROUP BY flac_path ORDER BY flac_path",
                                [parts]).fetchall()

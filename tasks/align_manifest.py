@@ -127,7 +127,8 @@ def align_manifest(manifest: str | Path, config: AlignConfig, out: str | Path, f
         }))
     for row in ingested.quarantine.to_pylist():
         entries.append((_line_order(row["source"]), {
-            "id": row["utterance_id"], "audio_filepath": _raw_audio_path(os.path.join(ingested.corpus_root, row["source"])),
+            "id": row["utterance_id"],
+            "audio_filepath": _raw_audio_path(os.path.join(ingested.corpus_root, row["source"])),
             "status": "failed",
             "reason": row["reason"], "words": []}))
     entries.sort(key=lambda e: e[0])

@@ -20,7 +20,8 @@ Per utterance (Lhotse: the supervision, whose `custom` holds the extra keys; NeM
   `[s for s in spans if s["plan_id"] == p]`). Span times and samples are in the exported audio.
 
 The Lhotse manifest and the NeMo manifest point at the FLAC files in the store's audio pool (absolute paths
-of the store the export was made from; content-addressed, never modified); lhotse-shar copies the audio into its tar shards (self-contained).
+of the store the export was made from; content-addressed, never modified); lhotse-shar copies the audio into
+its tar shards (self-contained).
 Both manifests keep the keys jstip's own ingest reads (supervision.custom domain/entities; NeMo id, lang,
 domain, entities), so an export can be built again.
 """

@@ -18,7 +18,8 @@ Ids (deterministic, so reruns produce the same tables):
 - Lhotse: utterance_id = supervision id, recording_id = recording id, as the manifest gives them.
 - NeMo: utterance_id = the `id` field if present, else `<audio stem>-<sha1(audio path|offset|duration)[:12]>`;
   recording_id = `<audio stem>-<sha1(audio path)[:12]>`. The audio path is the normalised path relative to the
-  manifest's directory (symlinks not resolved), so moving a corpus keeps its ids; offset/duration are formatted to the millisecond ("" for no duration). Deriving from
+  manifest's directory (symlinks not resolved), so moving a corpus keeps its ids; offset/duration are
+  formatted to the millisecond ("" for no duration). Deriving from
   the segment rather than the line number keeps ids stable when a manifest is re-sharded or reordered, and makes
   an exact repeat of a segment a `duplicate_id`. 12 hex digits (48 bits), not 8: ids of files sharing a stem
   would collide by the birthday bound at ~10^5 files with 32 bits.
@@ -589,7 +590,8 @@ class _Ingest:
                     offset = 0.0 if entry.get("offset") is None else _offset(entry["offset"])
                     duration = None if entry.get("duration") is None else _positive_duration(entry["duration"])
                     if not explicit:
-                        segment = f"{self.name(audio_path)}|{offset:.3f}|{'' if duration is None else f'{duration:.3f}'}"
+                        length = "" if duration is None else f"{duration:.3f}"
+                        segment = f"{self.name(audio_path)}|{offset:.3f}|{length}"
                         utterance_id = f"{audio_stem}-{_short_hash(segment)}"
                         self.claims.claim(utterance_id, source, line_id)
                     text = _text(entry.get("text"))

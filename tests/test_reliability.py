@@ -227,7 +227,7 @@ def test_a_build_over_every_kind_of_bad_input_accounts_for_each_entry_with_its_r
     assert accepted == bad_corpus["accepted"]
     assert {(uid, stage, check) for uid, stage, check, _, _ in rows} == bad_corpus["quarantined"]
     assert len(rows) == len(bad_corpus["quarantined"])  # one specific reason each, none doubled
-    manifest = str(bad_corpus["manifest"])
+    manifest = Path(bad_corpus["manifest"])
     for uid, stage, check, reason, source in rows:
         assert source.startswith(f"{manifest.name}:") and reason.startswith(f"{source}: "), (uid, reason)
     reasons = {uid: reason for uid, _, _, reason, _ in rows}
