@@ -315,6 +315,11 @@ def test_a_moved_copied_and_rsynced_store_works_everywhere_and_never_reads_the_o
     shutil.copytree(source, original, symlinks=True)  # this test moves things: on its own copy
     away = tmp_path / ".out-of-reach"
 
+    # nothing in the store names where it was built (the catalog, reports, Data Docs, stage results)
+    mentions = [p.relative_to(original) for p in original.rglob("*")
+                if p.is_file() and str(source).encode() in p.read_bytes()]
+    assert mentions == []
+
     moved = tmp_path / "moved"
     subprocess.run(["mv", str(original), str(moved)], check=True)  # mv: the original path is gone
     _check_store_in_place(moved, version_id, tmp_path, full=False)
