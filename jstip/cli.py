@@ -8,6 +8,7 @@ apply_offline_defaults()
 
 import json  # noqa: E402
 import sys  # noqa: E402
+from contextlib import contextmanager  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Annotated, Optional  # noqa: E402
 
@@ -38,6 +39,22 @@ FROM spans GROUP BY modality, role ORDER BY modality, role
 def _fail(message: str) -> None:
     console.print(f"[red]error:[/red] {message}")
     raise typer.Exit(code=1)
+
+
+@contextmanager
+def _running_flows(what: str, resume: str):
+    """Around a command that runs Prefect flows: the command's own Prefect server (or PREFECT_API_URL's), and
+    SIGINT/SIGTERM as one line and exit code 130/143 (jstip.local_server)."""
+    from jstip.local_server import interruptible, prefect_api
+
+    def on_stop(signal_name: str) -> None:
+        console.print(f"\n{what} stopped ({signal_name}); {resume}", markup=False, highlight=False, soft_wrap=True)
+
+    with interruptible(on_stop), prefect_api():
+        yield
+
+
+_RESUME_BUILD = "finished shards are cached: rerun the same command to resume."
 
 
 def _print_relation(columns: list[str], rows: list[tuple], title: str | None = None) -> None:
@@ -82,7 +99,7 @@ def _run_build(manifest, store, config, name, text_corpus, shard_size):
     from jstip.progress import stage_progress
 
     try:
-        with stage_progress(console):
+        with _running_flows("build", _RESUME_BUILD), stage_progress(console):
             return build_interleaved(manifest=None if manifest is None else str(manifest), store=str(store),
                                      config_path=None if config is None else str(config), name=name,
                                      text_corpus=None if text_corpus is None else str(text_corpus),
@@ -150,6 +167,12 @@ def demo(
 ):
     """Synthesise the demo corpus, build it, show what was published; then train, evaluate and promote a
     small speech-LLM on it (the `nightly-retrain` flow, ~2 minutes on 2 cores)."""
+    # one Prefect server for the build and the downstream flows
+    with _running_flows("demo", "rerun it to resume: built shards and training checkpoints are kept."):
+        _run_demo(store, train)
+
+
+def _run_demo(store: Path, train: bool) -> None:
     published = _run_build(None, store, None, None, None, None)
     _report(published, store)
     if not train:
@@ -599,8 +622,10 @@ def train(
     except (TrainConfigError, DatasetError, StoreError) as e:
         _fail(str(e))
     try:
-        result = train_flow(store=str(store), dataset_version=version, config_path=None if config is None else str(config),
-                            steps=steps, init_model=init_model, name=name)
+        with _running_flows("training", "rerun the same command to resume from the last checkpoint."):
+            result = train_flow(store=str(store), dataset_version=version,
+                                config_path=None if config is None else str(config), steps=steps,
+                                init_model=init_model, name=name)
     except (DatasetError, StoreError) as e:
         _fail(str(e))
     console.print(f"[bold green]model[/bold green] {result.model_id}  trained on dataset version {result.dataset_version}")
@@ -638,8 +663,9 @@ def evaluate(
     except (StoreError, DatasetError, ValueError) as e:
         _fail(str(e))
     try:
-        overall = evaluate_flow(record.model_id, store=str(store), test_version=version.version_id, test_set=test_set,
-                                decodings=decoding or None, limit=limit)
+        with _running_flows("evaluation", "nothing was recorded; rerun the command."):
+            overall = evaluate_flow(record.model_id, store=str(store), test_version=version.version_id,
+                                    test_set=test_set, decodings=decoding or None, limit=limit)
     except (StoreError, DatasetError) as e:  # e.g. a test version whose files differ from what was published
         _fail(str(e))
     metrics = ("utterances", "wer", "entity_accuracy", "eer", "insertions", "hallucinations")
