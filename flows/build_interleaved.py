@@ -19,6 +19,7 @@ from prefect import flow, get_run_logger, task, unmapped  # noqa: E402
 from prefect.cache_policies import NONE  # noqa: E402
 from prefect.task_runners import ThreadPoolTaskRunner  # noqa: E402
 
+from jstip import progress  # noqa: E402
 from jstip.config import BuildConfig, RunnerConfig, load_config  # noqa: E402
 from jstip.tasks import stages  # noqa: E402
 
@@ -35,11 +36,6 @@ def ingest(manifest: str, text_corpus: str | None, store: str, config: BuildConf
     return ingested
 
 
-def _logged(output: stages.StageOutput) -> stages.StageOutput:
-    get_run_logger().info(output.summary())
-    return output
-
-
 @task(name="resume", **_TASK_OPTIONS)
 def resume(ingested: stages.Ingested, store: str, config: BuildConfig) -> stages.Resumed:
     resumed = stages.resume(ingested, store, config)
@@ -49,29 +45,31 @@ def resume(ingested: stages.Ingested, store: str, config: BuildConfig) -> stages
 
 @task(name="normalize", task_run_name="normalize-{shard.shard_id}", **_TASK_OPTIONS)
 def normalize(shard: stages.Shard, store: str, config: BuildConfig) -> stages.StageOutput:
-    return _logged(stages.normalize(shard, store, config))
+    return stages.normalize(shard, store, config)
 
 
 @task(name="align", task_run_name="align-{shard.shard_id}", **_TASK_OPTIONS)
 def align(shard: stages.Shard, normalized: stages.StageOutput, store: str, config: BuildConfig) -> stages.StageOutput:
-    return _logged(stages.align(shard, normalized, store, config))
+    return stages.align(shard, normalized, store, config)
 
 
 @task(name="check", task_run_name="check-{shard.shard_id}", **_TASK_OPTIONS)
 def check(shard: stages.Shard, normalized: stages.StageOutput, aligned: stages.StageOutput, store: str,
           config: BuildConfig) -> stages.StageOutput:
-    return _logged(stages.check(shard, normalized, aligned, store, config))
+    return stages.check(shard, normalized, aligned, store, config)
 
 
 @task(name="plan", task_run_name="plan-{shard.shard_id}", **_TASK_OPTIONS)
 def plan(shard: stages.Shard, checked: stages.StageOutput, store: str, config: BuildConfig) -> stages.StageOutput:
-    return _logged(stages.plan(shard, checked, store, config))
+    return stages.plan(shard, checked, store, config)
 
 
 @task(name="plan-text", **_TASK_OPTIONS)
 def plan_text(ingested: stages.Ingested, planned: list[stages.StageOutput], store: str,
               config: BuildConfig) -> stages.StageOutput:
-    return _logged(stages.plan_text(ingested, planned, store, config))
+    text_planned = stages.plan_text(ingested, planned, store, config)
+    get_run_logger().info(text_planned.summary())
+    return text_planned
 
 
 @task(name="publish", **_TASK_OPTIONS)
@@ -106,15 +104,20 @@ def build_shards(manifest: str, text_corpus: str | None, store: str, config: Bui
     """The shard DAG, run under the task runner `build_interleaved` chose."""
     ingested = ingest(manifest, text_corpus, store, config)
     resumed = resume(ingested, store, config)
+    progress.shards(len(ingested.shards), len(resumed.finished))
     shards = resumed.pending  # shards whose whole chain is cached are not submitted again
     store_, config_ = unmapped(store), unmapped(config)
     normalized = normalize.map(shards, store_, config_)
     aligned = align.map(shards, normalized, store_, config_)
     checked = check.map(shards, normalized, aligned, store_, config_)
     planned = plan.map(shards, checked, store_, config_)
+    for stage, futures in (("normalize", normalized), ("align", aligned), ("check", checked), ("plan", planned)):
+        progress.follow(stage, futures, get_run_logger())  # bars and per-shard log lines, from this process
     checked, planned = stages.in_shard_order(ingested, resumed, checked.result(), planned.result())
     text_planned = plan_text(ingested, planned, store, config)  # text-only sequences (strategy mixed)
-    return publish(ingested, checked, [*planned, text_planned], store, config)
+    published = publish(ingested, checked, [*planned, text_planned], store, config)
+    progress.published()
+    return published
 
 
 @flow(name="build-interleaved", log_prints=True)

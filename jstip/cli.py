@@ -96,10 +96,10 @@ def _run_build(manifest, store, config, name, text_corpus, shard_size):
             raise ManifestError(f"text corpus not found: {text_corpus} (expected `domain<TAB>sentence` lines)")
     except (ConfigError, ManifestError) as e:
         _fail(str(e))
-    from jstip.progress import stage_progress
+    from jstip.progress import build_progress
 
     try:
-        with _running_flows("build", _RESUME_BUILD), stage_progress(console):
+        with _running_flows("build", _RESUME_BUILD), build_progress(console):
             return build_interleaved(manifest=None if manifest is None else str(manifest), store=str(store),
                                      config_path=None if config is None else str(config), name=name,
                                      text_corpus=None if text_corpus is None else str(text_corpus),

@@ -103,9 +103,14 @@ def prefect_api(log_dir: Path | None = None) -> Iterator[str]:
 
 @contextmanager
 def _exported(url: str) -> Iterator[None]:
-    """PREFECT_API_URL in the environment of every child process (Dask workers report there)."""
+    """PREFECT_API_URL in the environment (child processes: Dask workers report there) and in Prefect's
+    process-wide settings (threads that do not inherit this context: Prefect's event and log workers, which
+    would otherwise start a temporary server of their own)."""
+    from prefect.context import refresh_global_settings_context
+
     previous = os.environ.get("PREFECT_API_URL")
     os.environ["PREFECT_API_URL"] = url
+    refresh_global_settings_context()
     try:
         yield
     finally:
@@ -113,6 +118,7 @@ def _exported(url: str) -> Iterator[None]:
             os.environ.pop("PREFECT_API_URL", None)
         else:
             os.environ["PREFECT_API_URL"] = previous
+        refresh_global_settings_context()
 
 
 def stop_server(server: subprocess.Popen, wait_s: float = 5.0) -> None:
