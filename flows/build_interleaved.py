@@ -129,6 +129,7 @@ def build_interleaved(
     text_corpus: str | None = None,
     shard_size: int | None = None,
     runner: str | None = None,
+    role: str | None = None,
 ) -> stages.Published:
     """Build and publish an interleaved dataset version.
 
@@ -137,9 +138,10 @@ def build_interleaved(
     store: root of the versioned dataset store.  config_path: YAML build config (None: the demo config).
     name: dataset name (overrides the config's).  text_corpus: domain text, `domain<TAB>sentence` lines.
     shard_size: utterances per shard task (overrides the config's).  runner: local | dask (overrides
-      the config's runner.kind).
+      the config's runner.kind).  role: train | dev | test (overrides the config's; held-out versions are
+      never a default of any command).
     """
-    config = load_config(config_path, name=name, shard_size=shard_size)
+    config = load_config(config_path, name=name, shard_size=shard_size, role=role)
     if runner is not None:
         config = config.model_copy(update={"runner": config.runner.model_copy(update={"kind": runner})})
         config = type(config).model_validate(config.model_dump())  # re-validate the override

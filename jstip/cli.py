@@ -8,13 +8,16 @@ apply_offline_defaults()
 
 import json  # noqa: E402
 import sys  # noqa: E402
+from enum import Enum  # noqa: E402
 from contextlib import contextmanager  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Annotated, Optional  # noqa: E402
 
 import typer  # noqa: E402
+from rich import box  # noqa: E402
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
+from rich.text import Text  # noqa: E402
 
 app = typer.Typer(help="jstip: interleaved speech-text data for speech-LLM pretraining.", no_args_is_help=True,
                   add_completion=False, pretty_exceptions_enable=False)
@@ -26,6 +29,17 @@ app.add_typer(models_app, name="models")
 console = Console()
 
 StoreOption = Annotated[Path, typer.Option("--store", help="Root of the versioned dataset store.")]
+class Role(str, Enum):
+    """What a dataset version is for (jstip.schemas.tables.DATASET_ROLES)."""
+
+    train = "train"
+    dev = "dev"
+    test = "test"
+
+
+VersionArgument = Annotated[Optional[str], typer.Argument(
+    help="Version id, unique id prefix, or dataset name (its newest version). Default: the newest training version "
+         "(a held-out test set is never a default).", show_default=False)]
 TimeoutOption = Annotated[Optional[float], typer.Option(
     "--timeout", min=0.001, help="Stop the query after this many seconds (default: $JSTIP_QUERY_TIMEOUT_S, else 60).")]
 
@@ -58,11 +72,15 @@ _RESUME_BUILD = "finished shards are cached: rerun the same command to resume."
 
 
 def _print_relation(columns: list[str], rows: list[tuple], title: str | None = None) -> None:
-    table = Table(title=title)
+    """A table of values, each shown literally (Text: never read as markup) and whole: a narrow terminal wraps
+    a value onto more lines, never cuts it short."""
+    table = Table(title=None if title is None else Text(title), box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False,
+                  collapse_padding=True)
     for index, column in enumerate(columns):
-        table.add_column(column, no_wrap=index == 0)  # ids in the first column must stay copy-pasteable
+        # ids in the first column must stay copy-pasteable: never wrapped
+        table.add_column(Text(column), no_wrap=index == 0, overflow="fold")
     for row in rows:
-        table.add_row(*("" if v is None else str(v) for v in row))
+        table.add_row(*(Text("" if v is None else str(v)) for v in row))
     console.print(table)
 
 
@@ -79,7 +97,7 @@ def synth(
     console.print(result)
 
 
-def _run_build(manifest, store, config, name, text_corpus, shard_size):
+def _run_build(manifest, store, config, name, text_corpus, shard_size, role: Role | None = None):
     from jstip.config import ConfigError, load_config
     from jstip.flows.build_interleaved import build_interleaved
     from jstip.storage import StoreBusyError
@@ -89,7 +107,7 @@ def _run_build(manifest, store, config, name, text_corpus, shard_size):
 
     # Validate at the edge, before Prefect starts: a bad path or config is one line, not a failed flow run.
     try:
-        load_config(config)
+        load_config(config, role=None if role is None else role.value)
         if manifest is not None:
             detect_manifest_format(manifest)
         if text_corpus is not None and not text_corpus.is_file():
@@ -103,7 +121,7 @@ def _run_build(manifest, store, config, name, text_corpus, shard_size):
             return build_interleaved(manifest=None if manifest is None else str(manifest), store=str(store),
                                      config_path=None if config is None else str(config), name=name,
                                      text_corpus=None if text_corpus is None else str(text_corpus),
-                                     shard_size=shard_size)
+                                     shard_size=shard_size, role=None if role is None else role.value)
     except (ConfigError, ManifestError, AccountingError, QualityGateError, StoreBusyError) as e:
         _fail(str(e))
 
@@ -153,9 +171,12 @@ def build(
     name: Annotated[Optional[str], typer.Option(help="Dataset name (overrides the config's).")] = None,
     text_corpus: Annotated[Optional[Path], typer.Option(help="Domain text: `domain<TAB>sentence` lines.")] = None,
     shard_size: Annotated[Optional[int], typer.Option(min=1, help="Utterances per shard task.")] = None,
+    role: Annotated[Optional[Role], typer.Option(help="What the version is for (overrides the config's; default "
+                                                      "train). dev and test versions are held out: no command uses "
+                                                      "them unless they are named.", show_default=False)] = None,
 ):
-    """Run the build-interleaved flow (on an ephemeral Prefect server) and publish a dataset version."""
-    published = _run_build(manifest, store, config, name, text_corpus, shard_size)
+    """Run the build-interleaved flow (on a local Prefect server) and publish a dataset version."""
+    published = _run_build(manifest, store, config, name, text_corpus, shard_size, role)
     _report(published, store)
 
 
@@ -218,7 +239,7 @@ def query(
 
 @app.command()
 def quarantine(
-    version: Annotated[str, typer.Argument(help="Version id (or a unique prefix), or `latest`.")],
+    version: VersionArgument = None,
     store: StoreOption = Path("data"),
     examples: Annotated[int, typer.Option(min=0, help="Example items shown per reason.")] = 3,
     check: Annotated[Optional[str], typer.Option(help="Only this check_name.")] = None,
@@ -229,7 +250,7 @@ def quarantine(
 
     data_store = DatasetStore(store)
     try:
-        v = data_store.version(version)  # an id, a prefix or `latest`
+        v = data_store.version(version)
         with data_store.connect(read_only=True) as con:
             # the version's own schema; the view's SQL, so versions registered before the view existed work too
             con.execute(f'USE "v_{v.version_id}"')
@@ -267,8 +288,7 @@ def _sql_parameter(value: str):
 
 @app.command()
 def stats(
-    version: Annotated[Optional[str], typer.Argument(help="Version id (or a unique prefix). Default: the latest.")
-                       ] = None,
+    version: VersionArgument = None,
     store: StoreOption = Path("data"),
     sql: Annotated[Optional[str], typer.Option("--sql", help="Run this SQL instead, read-only, in the version's "
                                                "schema (its tables and the stats_* views).")] = None,
@@ -285,9 +305,7 @@ def stats(
 
     data_store = DatasetStore(store)
     try:
-        v = data_store.version(version) if version else data_store.latest()
-        if v is None:
-            raise StoreError(f"no published versions in {data_store.catalog_path} (run `jstip build --store {store}`)")
+        v = data_store.version(version)
         if sql is not None:  # sandboxed: see DatasetStore.user_query
             columns, rows = data_store.user_query(sql, [_sql_parameter(p) for p in param or []],
                                                   schema=f"v_{v.version_id}", timeout_s=timeout)
@@ -314,8 +332,7 @@ def stats(
 
 @app.command()
 def report(
-    version: Annotated[Optional[str], typer.Argument(help="Version id (or a unique prefix). Default: the latest.")
-                       ] = None,
+    version: VersionArgument = None,
     store: StoreOption = Path("data"),
 ):
     """Write an HTML report of a version (span length, speech fraction, duration, quarantine and alignment score
@@ -332,7 +349,7 @@ def report(
 
 @app.command()
 def verify(
-    version: Annotated[Optional[str], typer.Argument(help="Version id (or a unique prefix), or `latest`. Default: "
+    version: Annotated[Optional[str], typer.Argument(help="Version id, unique id prefix or dataset name. Default: "
                                                           "every published version.")] = None,
     store: StoreOption = Path("data"),
     full: Annotated[bool, typer.Option("--full", help="Hash every file, the audio included (default: every file's "
@@ -373,7 +390,6 @@ def verify(
 
 @app.command()
 def export(
-    version: Annotated[str, typer.Argument(help="Version id (or a unique prefix), or `latest`.")],
     format: Annotated[str, typer.Option("--format", help="lhotse (cuts.jsonl.gz) | lhotse-shar (tar shards with "
                                                          "the audio) | nemo (manifest.jsonl)")],
     out: Annotated[Path, typer.Option(help="Output directory (must be empty or absent, unless --overwrite).")],
@@ -381,6 +397,7 @@ def export(
     overwrite: Annotated[bool, typer.Option(help="Replace a non-empty --out (only once the export is "
                                                  "complete).")] = False,
     shard_size: Annotated[int, typer.Option(min=1, help="lhotse-shar: cuts per shard.")] = 1000,
+    version: VersionArgument = None,
 ):
     """Export a version's accepted utterances with their normalised audio, word alignments and interleave
     spans (plus the domain text) for Lhotse/icefall or NeMo trainers."""
@@ -458,24 +475,33 @@ def catalog_list(
     store: StoreOption = Path("data"),
     name: Annotated[Optional[str], typer.Option(help="Only versions of this dataset.")] = None,
 ):
-    """List published dataset versions, oldest first."""
-    from jstip.storage import DatasetStore
+    """List published dataset versions, oldest first, with what each is for (train, or held out: dev, test)."""
+    from jstip.storage import DatasetStore, StoreError
 
-    versions = DatasetStore(store).versions(name)
+    data_store = DatasetStore(store)
+    try:
+        data_store.connect(read_only=True).close()  # a --store that is no store is an error, not an empty list
+    except StoreError as e:
+        _fail(str(e))
+    versions = data_store.versions(name)
     if not versions:
-        console.print(f"no published versions in {DatasetStore(store).catalog_path}")
+        console.print(f"no published versions in {data_store.catalog_path}" + (f" named {name}" if name else ""))
         return
+    default = next((v.version_id for v in reversed(versions) if not v.held_out), None) if name is None else None
+    # fits 80 columns: lineage, config and code version are in `jstip catalog show VERSION`
     _print_relation(
-        ["version", "name", "parent", "created (UTC)", "utterances", "spans", "quarantine", "code"],
-        [(v.version_id, v.name, v.parent_version, v.created_at.strftime("%Y-%m-%d %H:%M:%S"),
-          v.row_counts.get("utterances"), v.row_counts.get("spans"), v.row_counts.get("quarantine"),
-          v.code_version) for v in versions],
-    )
+        ["version", "name", "role", "created (UTC)", "utterances", "quarantine"],
+        [(v.version_id + (" *" if v.version_id == default else ""), v.name, v.role,
+          v.created_at.strftime("%Y-%m-%d %H:%M"), v.row_counts.get("utterances"), v.row_counts.get("quarantine"))
+         for v in versions])
+    if default:
+        console.print("* the default version of every command (the newest training version); name any other by "
+                      "id or dataset name", markup=False, highlight=False)
 
 
 @catalog_app.command("show")
 def catalog_show(
-    version: Annotated[str, typer.Argument(help="Version id (or a unique prefix).")],
+    version: VersionArgument = None,
     store: StoreOption = Path("data"),
 ):
     """Show one version: lineage, config, row counts and where its tables are."""
@@ -601,13 +627,15 @@ def evals(
 @app.command()
 def train(
     store: StoreOption = Path("data"),
-    version: Annotated[Optional[str], typer.Option("--version", help="Dataset version id or prefix (default: the "
-                                                                     "latest published).")] = None,
+    version: Annotated[Optional[str], typer.Option("--version", help="Dataset version id, prefix or dataset name "
+                                                                     "(default: the newest training version).")] = None,
     config: Annotated[Optional[Path], typer.Option(help="YAML training config (default: the CPU demo model, "
                                                         "jstip.model.config).")] = None,
     steps: Annotated[Optional[int], typer.Option(min=1, help="Override the config's number of steps.")] = None,
     init_model: Annotated[Optional[str], typer.Option(help="Registered model id to continue training from.")] = None,
     name: Annotated[str, typer.Option(help="Model family name in the catalog.")] = "jstip",
+    allow_test_set: Annotated[bool, typer.Option("--allow-test-set", help="Train on a held-out (dev or test) "
+                                                 "version anyway; it can no longer judge the model.")] = False,
 ):
     """Train a speech-LLM on a dataset version (Prefect flow `train`); resumes from the last checkpoint."""
     from jstip.flows.train import train as train_flow
@@ -618,14 +646,15 @@ def train(
 
     try:  # validate at the edge: a bad config or version is one line, not a failed flow run
         load_train_config(config, steps=steps)
-        resolve_version(DatasetStore(store), version)
+        chosen = DatasetStore(store).training_version(version, allow_held_out=allow_test_set)
+        resolve_version(DatasetStore(store), chosen.version_id)
     except (TrainConfigError, DatasetError, StoreError) as e:
         _fail(str(e))
     try:
         with _running_flows("training", "rerun the same command to resume from the last checkpoint."):
             result = train_flow(store=str(store), dataset_version=version,
                                 config_path=None if config is None else str(config), steps=steps,
-                                init_model=init_model, name=name)
+                                init_model=init_model, name=name, allow_test_set=allow_test_set)
     except (DatasetError, StoreError) as e:
         _fail(str(e))
     console.print(f"[bold green]model[/bold green] {result.model_id}  trained on dataset version {result.dataset_version}")
@@ -638,8 +667,8 @@ def train(
 def evaluate(
     model: Annotated[str, typer.Argument(help="Registered model id (or a unique prefix).")],
     store: StoreOption = Path("data"),
-    test_version: Annotated[Optional[str], typer.Option(help="Dataset version of the test set (default: the "
-                                                             "latest published).")] = None,
+    test_version: Annotated[Optional[str], typer.Option(help="Test set: a version id, prefix or dataset name "
+                                                             "(default: the newest version of role test).")] = None,
     test_set: Annotated[Optional[str], typer.Option(help="Name of the test set in eval_results (default: the "
                                                          "version's dataset name).")] = None,
     decoding: Annotated[Optional[list[str]], typer.Option(help="greedy | beam<N> | joint-ctc<lambda>-beam<N>; "
@@ -657,7 +686,8 @@ def evaluate(
 
     try:  # validate at the edge
         record = ModelRegistry(store).model(model)
-        version = resolve_version(DatasetStore(store), test_version)
+        data_store = DatasetStore(store)
+        version = resolve_version(data_store, test_version or data_store.newest_test_set().version_id)
         for name in decoding or []:
             DecodeOptions.parse(name)
     except (StoreError, DatasetError, ValueError) as e:

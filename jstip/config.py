@@ -14,6 +14,8 @@ from typing import Literal, TypeVar
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from jstip.schemas.tables import DatasetRole
+
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -330,6 +332,8 @@ class RunnerConfig(_Section):
 
 class BuildConfig(_Section):
     name: str = Field("demo", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    role: DatasetRole = Field("train", description="what the version is for: train (a default for every command), "
+                                                  "dev or test (held out: used only when named)")
     shard_size: int = Field(16, ge=1, description="utterances per shard task")
     ingest: IngestConfig = IngestConfig()
     normalize: NormalizeConfig = NormalizeConfig()

@@ -11,9 +11,17 @@ Bump SCHEMA_VERSION when a field changes meaning or type; adding a nullable fiel
 
 from __future__ import annotations
 
+from typing import Literal, get_args
+
 import pyarrow as pa
 
 SCHEMA_VERSION = "1"
+
+# What a dataset version is for. Held-out versions (dev, test) are never a default: commands reach them only
+# when named, and training refuses them unless told explicitly (jstip.storage.store.DatasetStore.version).
+DatasetRole = Literal["train", "dev", "test"]
+DATASET_ROLES: tuple[str, ...] = get_args(DatasetRole)
+HELD_OUT_ROLES = frozenset({"dev", "test"})
 
 
 def _schema(table: str, fields: list[pa.Field]) -> pa.Schema:

@@ -2,7 +2,7 @@
 
 Layout under the store root (default ./data):
 
-    catalog.duckdb                          versions, views over the latest version, one schema per version
+    catalog.duckdb                          versions, views over the newest training version, a schema per version
     datasets/<name>/<version>/<table>/part-*.parquet    published versions, never modified
     audio/<hash[:2]>/<hash>.flac            normalised audio, content-addressed, shared by versions
     work/<stage>/<key>/                     shard results of each stage, keyed by content (the cache)
@@ -77,6 +77,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from jstip.schemas import DATASET_TABLES, conform, empty, schema_for
+from jstip.schemas.tables import DATASET_ROLES, HELD_OUT_ROLES
 from jstip.storage.content import sha256_file
 from jstip.storage.lock import LockTimeout, kill_point, lock_timeout_s, remove_stale_temporaries, store_lock, temp_name
 from jstip.storage.sandbox import QueryFailed, QueryRefused, check_read_only, run_read_only
@@ -117,6 +118,7 @@ CREATE TABLE IF NOT EXISTS dataset_versions_table (
 );
 -- catalogs created before the column existed
 ALTER TABLE dataset_versions_table ADD COLUMN IF NOT EXISTS data_docs_path VARCHAR;
+ALTER TABLE dataset_versions_table ADD COLUMN IF NOT EXISTS role VARCHAR DEFAULT 'train';
 CREATE OR REPLACE VIEW dataset_versions AS SELECT * FROM dataset_versions_table ORDER BY created_at;
 -- every file of every version as published: path relative to the store root, size, sha256
 CREATE TABLE IF NOT EXISTS dataset_files (
@@ -165,6 +167,11 @@ class DatasetVersion:
     status: str
     path: Path
     data_docs_path: Path | None = None  # Great Expectations Data Docs (index.html) of the version's suites
+    role: str = "train"  # DATASET_ROLES: train, or held out (dev, test)
+
+    @property
+    def held_out(self) -> bool:
+        return self.role in HELD_OUT_ROLES
 
     @property
     def config(self) -> dict:
@@ -313,37 +320,71 @@ class DatasetStore:
         except (QueryRefused, QueryFailed) as e:
             raise StoreError(str(e)) from None
 
-    def versions(self, name: str | None = None) -> list[DatasetVersion]:
-        """Published versions, oldest first."""
+    def versions(self, name: str | None = None, role: str | None = None) -> list[DatasetVersion]:
+        """Published versions (of one dataset name, of one role), oldest first."""
         if not self.catalog_path.exists():
             return []
         with self.connect(read_only=True) as con:
-            sql = "SELECT * FROM dataset_versions_table"
-            params: list = []
-            if name is not None:
-                sql += " WHERE name = ?"
-                params.append(name)
-            rows = con.execute(sql + " ORDER BY created_at, version_id", params).fetchall()
+            rows = con.execute("SELECT * FROM dataset_versions_table WHERE ? IS NULL OR name = ? "
+                               "ORDER BY created_at, version_id", [name, name]).fetchall()
             columns = [d[0] for d in con.description]
-        return [self._row_to_version(dict(zip(columns, row))) for row in rows]
+        # the role is filtered here: a catalog written before roles existed has no column for it
+        versions = [self._row_to_version(dict(zip(columns, row))) for row in rows]
+        return [v for v in versions if role is None or v.role == role]
 
-    def latest(self, name: str | None = None) -> DatasetVersion | None:
-        versions = self.versions(name)
+    def latest(self, name: str | None = None, role: str | None = None) -> DatasetVersion | None:
+        versions = self.versions(name, role)
         return versions[-1] if versions else None
 
-    def version(self, version_id: str) -> DatasetVersion:
-        """Look a version up by id, unique id prefix, or `latest` (the newest published)."""
-        if version_id == "latest":
-            latest = self.latest()
-            if latest is None:
-                raise StoreError(f"no published versions in {self.catalog_path} (run `jstip build --store {self.root}`)")
-            return latest
-        matches = [v for v in self.versions() if v.version_id.startswith(version_id)]
+    def version(self, spec: str | None = None) -> DatasetVersion:
+        """The version a command means. `spec` is a version id, a dataset name (its newest version, whatever
+        its role: named, so meant), a unique id prefix, or None / `latest`: the default, the newest *training*
+        version. A held-out version (dev, test) is never a default: reading or training on a test set must be
+        asked for by name."""
+        if spec is None or spec == "latest":
+            return self._default_version()
+        versions = self.versions()
+        exact = [v for v in versions if v.version_id == spec]
+        named = [v for v in versions if v.name == spec]
+        matches = exact or named[-1:] or [v for v in versions if v.version_id.startswith(spec)]
         if not matches:
-            raise StoreError(f"no dataset version {version_id!r} in {self.catalog_path} (see `jstip catalog list`)")
+            names = sorted({v.name for v in versions})
+            raise StoreError(f"no dataset version or dataset named {spec!r} in {self.catalog_path} (datasets: "
+                             f"{', '.join(names) or 'none'}; see `jstip catalog list`)")
         if len(matches) > 1:
-            raise StoreError(f"version prefix {version_id!r} is ambiguous: {[v.version_id for v in matches]}")
+            raise StoreError(f"version prefix {spec!r} is ambiguous: {[v.version_id for v in matches]}")
         return matches[0]
+
+    def _default_version(self) -> DatasetVersion:
+        if not self.catalog_path.exists():
+            self.connect(read_only=True)  # raises: nothing has been published to this store yet
+        default = self.latest(role="train")
+        if default is not None:
+            return default
+        held_out = self.versions()
+        if not held_out:
+            raise StoreError(f"no published versions in {self.catalog_path} (run `jstip build --store {self.root}`)")
+        named = ", ".join(sorted({f"{v.name} ({v.role})" for v in held_out}))
+        raise StoreError(f"no training version in {self.catalog_path}, only held-out ones: {named}. A held-out "
+                         f"version is never a default; name it (e.g. `{held_out[-1].name}`) to use it")
+
+    def newest_test_set(self) -> DatasetVersion:
+        """What evaluation uses unless told: the newest version of role test."""
+        test = self.latest(role="test")
+        if test is None:
+            raise StoreError(f"no test set in {self.catalog_path}: build one with `jstip build --role test`, or name "
+                             f"the version to evaluate on")
+        return test
+
+    def training_version(self, spec: str | None = None, allow_held_out: bool = False) -> DatasetVersion:
+        """The version to train on: as `version(spec)`, but a held-out version (dev, test) is refused unless
+        `allow_held_out`: training on it would leak the set the model is judged on into the model."""
+        version = self.version(spec)
+        if version.held_out and not allow_held_out:
+            raise StoreError(f"dataset version {version.name}/{version.version_id} is a held-out {version.role} "
+                             f"set: training on it would leak it into the model it is meant to judge. Train on a "
+                             f"training version (`jstip catalog list`), or pass --allow-test-set if you mean it")
+        return version
 
     def table_sql(self, version: DatasetVersion, table: str) -> str:
         """A DuckDB subquery reading one table of a version, with the paths it holds (normalized_audio's
@@ -451,6 +492,7 @@ class DatasetStore:
             input_hash=row["input_hash"], row_counts=json.loads(row["row_counts_json"]), status=row["status"],
             path=self.resolve(row["path"]),
             data_docs_path=self.resolve(row["data_docs_path"]) if row.get("data_docs_path") else None,
+            role=row.get("role") or "train",
         )
 
     # -- publishing ------------------------------------------------------------------------------
@@ -465,6 +507,7 @@ class DatasetStore:
         code_version: str,
         parent_version: str | None = None,
         validate: Validator | None = None,
+        role: str = "train",
     ) -> DatasetVersion:
         """Publish a complete dataset version atomically and return it.
 
@@ -480,6 +523,8 @@ class DatasetStore:
         unknown = set(tables) - set(DATASET_TABLES)
         if unknown:
             raise StoreError(f"cannot publish unknown table(s) {sorted(unknown)}; expected {DATASET_TABLES}")
+        if role not in DATASET_ROLES:
+            raise StoreError(f"unknown dataset role {role!r}; expected one of {', '.join(DATASET_ROLES)}")
         version_id = version_id_for(input_hash, config_json, code_version)
         existing = self._registered(name, version_id)
         if existing is not None:
@@ -507,7 +552,7 @@ class DatasetStore:
                     version_id=version_id, name=name, parent_version=parent_version,
                     created_at=datetime.now(timezone.utc), config_json=config_json, code_version=code_version,
                     input_hash=input_hash, row_counts=row_counts, status="published", path=final_dir,
-                    data_docs_path=data_docs,
+                    data_docs_path=data_docs, role=role,
                 )
                 # opened before the rename: a catalog that cannot be opened leaves nothing renamed
                 with self.connect() as con:
@@ -577,17 +622,18 @@ class DatasetStore:
         try:
             con.execute(
                 "INSERT INTO dataset_versions_table (version_id, name, parent_version, created_at, config_json, "
-                "code_version, input_hash, row_counts_json, status, path, data_docs_path) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "code_version, input_hash, row_counts_json, status, path, data_docs_path, role) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 [version.version_id, version.name, version.parent_version, version.created_at,
                  version.config_json, version.code_version, version.input_hash,
                  json.dumps(version.row_counts, sort_keys=True), version.status, self.relative(version.path),
-                 None if version.data_docs_path is None else self.relative(version.data_docs_path)],
+                 None if version.data_docs_path is None else self.relative(version.data_docs_path), version.role],
             )
             con.executemany("INSERT INTO dataset_files (version_id, path, bytes, sha256) VALUES (?, ?, ?, ?)",
                             [[version.version_id, path, size, digest] for path, size, digest in files])
             self._create_views(con, f"v_{version.version_id}", self.relative(version.path))
-            self._create_views(con, "main", self.relative(version.path))
+            if not version.held_out:  # the unqualified views are the newest training version, never a test set
+                self._create_views(con, "main", self.relative(version.path))
             # views added by newer code reach older versions too
             for (older,) in con.execute("SELECT version_id FROM dataset_versions_table WHERE version_id <> ?",
                                         [version.version_id]).fetchall():

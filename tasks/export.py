@@ -207,9 +207,10 @@ def _prepare_out(out: Path, overwrite: bool) -> None:
         raise ExportError(f"--out {out} is not empty; pass --overwrite to replace it")
 
 
-def export_version(store: str | Path, version: str, format: str, out: str | Path, *, overwrite: bool = False,
+def export_version(store: str | Path, version: str | None, format: str, out: str | Path, *, overwrite: bool = False,
                    shard_size: int = 1000) -> ExportSummary:
-    """Export a published version (`version`: an id, a unique prefix or `latest`) to the directory `out`.
+    """Export a published version (`version`: an id, a unique prefix or a dataset name; None: the newest training
+    version) to the directory `out`.
 
     Everything is written into a staging directory beside `out` and renamed into place at the end, so `out`
     holds a complete export or none; a non-empty `out` is refused unless `overwrite`."""
@@ -218,7 +219,7 @@ def export_version(store: str | Path, version: str, format: str, out: str | Path
     if shard_size < 1:
         raise ExportError(f"shard size must be >= 1, got {shard_size}")
     data_store = DatasetStore(store)
-    # an id, a prefix or `latest`; its files are those that were published, or nothing is exported
+    # its files are those that were published, or nothing is exported
     v = data_store.ensure_intact(version, purpose="export")
     out = Path(out).resolve()
     _prepare_out(out, overwrite)

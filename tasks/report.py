@@ -172,11 +172,10 @@ def _data_docs(version, out: Path) -> str | None:
 
 
 def write_report(store: str | Path, version: str | None = None) -> Path:
-    """Write the report of `version` (id or unique prefix; None: the latest) and return its index.html."""
+    """Write the report of `version` (id, unique prefix or dataset name; None: the newest training version) and
+    return its index.html."""
     data_store = DatasetStore(store)
-    v = data_store.version(version) if version else data_store.latest()
-    if v is None:
-        raise StoreError(f"no published versions in {data_store.catalog_path} (run `jstip build --store {store}`)")
+    v = data_store.version(version)
     out = data_store.root / "reports" / v.version_id
     out.mkdir(parents=True, exist_ok=True)
     with data_store.connect(read_only=True) as con:

@@ -101,14 +101,12 @@ class SequencePools:
 
 
 def resolve_version(store: DatasetStore, version_id: str | None) -> DatasetVersion:
-    """The version to train on (None: the latest published), checked to be complete on disk."""
+    """The version meant (an id, prefix or dataset name; None: the newest training version, never a held-out
+    one: DatasetStore.version), checked to be complete on disk."""
     try:
-        version = store.version(version_id) if version_id else store.latest()
+        version = store.version(version_id)
     except StoreError as e:
         raise DatasetError(str(e)) from None
-    if version is None:
-        raise DatasetError(f"no dataset version is published in {store.root}: build one first "
-                           f"(`jstip build --store {store.root}`)")
     missing = [t for t in ("utterances", "normalized_audio", "spans", "interleave_plans")
                if not any((version.path / t).glob("*.parquet"))]
     if missing:

@@ -388,7 +388,7 @@ def publish(ingested: Ingested, checked: list[StageOutput], planned: list[StageO
     gate = _PublishGate(ingested, dataset_store, config)
     version = dataset_store.publish(config.name, tables, input_hash=input_hash,
                                     config_json=config.version_config_json(), code_version=code_version(),
-                                    validate=gate)
+                                    validate=gate, role=config.role)
     if gate.counts is None:  # published before with the same inputs: count that version's files again
         gate.account(version.path)
     accepted, quarantined = gate.counts

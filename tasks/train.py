@@ -179,10 +179,12 @@ def train(
     name: str = "jstip",
     stop_after: int | None = None,
     on_log: Callable[[str], None] | None = None,
+    allow_test_set: bool = False,
 ) -> TrainResult:
     """Train (or resume training) a speech-LLM on a dataset version and register it in the catalog.
 
-    dataset_version: id or unique prefix; None: the latest published. init_model: a registered model id to
+    dataset_version: id, unique prefix or dataset name; None: the newest training version. A held-out version
+    (dev, test) is refused unless `allow_test_set`. init_model: a registered model id to
     continue from (the nightly loop's "from the promoted model"); None: from scratch. name: the model
     family name in the catalog. stop_after: stop (with a checkpoint) after this many steps in total, for a
     time-boxed run to be resumed later; the model is registered only when all `config.steps` are done.
@@ -194,7 +196,8 @@ def train(
     data_store = DatasetStore(store)
     registry = ModelRegistry(data_store)
     # the files are those that were published (tamper evidence), or training stops naming the one that differs
-    dataset_version = data_store.ensure_intact(resolve_version(data_store, dataset_version).version_id,
+    chosen = data_store.training_version(dataset_version, allow_held_out=allow_test_set)  # never a test set unasked
+    dataset_version = data_store.ensure_intact(resolve_version(data_store, chosen.version_id).version_id,
                                                purpose="training").version_id
     pools = build_sequences(data_store, dataset_version, config.mix, config.asr_prompt, config.on_missing_audio)
     if config.epochs is not None:

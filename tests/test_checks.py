@@ -378,7 +378,7 @@ def test_jstip_quarantine_lists_items_by_reason_with_examples(built, published):
     one = runner.invoke(app, ["quarantine", "latest", "--check", "text_nonprintable", "--store", built["store"]])
     assert one.exit_code == 0 and "zz-tab" in one.output and "zz-copy" not in one.output
     missing = runner.invoke(app, ["quarantine", "nope", "--store", built["store"]])
-    assert missing.exit_code == 1 and "no dataset version 'nope'" in missing.output
+    assert missing.exit_code == 1 and "no dataset version or dataset named 'nope'" in missing.output
 
 
 

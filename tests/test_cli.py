@@ -26,8 +26,9 @@ def test_synth_writes_a_corpus(tmp_path):
 
 
 def test_catalog_and_query_on_an_empty_store_say_so(tmp_path):
+    # a --store without a catalog is no store: an error, not an empty list
     listing = runner.invoke(app, ["catalog", "list", "--store", str(tmp_path)])
-    assert listing.exit_code == 0 and "no published versions" in listing.output
+    assert listing.exit_code == 1 and "nothing has been published to this store yet" in listing.output
     query = runner.invoke(app, ["query", "SELECT 1", "--store", str(tmp_path)])
     assert query.exit_code == 1 and "nothing has been published to this store yet" in query.output
 

@@ -211,7 +211,7 @@ def test_out_is_refused_when_not_empty_and_replaced_whole_with_overwrite(built, 
 
 def test_unknown_version_and_format_are_clear_errors(built, tmp_path):
     store, version_id, _ = built
-    with pytest.raises(StoreError, match="no dataset version 'ffff'"):
+    with pytest.raises(StoreError, match="no dataset version or dataset named 'ffff'"):
         export_version(store, "ffff", "nemo", tmp_path / "out")
     with pytest.raises(ExportError, match="--format must be one of lhotse, lhotse-shar, nemo"):
         export_version(store, version_id, "kaldi", tmp_path / "out")
@@ -239,7 +239,7 @@ def test_cli_export(built, tmp_path):
     unknown = runner.invoke(app, ["export", "ffff", "--format", "nemo", "--out", str(tmp_path / "x"),
                                   "--store", str(store)])
     assert unknown.exit_code == 1
-    assert "no dataset version 'ffff'" in unknown.output and "Traceback" not in unknown.output
+    assert "no dataset version or dataset named 'ffff'" in unknown.output and "Traceback" not in unknown.output
     bad_format = runner.invoke(app, ["export", version_id, "--format", "kaldi", "--out", str(tmp_path / "x"),
                                      "--store", str(store)])
     assert bad_format.exit_code == 1 and "--format must be one of" in bad_format.output

@@ -127,7 +127,7 @@ def test_publish_rejects_tables_that_break_their_schema(tmp_path):
 def test_unknown_version_is_a_clear_error(tmp_path):
     store = DatasetStore(tmp_path)
     _publish(store, 1)
-    with pytest.raises(StoreError, match="no dataset version 'zzz'"):
+    with pytest.raises(StoreError, match="no dataset version or dataset named 'zzz'"):
         store.version("zzz")
 
 
