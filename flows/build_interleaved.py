@@ -130,6 +130,7 @@ def build_interleaved(
     shard_size: int | None = None,
     runner: str | None = None,
     role: str | None = None,
+    allow_roots: list[str] | None = None,
 ) -> stages.Published:
     """Build and publish an interleaved dataset version.
 
@@ -139,9 +140,13 @@ def build_interleaved(
     name: dataset name (overrides the config's).  text_corpus: domain text, `domain<TAB>sentence` lines.
     shard_size: utterances per shard task (overrides the config's).  runner: local | dask (overrides
       the config's runner.kind).  role: train | dev | test (overrides the config's; held-out versions are
-      never a default of any command).
+      never a default of any command).  allow_roots: more directories audio may come from (added to the
+      config's ingest.allowed_roots; absolute, or relative to the manifest's directory).
     """
     config = load_config(config_path, name=name, shard_size=shard_size, role=role)
+    if allow_roots:
+        roots = (*config.ingest.allowed_roots, *allow_roots)
+        config = config.model_copy(update={"ingest": config.ingest.model_copy(update={"allowed_roots": roots})})
     if runner is not None:
         config = config.model_copy(update={"runner": config.runner.model_copy(update={"kind": runner})})
         config = type(config).model_validate(config.model_dump())  # re-validate the override

@@ -50,21 +50,23 @@ FROM spans GROUP BY modality, role ORDER BY modality, role
 """
 
 
-def _fail(message: str) -> None:
-    console.print(f"[red]error:[/red] {message}")
-    raise typer.Exit(code=1)
+def _fail(message: str, code: int = 1) -> None:
+    console.print(Text.assemble(("error:", "red"), " ", message), soft_wrap=True)
+    raise typer.Exit(code=code)
 
 
 @contextmanager
-def _running_flows(what: str, resume: str):
+def _running_flows(what: str, resume: str, expected: tuple[type[BaseException], ...] = ()):
     """Around a command that runs Prefect flows: the command's own Prefect server (or PREFECT_API_URL's), and
-    SIGINT/SIGTERM as one line and exit code 130/143 (jstip.local_server)."""
-    from jstip.local_server import interruptible, prefect_api
+    SIGINT/SIGTERM as one line and exit code 130/143 (jstip.local_server). Errors of the `expected` types are
+    the command's to print, as one line: Prefect's console reports of them (tracebacks, failed states) are left
+    out of the terminal (the Prefect API still records them)."""
+    from jstip.local_server import interruptible, prefect_api, quiet_console_logs
 
     def on_stop(signal_name: str) -> None:
         console.print(f"\n{what} stopped ({signal_name}); {resume}", markup=False, highlight=False, soft_wrap=True)
 
-    with interruptible(on_stop), prefect_api():
+    with interruptible(on_stop), prefect_api(), quiet_console_logs(expected):
         yield
 
 
@@ -97,12 +99,14 @@ def synth(
     console.print(result)
 
 
-def _run_build(manifest, store, config, name, text_corpus, shard_size, role: Role | None = None):
+def _run_build(manifest: Path | None, store: Path, config: Path | None = None, name: str | None = None,
+               text_corpus: Path | None = None, shard_size: int | None = None, role: Role | None = None,
+               allow_roots: list[Path] | None = None):
     from jstip.config import ConfigError, load_config
     from jstip.flows.build_interleaved import build_interleaved
     from jstip.storage import StoreBusyError
     from jstip.tasks.ingest import ManifestError, detect_manifest_format
-    from jstip.tasks.stages import AccountingError
+    from jstip.tasks.stages import AccountingError, AudioOutsideAllowedRoots
     from jstip.tasks.suites import QualityGateError
 
     # Validate at the edge, before Prefect starts: a bad path or config is one line, not a failed flow run.
@@ -112,17 +116,24 @@ def _run_build(manifest, store, config, name, text_corpus, shard_size, role: Rol
             detect_manifest_format(manifest)
         if text_corpus is not None and not text_corpus.is_file():
             raise ManifestError(f"text corpus not found: {text_corpus} (expected `domain<TAB>sentence` lines)")
+        for root in allow_roots or []:
+            if not root.is_dir():
+                raise ManifestError(f"--allow-root {root}: not a directory")
     except (ConfigError, ManifestError) as e:
         _fail(str(e))
     from jstip.progress import build_progress
 
+    expected = (ConfigError, ManifestError, AccountingError, QualityGateError, StoreBusyError)
     try:
-        with _running_flows("build", _RESUME_BUILD), build_progress(console):
+        with _running_flows("build", _RESUME_BUILD, expected), build_progress(console):
             return build_interleaved(manifest=None if manifest is None else str(manifest), store=str(store),
                                      config_path=None if config is None else str(config), name=name,
                                      text_corpus=None if text_corpus is None else str(text_corpus),
-                                     shard_size=shard_size, role=None if role is None else role.value)
-    except (ConfigError, ManifestError, AccountingError, QualityGateError, StoreBusyError) as e:
+                                     shard_size=shard_size, role=None if role is None else role.value,
+                                     allow_roots=[str(r.resolve()) for r in allow_roots or []] or None)
+    except AudioOutsideAllowedRoots as e:  # a usage error: the flag is missing
+        _fail(str(e), code=2)
+    except expected as e:
         _fail(str(e))
 
 
@@ -174,10 +185,44 @@ def build(
     role: Annotated[Optional[Role], typer.Option(help="What the version is for (overrides the config's; default "
                                                       "train). dev and test versions are held out: no command uses "
                                                       "them unless they are named.", show_default=False)] = None,
+    allow_root: Annotated[Optional[list[Path]], typer.Option(
+        "--allow-root", help="A directory audio may come from besides the manifest's own (repeatable; added to "
+                             "ingest.allowed_roots), e.g. the audio/ beside a NeMo manifests/ folder.")] = None,
 ):
     """Run the build-interleaved flow (on a local Prefect server) and publish a dataset version."""
-    published = _run_build(manifest, store, config, name, text_corpus, shard_size, role)
+    published = _run_build(manifest, store, config, name, text_corpus, shard_size, role, allow_root)
     _report(published, store)
+    if published.accepted == 0:
+        _nothing_accepted(published, store)
+
+
+# What to do about the most common reasons a whole corpus is quarantined.
+_QUARANTINE_ADVICE = {
+    "path_outside_allowed_roots": "allow the audio's directory with --allow-root DIR",
+    "audio_not_found": "relative audio paths are read relative to the manifest's directory; check them",
+    "audio_unreadable": "convert the audio to a format libsndfile reads (WAV, FLAC, OGG, MP3)",
+    "source_sampling_rate": "for telephone audio set checks.min_source_sampling_rate: 8000",
+    "text_charset": "the default aligner reads English (Latin script); for another language set "
+                    "checks.allowed_char_classes and an aligner that reads it",
+}
+
+
+def _nothing_accepted(published, store: Path) -> None:
+    """A version with no accepted utterance is published (its quarantine says why) but the command fails."""
+    from jstip.storage import DatasetStore
+    from jstip.storage.views import DERIVED_VIEWS
+
+    with DatasetStore(store).connect(read_only=True) as con:
+        con.execute(f'USE "v_{published.version_id}"')
+        reasons = con.execute(f"SELECT stage, check_name, count, example FROM ({DERIVED_VIEWS['quarantine_summary']}) "
+                              "LIMIT 5").fetchall()
+    _print_relation(["stage", "check", "entries", "example"], reasons,
+                    title="nothing was accepted: the most common reasons")
+    for _, check, _, _ in reasons:
+        if check in _QUARANTINE_ADVICE:
+            console.print(Text(f"{check}: {_QUARANTINE_ADVICE[check]}"))
+    _fail(f"version {published.name}/{published.version_id} has 0 accepted utterances of {published.ingested}; "
+          f"see `{_command_name()} quarantine {published.version_id} --store {store}`")
 
 
 @app.command()

@@ -96,9 +96,25 @@ def prefect_api(log_dir: Path | None = None) -> Iterator[str]:
                                    f"{server.poll()}); its log: {log_dir / 'prefect-server.log'}")
             time.sleep(0.2)
         with _exported(url), temporary_settings(updates={PREFECT_API_URL: url}):
-            yield url
+            try:
+                yield url
+            finally:
+                _drain_to_the_server()
     finally:
         stop_server(server)
+
+
+def _drain_to_the_server(timeout_s: float = 5.0) -> None:
+    """Send the log lines and events Prefect still holds to the server before it stops (else Prefect prints
+    "Error logging to API" at exit, for records nobody will read)."""
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
+
+    for worker in (APILogWorker, EventsWorker):
+        try:
+            worker.drain_all(timeout=timeout_s)
+        except Exception:  # noqa: BLE001 - best effort: the command's own outcome is already decided
+            pass
 
 
 @contextmanager
@@ -191,3 +207,48 @@ def interruptible(on_stop: Callable[[str], None], grace_s: float = 5.0) -> Itera
             signal.signal(s, handler)
         for target in (*loggers, *handlers):
             target.removeFilter(quiet)
+
+
+class _ExpectedErrors(logging.Filter):
+    """Drops console records about errors the command reports itself: their tracebacks (exc_info) and Prefect's
+    state lines that name them ("Finished in state Failed('... AccountingError: ...')")."""
+
+    def __init__(self, expected: tuple[type[BaseException], ...]):
+        super().__init__()
+        self.expected = expected
+        self.names = tuple({t.__name__ for t in _with_subclasses(expected)})
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and isinstance(record.exc_info[1], self.expected):
+            return False
+        return not (record.levelno >= logging.ERROR and self.names
+                    and any(name in record.getMessage() for name in self.names))
+
+
+def _with_subclasses(types) -> list[type]:
+    found = list(types)
+    for t in types:
+        found += _with_subclasses(t.__subclasses__())
+    return found
+
+
+@contextmanager
+def quiet_console_logs(expected: tuple[type[BaseException], ...]) -> Iterator[None]:
+    """While the block runs, Prefect's console handlers leave out what `_ExpectedErrors` drops."""
+    from prefect.logging.configuration import setup_logging
+    from prefect.logging.handlers import PrefectConsoleHandler
+
+    if not expected:
+        yield
+        return
+    setup_logging()
+    quiet = _ExpectedErrors(expected)
+    handlers = {h for name in ("", "prefect", "prefect.flow_runs", "prefect.task_runs")
+                for h in logging.getLogger(name).handlers if isinstance(h, PrefectConsoleHandler)}
+    for handler in handlers:
+        handler.addFilter(quiet)
+    try:
+        yield
+    finally:
+        for handler in handlers:
+            handler.removeFilter(quiet)

@@ -447,8 +447,8 @@ class _Confinement:
         if real != audio_path:
             shown = f"{shown} (resolves to {real})"
         raise _Reject("path_outside_allowed_roots", f"audio path {shown} is outside the allowed roots "
-                      f"({', '.join(self.shown)}); if the corpus lies there, add that directory to "
-                      f"ingest.allowed_roots in the build config", audio_path)
+                      f"({', '.join(self.shown)}); if the corpus lies there, allow that directory "
+                      f"(`jstip build --allow-root DIR`, or ingest.allowed_roots in the build config)", audio_path)
 
 
 class _Ingest:
