@@ -113,6 +113,8 @@ def build_shards(manifest: str, text_corpus: str | None, store: str, config: Bui
     planned = plan.map(shards, checked, store_, config_)
     for stage, futures in (("normalize", normalized), ("align", aligned), ("check", checked), ("plan", planned)):
         progress.follow(stage, futures, get_run_logger())  # bars and per-shard log lines, from this process
+    for futures in (normalized, aligned):  # a failed shard raises its own error, not its dependents' "not ready"
+        futures.result()
     checked, planned = stages.in_shard_order(ingested, resumed, checked.result(), planned.result())
     text_planned = plan_text(ingested, planned, store, config)  # text-only sequences (strategy mixed)
     published = publish(ingested, checked, [*planned, text_planned], store, config)

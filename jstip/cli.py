@@ -6,7 +6,9 @@ from jstip.runtime import apply_offline_defaults
 
 apply_offline_defaults()
 
+import errno  # noqa: E402
 import json  # noqa: E402
+import os  # noqa: E402
 import sys  # noqa: E402
 from enum import Enum  # noqa: E402
 from contextlib import contextmanager  # noqa: E402
@@ -19,8 +21,38 @@ from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 from rich.text import Text  # noqa: E402
 
-app = typer.Typer(help="jstip: interleaved speech-text data for speech-LLM pretraining.", no_args_is_help=True,
-                  add_completion=False, pretty_exceptions_enable=False)
+# The machine refuses, not the input: errno -> what to do. Printed as one line by every command (_App).
+_MACHINE_ERRORS = {
+    errno.ENOSPC: "free some space, or point --store (or --out) at a file system with room; a rerun resumes",
+    errno.EDQUOT: "the disk quota is exhausted: free some space, or use another --store (or --out)",
+    errno.EROFS: "the file system is mounted read-only: use a writable --store (or --out)",
+    errno.EACCES: "this user may not write there: fix the permissions, or use another --store (or --out)",
+    errno.EPERM: "the operation is not permitted there: fix the permissions, or use another --store (or --out)",
+}
+
+
+def _machine_refused(error: BaseException) -> bool:
+    return isinstance(error, OSError) and error.errno in _MACHINE_ERRORS
+
+
+class _App(typer.Typer):
+    """The `jstip` command: a full disk or a refused permission ends any command with one line, not a
+    traceback from wherever the write happened."""
+
+    def __call__(self, *args, **kwargs):
+        try:
+            return super().__call__(*args, **kwargs)
+        except OSError as error:
+            if not _machine_refused(error):
+                raise
+            where = f" ({error.filename})" if error.filename else ""
+            console.print(Text.assemble(("error:", "red"), f" {error.strerror}{where}: {_MACHINE_ERRORS[error.errno]}"),
+                          soft_wrap=True)
+            sys.exit(1)
+
+
+app = _App(help="jstip: interleaved speech-text data for speech-LLM pretraining.", no_args_is_help=True,
+           add_completion=False, pretty_exceptions_enable=False)
 catalog_app = typer.Typer(help="Inspect published dataset versions in a store's DuckDB catalog.",
                           no_args_is_help=True)
 app.add_typer(catalog_app, name="catalog")
@@ -58,16 +90,26 @@ def _fail(message: str, code: int = 1) -> None:
 @contextmanager
 def _running_flows(what: str, resume: str, expected: tuple[type[BaseException], ...] = ()):
     """Around a command that runs Prefect flows: the command's own Prefect server (or PREFECT_API_URL's), and
-    SIGINT/SIGTERM as one line and exit code 130/143 (jstip.local_server). Errors of the `expected` types are
-    the command's to print, as one line: Prefect's console reports of them (tracebacks, failed states) are left
-    out of the terminal (the Prefect API still records them)."""
+    SIGINT/SIGTERM as one line and exit code 130/143 (jstip.local_server). Errors of the `expected` types, and
+    a full disk or a permission the machine refuses, are the command's to print as one line: Prefect's console
+    reports of them (tracebacks, failed states) are left out of the terminal (the Prefect API records them)."""
     from jstip.local_server import interruptible, prefect_api, quiet_console_logs
 
     def on_stop(signal_name: str) -> None:
         console.print(f"\n{what} stopped ({signal_name}); {resume}", markup=False, highlight=False, soft_wrap=True)
 
-    with interruptible(on_stop), prefect_api(), quiet_console_logs(expected):
+    def is_expected(error: BaseException) -> bool:
+        return isinstance(error, expected) or _machine_refused(error)
+
+    # the errors' names and messages, and Prefect's report of the tasks that could not run after them
+    marks = (*_class_names(expected), *(os.strerror(code) for code in _MACHINE_ERRORS),
+             "did not reach a 'COMPLETED' state")
+    with interruptible(on_stop), prefect_api(), quiet_console_logs(is_expected, marks):
         yield
+
+
+def _class_names(types) -> list[str]:
+    return [t.__name__ for t in types] + [name for t in types for name in _class_names(t.__subclasses__())]
 
 
 _RESUME_BUILD = "finished shards are cached: rerun the same command to resume."

@@ -41,6 +41,7 @@ the stage would miss its 300x target. Memory: the utterance at the target rate a
 from __future__ import annotations
 
 import hashlib
+import io
 import logging
 import math
 import os
@@ -448,8 +449,16 @@ def write_flac(pcm16: np.ndarray, sample_rate: int, audio_dir: Path) -> tuple[st
         # there is found with one listing and deleted by the next publish (DatasetStore.remove_stale_temporaries)
         tmp = Path(audio_dir) / TEMP_DIR / temp_name(path.name)
         tmp.parent.mkdir(exist_ok=True)
-        sf.write(tmp, pcm16, sample_rate, subtype="PCM_16", format="FLAC")
-        os.replace(tmp, path)
+        # encoded in memory, written by Python: a full disk is an OSError (ENOSPC) that says so, where libsndfile
+        # writing the file itself reports only "System error"
+        encoded = io.BytesIO()
+        sf.write(encoded, pcm16, sample_rate, subtype="PCM_16", format="FLAC")
+        try:
+            tmp.write_bytes(encoded.getbuffer())
+            os.replace(tmp, path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
     return audio_hash, path
 
 
