@@ -279,6 +279,47 @@ def test_accounting_holds_under_a_mix_of_good_and_bad_items(built, published):
     assert published.suite_failures == ()
 
 
+def test_data_docs_read_offline_and_the_index_lists_every_validation(published):
+    """Parsed as a browser would: no page loads anything from the network, every local asset exists, and the
+    index links each suite's validation page with its status."""
+    from html.parser import HTMLParser
+
+    from jstip.schemas import DATASET_TABLES
+
+    class Assets(HTMLParser):
+        def __init__(self):
+            super().__init__()
+            self.loaded, self.links = [], []
+
+        def handle_starttag(self, tag, attrs):
+            a = dict(attrs)
+            if tag in ("script", "img") and a.get("src"):
+                self.loaded.append(a["src"])
+            if tag == "link" and a.get("href"):
+                self.loaded.append(a["href"])
+            if tag == "a" and a.get("href"):
+                self.links.append(a["href"])
+
+    docs = Path(published.data_docs_path).parent
+    pages = sorted(docs.rglob("*.html"))
+    assert len(pages) >= 1 + 2 * (len(DATASET_TABLES) + 1)  # the index, a suite and a validation page per suite
+    for page in pages:
+        parser = Assets()
+        parser.feed(page.read_text())
+        for url in parser.loaded:
+            assert not url.startswith(("http:", "https:", "//")), f"{page.name} loads {url} from the network"
+            assert (page.parent / url).resolve().is_file(), f"{page.name}: {url} is missing"
+
+    index = Assets()
+    text = (docs / "index.html").read_text()
+    index.feed(text)
+    validations = [link for link in index.links if link.startswith("validations/")]
+    suites = [*DATASET_TABLES, "integrity"]
+    assert sorted(link.split("/")[1] for link in validations) == sorted(suites)
+    assert all((docs / link).is_file() for link in index.links)
+    assert f"all {len(suites)} suites passed" in text and text.count("passed</span>") == len(suites)
+
+
 def test_a_lost_entry_fails_the_accounting_and_publishes_nothing(built, tmp_path):
     from jstip.tasks import stages
 
