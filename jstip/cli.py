@@ -138,7 +138,14 @@ def synth(
     from jstip.tasks.synth import synthesize_corpus
 
     result = synthesize_corpus(out, utterances=utterances, seed=seed)
-    console.print(result)
+    console.print(Text(f"synthesised {result.utterances} utterances ({result.audio_seconds / 60:.1f} min of speech) "
+                       f"and {result.text_sentences} domain-text sentences into {result.out_dir}"))
+    _print_relation(["file", "what"], [
+        (result.nemo_manifest, "NeMo manifest: jstip build --manifest THIS"),
+        (result.cuts, "Lhotse CutSet (recordings and supervisions beside it)"),
+        (result.text_corpus, "domain text: jstip build --text-corpus THIS"),
+        (result.word_timings, "espeak-ng's word timings: jstip eval-alignment --reference THIS"),
+        (result.audio_dir, "audio (WAV)")])
 
 
 def _run_build(manifest: Path | None, store: Path, config: Path | None = None, name: str | None = None,

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import duckdb
 import numpy as np
+import yaml
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
@@ -171,6 +172,21 @@ def _data_docs(version, out: Path) -> str | None:
     return None if version.data_docs_path is None else os.path.relpath(version.data_docs_path, out)
 
 
+def _config_yaml(config: dict) -> str:
+    """The build config as YAML in the order configs/*.yaml use (the config model's field order), not one
+    minified line; a config older than the current model keeps its recorded (sorted) order."""
+    from pydantic import ValidationError
+
+    from jstip.config import BuildConfig
+
+    try:
+        ordered = BuildConfig.model_validate(config).model_dump(mode="json")
+        ordered = {key: ordered[key] for key in ordered if key in config}  # what the version recorded, no more
+    except ValidationError:
+        ordered = config
+    return yaml.safe_dump(ordered, sort_keys=False, default_flow_style=False, allow_unicode=True)
+
+
 def write_report(store: str | Path, version: str | None = None) -> Path:
     """Write the report of `version` (id, unique prefix or dataset name; None: the newest training version) and
     return its index.html."""
@@ -192,7 +208,7 @@ def write_report(store: str | Path, version: str | None = None) -> Path:
             ("Alignment scores", _score_plot(con, out), "Word scores of the accepted utterances, per aligner."),
         ]
         tables = [(name, *_view(con, name)) for name in SUMMARY_VIEWS]
-    config = html.escape(v.config_json)
+    config = html.escape(_config_yaml(v.config))
     parts = [
         "<!doctype html><html><head><meta charset='utf-8'>",
         f"<title>jstip report {html.escape(v.name)}/{v.version_id}</title>",
@@ -214,7 +230,8 @@ def write_report(store: str | Path, version: str | None = None) -> Path:
     parts.append("<h2>Statistics</h2>")
     for name, columns, rows in tables:
         parts.append(f"<h3><code>{name}</code></h3>" + _table(columns, rows))
-    parts.append(f"<h2>Configuration</h2><pre>{config}</pre></body></html>")
+    parts.append(f"<h2>Configuration</h2><p>The build config that made this version (part of its id), as YAML: "
+                 f"save it as a file to rebuild with <code>--config</code>.</p><pre>{config}</pre></body></html>")
     index = out / "index.html"
     tmp = index.with_suffix(".tmp")
     tmp.write_text("\n".join(parts))

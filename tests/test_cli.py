@@ -23,6 +23,9 @@ def test_synth_writes_a_corpus(tmp_path):
     assert result.exit_code == 0, result.output
     assert len(list((tmp_path / "c" / "audio").glob("*.wav"))) == 2
     assert (tmp_path / "c" / "nemo_manifest.jsonl").read_text().count("\n") == 2
+    # a short summary a person reads, not a Python repr
+    assert result.output.startswith("synthesised 2 utterances (") and "SynthResult(" not in result.output
+    assert str(tmp_path / "c" / "nemo_manifest.jsonl") in result.output.replace("\n", "")
 
 
 def test_catalog_and_query_on_an_empty_store_say_so(tmp_path):
