@@ -58,7 +58,14 @@ catalog_app = typer.Typer(help="Inspect published dataset versions in a store's 
 app.add_typer(catalog_app, name="catalog")
 models_app = typer.Typer(help="Inspect trained models registered in a store's DuckDB catalog.", no_args_is_help=True)
 app.add_typer(models_app, name="models")
-console = Console()
+# Nothing printed is read as markup: ids, reasons, paths and SQL results are shown literally (an utterance id
+# "[red]X[/red]" prints as itself); styling is explicit, through Text (_say).
+console = Console(markup=False, highlight=False)
+
+
+def _say(*parts: str | tuple[str, str]) -> None:
+    """Print one line: strings literally, (text, style) pairs styled."""
+    console.print(Text.assemble(*parts), soft_wrap=True)
 
 StoreOption = Annotated[Path, typer.Option("--store", help="Root of the versioned dataset store.")]
 class Role(str, Enum):
@@ -200,7 +207,7 @@ def _command_name() -> str:
 def _report(published, store: Path) -> None:
     from jstip.storage import DatasetStore
 
-    console.print(f"\n[bold green]published[/bold green] {published.name}/{published.version_id}"
+    _say("\n", ("published", "bold green"), f" {published.name}/{published.version_id}"
                   f"  (parent: {published.parent_version or 'none'})")
     console.print(f"ingested {published.ingested} utterances: {published.accepted} accepted, "
                   f"{published.quarantined} quarantined")
@@ -295,7 +302,7 @@ def _run_demo(store: Path, train: bool) -> None:
     from jstip.flows.nightly_retrain import nightly_retrain
     from jstip.storage.registry import ModelRegistry
 
-    console.print("\n[bold]downstream:[/bold] nightly-retrain (build the held-out test set, train, evaluate, promote)")
+    _say("\n", ("downstream:", "bold"), " nightly-retrain (build the held-out test set, train, evaluate, promote)")
     decision = nightly_retrain(store=str(store))
     registry = ModelRegistry(store)
     model = registry.models()[-1]
@@ -304,7 +311,7 @@ def _run_demo(store: Path, train: bool) -> None:
     rows = sorted({(r["decoding"], r["domain"]) for r in results})
     table = [(d, dom, *(next((f"{r['value']:.3f}" for r in results if (r["decoding"], r["domain"], r["metric"])
                                == (d, dom, m)), "") for m in metrics)) for d, dom in rows]
-    console.print(f"\n[bold green]model[/bold green] {model.model_id}  trained on {model.dataset_version}: "
+    _say("\n", ("model", "bold green"), f" {model.model_id}  trained on {model.dataset_version}: "
                   f"loss {model.metrics['first_loss']:.2f} -> {model.metrics['final_loss']:.2f}")
     _print_relation(["decoding", "domain", *metrics], table, title="held-out demo test set (eval_results)")
     console.print(f"promotion: {'promoted' if decision.promote else 'kept the incumbent'} ({decision.reason})")
@@ -357,7 +364,7 @@ def quarantine(
                    ORDER BY stage, check_name, utterance_id""", [check, check, examples]).fetchall()
     except StoreError as e:
         _fail(str(e))
-    console.print(f"[bold]{v.name}/{v.version_id}[/bold]: {sum(r[2] for r in summary)} quarantine row(s)"
+    _say((f"{v.name}/{v.version_id}", "bold"), f": {sum(r[2] for r in summary)} quarantine row(s)"
                   f"{f' of check {check}' if check else ''}; accepted utterances: {v.row_counts.get('utterances')}")
     if not summary:
         return
@@ -407,7 +414,7 @@ def stats(
             return
         with data_store.connect(read_only=True) as con:
             con.execute(f'USE "v_{v.version_id}"')  # ids are hex: see DatasetStore.version
-            console.print(f"[bold]{v.name}/{v.version_id}[/bold]: {v.row_counts.get('interleave_plans', 0)} plans, "
+            _say((f"{v.name}/{v.version_id}", "bold"), f": {v.row_counts.get('interleave_plans', 0)} plans, "
                           f"{v.row_counts.get('spans', 0)} spans")
             for name, view_sql in PLAN_STATISTICS_VIEWS.items():
                 if name.endswith("_histogram"):
@@ -466,16 +473,16 @@ def verify(
     for report in reports:
         v = report.version
         if report.unrecorded:
-            console.print(f"[yellow]{v.name}/{v.version_id}: published before file checksums were recorded; "
-                          "nothing to compare (rebuild it to record them)[/yellow]")
+            _say((f"{v.name}/{v.version_id}: published before file checksums were recorded; nothing to compare "
+                  "(rebuild it to record them)", "yellow"))
             continue
         what = (f"{report.files} files, {report.hashed} hashed ({report.hashed_bytes / 1e6:.1f} MB), "
                 f"{report.mode} check")
         if report.ok:
-            console.print(f"[green]ok[/green] {v.name}/{v.version_id}: {what}")
+            _say(("ok", "green"), f" {v.name}/{v.version_id}: {what}")
             continue
         failed = True
-        console.print(f"[red]TAMPERED[/red] {v.name}/{v.version_id}: {len(report.problems)} file(s) differ ({what})")
+        _say(("TAMPERED", "red"), f" {v.name}/{v.version_id}: {len(report.problems)} file(s) differ ({what})")
         for problem in report.problems:
             console.print(f"  {problem}", markup=False, highlight=False)
     if failed:
@@ -605,7 +612,7 @@ def catalog_show(
         v = DatasetStore(store).version(version)
     except StoreError as e:
         _fail(str(e))
-    console.print(f"[bold]{v.name}/{v.version_id}[/bold]  status={v.status}")
+    _say((f"{v.name}/{v.version_id}", "bold"), f"  role={v.role}  status={v.status}")
     console.print(f"parent:  {v.parent_version or 'none'}")
     console.print(f"created: {v.created_at.isoformat()}   code: {v.code_version}")
     console.print(f"path:    {v.path}")
@@ -677,7 +684,7 @@ def models_show(
     except StoreError as e:
         _fail(str(e))
     channels = [channel for channel, model_id in registry.channels().items() if model_id == m.model_id]
-    console.print(f"[bold]{m.name}/{m.model_id}[/bold]")
+    _say((f"{m.name}/{m.model_id}", "bold"))
     console.print(f"trained on:  {m.dataset_version}   parent: {m.parent_model or 'none'}")
     console.print(f"created:     {m.created_at.isoformat()}")
     console.print(f"path:        {m.path}")
@@ -751,7 +758,7 @@ def train(
                                 init_model=init_model, name=name, allow_test_set=allow_test_set)
     except (DatasetError, StoreError) as e:
         _fail(str(e))
-    console.print(f"[bold green]model[/bold green] {result.model_id}  trained on dataset version {result.dataset_version}")
+    _say(("model", "bold green"), f" {result.model_id}  trained on dataset version {result.dataset_version}")
     console.print(f"final loss {result.metrics.get('final_loss', float('nan')):.4f} after {result.steps} steps")
     console.print(f"model:  {result.model_dir}")
     console.print(f"log:    {result.model_dir.parent / 'train_log.csv'}")

@@ -60,6 +60,27 @@ def _wait_until_aligning(build: subprocess.Popen, store: Path, timeout: float = 
         time.sleep(0.1)
 
 
+def _listening(pid: int) -> list[str]:
+    """host:port of every TCP socket the process listens on (its fds' socket inodes, looked up in /proc/net)."""
+    inodes = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            target = os.readlink(fd)
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            inodes.add(target[8:-1])
+    found = []
+    for table, width in (("tcp", 8), ("tcp6", 32)):
+        for line in Path(f"/proc/{pid}/net/{table}").read_text().splitlines()[1:]:
+            fields = line.split()
+            if fields[3] == "0A" and fields[9] in inodes:  # state LISTEN
+                address, port = fields[1].split(":")
+                host = ".".join(str(b) for b in reversed(bytes.fromhex(address))) if width == 8 else address
+                found.append(f"{host}:{int(port, 16)}")
+    return found
+
+
 def _gone_within(marker: str, seconds: float) -> list[int]:
     deadline = time.monotonic() + seconds
     while (left := _marked_processes(marker)) and time.monotonic() < deadline:
@@ -102,6 +123,9 @@ def test_sigkill_of_the_command_leaves_no_prefect_server_behind(corpus, tmp_path
         _wait_until_aligning(build, store)
         before = _marked_processes(marker)
         assert len(before) >= 2, before  # the command and its Prefect server
+        # what the command started listens on loopback only
+        sockets = [address for pid in before for address in _listening(pid)]
+        assert sockets and all(address.startswith("127.0.0.1:") for address in sockets), sockets
         build.kill()  # SIGKILL to the command only: nothing of it can clean up
         build.wait(timeout=10)
         left = _gone_within(marker, 15)

@@ -2,7 +2,7 @@
 
 A store holds a training version, then a test version published after it (as `make demo` and the nightly loop
 do); every default is then checked from outside: the CLI, and the catalog's unqualified views through another
-DuckDB client."""
+DuckDB client. The same small stores show how the CLI prints what users' manifests hold (literally)."""
 
 from __future__ import annotations
 
@@ -135,3 +135,22 @@ def test_a_role_is_one_of_train_dev_test(tmp_path):
 def test_a_store_path_that_is_no_store_is_an_error(tmp_path):
     listing = runner.invoke(app, ["catalog", "list", "--store", str(tmp_path / "nothing-here")])
     assert listing.exit_code == 1 and "no catalog" in listing.output, listing.output
+
+
+def test_printed_values_are_shown_literally_never_as_markup(tmp_path):
+    """Ids and reasons come from users' manifests: `[red]X[/red]` must print as itself, `[/]` must not crash."""
+    data = DatasetStore(tmp_path / "data")
+    tables = _tables(2, "[red]X[/red]")
+    tables["quarantine"] = from_rows("quarantine", [dict(
+        utterance_id="[/]", stage="ingest", check_name="audio_not_found", reason="m:9: [/] [bold]not bold[/bold]")])
+    version = data.publish("demo", tables, input_hash="e", config_json="{}", code_version="t")
+    wide = {"COLUMNS": "200"}
+    query = runner.invoke(app, ["query", "SELECT utterance_id FROM utterances ORDER BY 1", "--store", str(data.root)],
+                          env=wide)
+    assert query.exit_code == 0, query.output
+    assert "[red]X[/red]00" in query.output and "[red]X[/red]01" in query.output
+    quarantine = runner.invoke(app, ["quarantine", "--store", str(data.root)], env=wide)
+    assert quarantine.exit_code == 0, quarantine.output
+    assert "m:9: [/] [bold]not bold[/bold]" in quarantine.output and "Traceback" not in quarantine.output
+    shown = runner.invoke(app, ["catalog", "show", version.version_id, "--store", str(data.root)], env=wide)
+    assert shown.exit_code == 0 and shown.output.startswith(f"demo/{version.version_id}  role=train"), shown.output

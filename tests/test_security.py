@@ -206,6 +206,7 @@ def test_what_we_start_listens_on_loopback_only():
 
     dask = task_runner_for(RunnerConfig(kind="dask"))
     assert dask.cluster_kwargs["host"] == "127.0.0.1" and dask.cluster_kwargs["dashboard_address"] is None
-    # Prefect's ephemeral server (a build without PREFECT_API_URL) and `prefect server start`
+    # the server a jstip command starts (tests/test_clean_stops.py checks its sockets), Prefect's own ephemeral
+    # server and `prefect server start`
     assert '"127.0.0.1"' in inspect.getsource(SubprocessASGIServer)
     assert get_current_settings().server.api.host == "127.0.0.1"
