@@ -68,7 +68,8 @@ def nightly_retrain(
 
     manifest / text_corpus / build_config: the training corpus, as for build-interleaved (None: the
     embedded demo corpus).  test_manifest: the held-out test corpus (None: the demo's held-out test
-    corpus); it is built with the same config under the dataset name `<name>-test`.  train_config /
+    corpus); it is built with the same config under the dataset name `<name>-test`, role test (held out:
+    never a default of any command).  train_config /
     steps: as for the train flow.  init: promoted (continue from the channel's promoted model, if any) or
     scratch.  channel: the promotion channel.  metric / tie_break: the promotion rule (higher entity
     accuracy wins, lower WER breaks a tie).  decoding: the decoding the comparison uses.
@@ -81,7 +82,7 @@ def nightly_retrain(
     if test_manifest is None:
         test_manifest = stages.demo_test_corpus(store)
     test = build_interleaved(manifest=test_manifest, store=store, config_path=build_config,
-                             name=f"{published.name}-test")
+                             name=f"{published.name}-test", role="test")
     incumbent = incumbent_model(store, channel)
     trained = train(store=store, dataset_version=published.version_id, config_path=train_config, steps=steps,
                     init_model=incumbent if init == "promoted" else None, name=published.name)

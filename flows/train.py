@@ -22,17 +22,18 @@ from jstip.storage.store import DatasetStore  # noqa: E402
 
 
 @task(name="resolve-dataset-version", cache_policy=NONE, persist_result=False)
-def resolve_dataset_version(store: str, dataset_version: str | None) -> str:
-    return resolve_version(DatasetStore(store), dataset_version).version_id
+def resolve_dataset_version(store: str, dataset_version: str | None, allow_test_set: bool = False) -> str:
+    chosen = DatasetStore(store).training_version(dataset_version, allow_held_out=allow_test_set)
+    return resolve_version(DatasetStore(store), chosen.version_id).version_id
 
 
 # A killed or failed run resumes from its last checkpoint on retry (same model id, same checkpoints).
 @task(name="train-model", cache_policy=NONE, persist_result=False, retries=1)
 def train_model(store: str, dataset_version: str, config_path: str | None, steps: int | None,
-                init_model: str | None, name: str) -> training.TrainResult:
+                init_model: str | None, name: str, allow_test_set: bool = False) -> training.TrainResult:
     config = load_train_config(config_path, steps=steps)
     return training.train(store, dataset_version, config, init_model=init_model, name=name,
-                          on_log=get_run_logger().info)
+                          on_log=get_run_logger().info, allow_test_set=allow_test_set)
 
 
 @flow(name="train", log_prints=True)
@@ -43,15 +44,17 @@ def train(
     steps: int | None = None,
     init_model: str | None = None,
     name: str = "jstip",
+    allow_test_set: bool = False,
 ) -> training.TrainResult:
     """Train a speech-LLM on a dataset version and register it.
 
-    store: the dataset store.  dataset_version: id or unique prefix (None: the latest published).
+    store: the dataset store.  dataset_version: id, unique prefix or dataset name (None: the newest training
+    version; a held-out dev/test version only with allow_test_set).
     config_path: YAML training config (None: the CPU defaults, jstip.model.config).  steps: override the
     config's steps.  init_model: a registered model id to continue from (None: from scratch).
     name: the model family name in the catalog.
     """
-    version = resolve_dataset_version(store, dataset_version)
-    result = train_model(store, version, config_path, steps, init_model, name)
+    version = resolve_dataset_version(store, dataset_version, allow_test_set)
+    result = train_model(store, version, config_path, steps, init_model, name, allow_test_set)
     get_run_logger().info("model %s trained on %s: %s", result.model_id, result.dataset_version, result.model_dir)
     return result

@@ -12,7 +12,9 @@ from pathlib import Path
 from typing import Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from jstip.schemas.tables import DatasetRole
 
 
 class _Section(BaseModel):
@@ -245,6 +247,12 @@ class CheckConfig(_Section):
     # block: a failing suite publishes nothing; warn: publish and log the failures; off: no suites (the
     # accounting invariant is checked whatever this says).
     gx: Literal["block", "warn", "off"] = "block"
+
+    @field_validator("gx", mode="before")
+    @classmethod
+    def _gx_off_is_not_a_boolean(cls, value):
+        # YAML 1.1 reads a bare `off` (and `no`, `false`) as False: `gx: off`, as written in the docs, means "off"
+        return "off" if value is False else value
     # Row-level suites validate a table whole up to this many rows, else a reservoir sample of this many
     # (cross-row and cross-table checks are exact SQL over every row, whatever the size).
     gx_max_rows: int = Field(100_000, ge=1)
@@ -365,6 +373,8 @@ class RunnerConfig(_Section):
 
 class BuildConfig(_Section):
     name: str = Field("demo", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    role: DatasetRole = Field("train", description="what the version is for: train (a default for every command), "
+                                                  "dev or test (held out: used only when named)")
     shard_size: int = Field(16, ge=1, description="utterances per shard task")
     ingest: IngestConfig = IngestConfig()
     normalize: NormalizeConfig = NormalizeConfig()
@@ -374,8 +384,12 @@ class BuildConfig(_Section):
     runner: RunnerConfig = RunnerConfig()
 
     def version_config_json(self) -> str:
-        """The configuration that shapes the data (all but `runner`), canonical: part of the version id."""
-        return json.dumps(self.model_dump(mode="json", exclude={"runner"}), sort_keys=True, separators=(",", ":"))
+        """The configuration that shapes the data, canonical: part of the version id."""
+        # runner: where tasks run never changes the data. ingest.allowed_roots: what the roots admit is in the
+        # input hash already (accepted rows, and path_outside_allowed_roots quarantine rows), so allowing the same
+        # corpus's directory by another spelling (or `--allow-root` vs the config) keeps the version id
+        dump = self.model_dump(mode="json", exclude={"runner": True, "ingest": {"allowed_roots"}})
+        return json.dumps(dump, sort_keys=True, separators=(",", ":"))
 
 
 class ConfigError(ValueError):

@@ -101,14 +101,12 @@ class SequencePools:
 
 
 def resolve_version(store: DatasetStore, version_id: str | None) -> DatasetVersion:
-    """The version to train on (None: the latest published), checked to be complete on disk."""
+    """The version meant (an id, prefix or dataset name; None: the newest training version, never a held-out
+    one: DatasetStore.version), checked to be complete on disk."""
     try:
-        version = store.version(version_id) if version_id else store.latest()
+        version = store.version(version_id)
     except StoreError as e:
         raise DatasetError(str(e)) from None
-    if version is None:
-        raise DatasetError(f"no dataset version is published in {store.root}: build one first "
-                           f"(`jstip build --store {store.root}`)")
     missing = [t for t in ("utterances", "normalized_audio", "spans", "interleave_plans")
                if not any((version.path / t).glob("*.parquet"))]
     if missing:
@@ -117,16 +115,11 @@ def resolve_version(store: DatasetStore, version_id: str | None) -> DatasetVersi
     return version
 
 
-def _parquet(version: DatasetVersion, table: str) -> str:
-    return str(version.path / table / "*.parquet").replace("'", "''")
-
-
 def build_sequences(store: DatasetStore, version_id: str | None, mix: MixConfig, asr_prompt: str,
                     on_missing_audio: str = "error") -> SequencePools:
     version = resolve_version(store, version_id)
     con = duckdb.connect()
-    tables = {t: f"read_parquet('{_parquet(version, t)}')" for t in
-              ("spans", "interleave_plans", "normalized_audio", "utterances")}
+    tables = {t: store.table_sql(version, t) for t in ("spans", "interleave_plans", "normalized_audio", "utterances")}
     rates = con.execute(f"SELECT DISTINCT sampling_rate FROM {tables['normalized_audio']}").fetchall()
     if any(r != SAMPLE_RATE for (r,) in rates):
         raise DatasetError(f"dataset version {version.version_id}: normalised audio at {sorted(r for (r,) in rates)} "

@@ -20,7 +20,8 @@ an ephemeral context on pandas frames that DuckDB reads from the Parquet files:
 
 Data Docs (static HTML: every suite, every expectation, observed values) are built into `docs_dir`
 (the store keeps them at <store>/gx/data_docs/<version>/index.html) whether the suites pass or not, so a
-blocked publish can be read there. GX is imported here only: it costs ~2 s.
+blocked publish can be read there; they read offline (jstip.tasks.data_docs: our index of every validation,
+no CDN assets). GX is imported here only: it costs ~2 s.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ import duckdb
 from jstip.config import BuildConfig
 from jstip.schemas import DATASET_TABLES, schema_for
 from jstip.tasks.checks import WORD_PATTERN
+from jstip.tasks.data_docs import SuiteOutcome, write_offline_docs
 
 # Stages that write quarantine rows (text_corpus: rows of the domain text, jstip.tasks.stages).
 QUARANTINE_STAGES = ["ingest", "normalize", "align", "check", "plan", "text_corpus"]
@@ -300,13 +302,16 @@ def validate_version(version_dir: Path, docs_dir: Path, config: BuildConfig) -> 
     source = context.data_sources.add_pandas("version")
 
     failures: list[str] = []
+    outcomes: list[SuiteOutcome] = []
 
-    def run(name: str, frame, expectations: list, describe) -> None:
+    def run(name: str, frame, expectations: list, describe, rows: str) -> None:
         batch = source.add_dataframe_asset(name).add_batch_definition_whole_dataframe("all")
         suite = context.suites.add(gx.ExpectationSuite(name=name, expectations=expectations))
         definition = context.validation_definitions.add(gx.ValidationDefinition(name=name, data=batch, suite=suite))
         result = definition.run(batch_parameters={"dataframe": frame}, result_format="SUMMARY")
-        failures.extend(describe(r) for r in result.results if not r.success)
+        failed = [r for r in result.results if not r.success]
+        failures.extend(describe(r) for r in failed)
+        outcomes.append(SuiteOutcome(name, not failed, len(result.results), len(failed), rows))
 
     def describe_row_level(table: str):
         validated, total = sampled[table]
@@ -327,7 +332,9 @@ def validate_version(version_dir: Path, docs_dir: Path, config: BuildConfig) -> 
         return describe
 
     for table in DATASET_TABLES:
-        run(table, frames[table], _table_expectations(table, config), describe_row_level(table))
+        validated, total = sampled[table]
+        rows = f"{total:,}" if validated == total else f"{validated:,} of {total:,} (reservoir sample)"
+        run(table, frames[table], _table_expectations(table, config), describe_row_level(table), rows)
 
     import great_expectations.expectations as gxe
 
@@ -337,7 +344,7 @@ def validate_version(version_dir: Path, docs_dir: Path, config: BuildConfig) -> 
 
     run("integrity", pd.DataFrame(counts),
         [gxe.ExpectColumnValuesToBeBetween(column=name, min_value=0, max_value=0, description=what)
-         for name, (what, _) in integrity.items()], describe_integrity)
+         for name, (what, _) in integrity.items()], describe_integrity, "every row (exact SQL counts)")
     context.build_data_docs(site_names=["version"])
-    return SuiteReport(success=not failures, data_docs_path=docs_dir / "index.html", failures=failures,
-                       sampled=sampled)
+    index = write_offline_docs(docs_dir, outcomes, f"Data Docs of dataset version {docs_dir.name}")
+    return SuiteReport(success=not failures, data_docs_path=index, failures=failures, sampled=sampled)

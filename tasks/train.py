@@ -23,6 +23,7 @@ import hashlib
 import json
 import logging
 import math
+import os
 import shutil
 import time
 from collections.abc import Callable
@@ -38,7 +39,7 @@ from jstip.model.speech_llm import (LLM_DIR, MODEL_FILE, SpeechLLM, build_speech
 from jstip.model.tiny_lm import build_tiny_lm
 from jstip.schemas.sequences import TrainingSequence
 from jstip.storage.store import DatasetStore
-from jstip.tasks.sequences import BucketSampler, SequencePools, build_sequences
+from jstip.tasks.sequences import BucketSampler, SequencePools, build_sequences, resolve_version
 from jstip.version import model_code_version
 
 log = logging.getLogger(__name__)
@@ -142,15 +143,31 @@ def _save_checkpoint(model: SpeechLLM, optimizer, scheduler, step: int, model_di
 
 
 def _trim_log(path: Path, steps_done: int) -> None:
-    """Drop log rows of steps after the checkpoint being resumed (they will be run again)."""
+    """Keep the log rows of steps up to the checkpoint being resumed (later ones will be run again), and only
+    whole rows: a run killed mid-write may have left a partial last line. Rewritten to a temporary file and
+    renamed, so a kill here leaves the old log or the new one, never a torn one."""
     if not path.exists():
         return
-    with path.open() as f:
-        rows = [r for r in csv.DictReader(f) if int(r["step"]) <= steps_done]
-    with path.open("w", newline="") as f:
+    rows = _log_rows(path)
+    kept = [r for r in rows if int(r["step"]) <= steps_done]
+    tmp = path.with_name(f".{path.name}.tmp")
+    with tmp.open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=LOG_FIELDS)
         writer.writeheader()
-        writer.writerows(rows)
+        writer.writerows(kept)
+    os.replace(tmp, path)
+
+
+def _log_rows(path: Path) -> list[dict]:
+    """The log's complete rows, in step order: a row with a missing field or an unreadable step (a line cut
+    short by a kill, a stray header) is left out rather than failing the next run."""
+    rows: dict[int, dict] = {}
+    with path.open(newline="") as f:
+        for row in csv.DictReader(f):
+            if None in row.values() or None in row or not (row.get("step") or "").isdigit():
+                continue
+            rows[int(row["step"])] = row
+    return [rows[step] for step in sorted(rows)]
 
 
 def train(
@@ -162,10 +179,12 @@ def train(
     name: str = "jstip",
     stop_after: int | None = None,
     on_log: Callable[[str], None] | None = None,
+    allow_test_set: bool = False,
 ) -> TrainResult:
     """Train (or resume training) a speech-LLM on a dataset version and register it in the catalog.
 
-    dataset_version: id or unique prefix; None: the latest published. init_model: a registered model id to
+    dataset_version: id, unique prefix or dataset name; None: the newest training version. A held-out version
+    (dev, test) is refused unless `allow_test_set`. init_model: a registered model id to
     continue from (the nightly loop's "from the promoted model"); None: from scratch. name: the model
     family name in the catalog. stop_after: stop (with a checkpoint) after this many steps in total, for a
     time-boxed run to be resumed later; the model is registered only when all `config.steps` are done.
@@ -176,6 +195,10 @@ def train(
     config = config or TrainConfig()
     data_store = DatasetStore(store)
     registry = ModelRegistry(data_store)
+    # the files are those that were published (tamper evidence), or training stops naming the one that differs
+    chosen = data_store.training_version(dataset_version, allow_held_out=allow_test_set)  # never a test set unasked
+    dataset_version = data_store.ensure_intact(resolve_version(data_store, chosen.version_id).version_id,
+                                               purpose="training").version_id
     pools = build_sequences(data_store, dataset_version, config.mix, config.asr_prompt, config.on_missing_audio)
     if config.epochs is not None:
         sequences = sum(n for pool, n in pools.counts().items() if getattr(config.mix, pool) > 0)
@@ -184,6 +207,15 @@ def train(
     parent_id = parent.model_id if parent else None
     init_dir = parent.path if parent else None
     model_id = model_id_for(pools.version_id, config, parent_id)
+    # one run per model at a time: a second run of the same model stops here, naming the one that holds it
+    with data_store.model_lock(model_id, purpose=f"train model {model_id} on dataset version {pools.version_id}"):
+        return _train_model(data_store, registry, pools, config, model_id, parent_id, init_dir, name, stop_after,
+                            say)
+
+
+def _train_model(data_store: DatasetStore, registry, pools: SequencePools, config: TrainConfig, model_id: str,
+                 parent_id: str | None, init_dir: Path | None, name: str, stop_after: int | None,
+                 say: Callable[[str], None]) -> TrainResult:
     model_dir = data_store.root / "models" / model_id
     final_dir = model_dir / FINAL
 
@@ -273,8 +305,7 @@ def train(
 
 
 def _metrics(log_path: Path, pools: SequencePools, elapsed: float, sequences_seen: int, device: torch.device) -> dict:
-    with log_path.open() as f:
-        losses = [float(r["loss"]) for r in csv.DictReader(f)]
+    losses = [float(r["loss"]) for r in _log_rows(log_path)]
     window = max(1, min(10, len(losses) // 4 or 1))
     return {
         "first_loss": sum(losses[:window]) / window,

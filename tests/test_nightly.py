@@ -63,3 +63,14 @@ def test_nightly_promotes_the_first_model_then_only_a_better_one(prefect_server,
     winner = model2 if expected.promote else model1
     assert registry.promoted("nightly").model_id == winner.model_id
     assert json.loads(model2.config_json)["steps"] == 6
+
+    # the test set was built after night 1's training data, yet every default is training data (dataset roles)
+    from jstip.storage import DatasetStore
+
+    data = DatasetStore(store)
+    (test_set,) = data.versions("demo-test")
+    assert test_set.role == "test" and test_set.created_at > data.version(model1.dataset_version).created_at
+    assert data.version().version_id == model2.dataset_version
+    assert data.training_version().version_id == model2.dataset_version
+    columns, rows = data.user_query("SELECT count(*) FROM utterances")  # the unqualified views
+    assert rows == [(data.version().row_counts["utterances"],)] and rows != [(test_set.row_counts["utterances"],)]

@@ -191,9 +191,9 @@ def test_training_learns_resumes_exactly_and_registers_the_model(dataset, tmp_pa
 
 def test_unknown_or_unfinished_version_and_missing_audio_are_clear_errors(dataset, tmp_path):
     store, version = dataset
-    with pytest.raises(DatasetError, match="no dataset version 'ffff'"):
+    with pytest.raises(DatasetError, match="no dataset version or dataset named 'ffff'"):
         build_sequences(DatasetStore(store), "ffff", TrainConfig().mix, "p")
-    with pytest.raises(DatasetError, match="no dataset version is published"):
+    with pytest.raises(DatasetError, match="nothing has been published to this store yet"):
         build_sequences(DatasetStore(tmp_path / "empty"), None, TrainConfig().mix, "p")
 
     version_dir = DatasetStore(store).version(version).path

@@ -41,4 +41,4 @@ def test_jstip_train_runs_the_flow_and_registers_a_model_naming_its_dataset(pref
     assert listed.exit_code == 0 and model.model_id in listed.output
 
     missing = runner.invoke(app, ["train", "--store", str(store), "--version", "0000dead"])
-    assert missing.exit_code == 1 and "no dataset version '0000dead'" in missing.output
+    assert missing.exit_code == 1 and "no dataset version or dataset named '0000dead'" in missing.output
