@@ -68,7 +68,7 @@ def _jstip(*args: str, cwd: Path, env: dict | None = None, check: bool = True) -
 def corpus(tmp_path_factory):
     """3 real synthetic utterances in a corpus directory whose NeMo manifest names its audio relatively."""
     root = tmp_path_factory.mktemp("integrity")
-    synth = synthesize_corpus(root / "synth", utterances=3, seed=23)
+    synth = synthesize_corpus(root / "synth", utterances=3, seed=24)
     corpus = root / "corpus"
     (corpus / "audio").mkdir(parents=True)
     lines = []
