@@ -577,9 +577,9 @@ class DatasetStore:
 
     def remove_stale_temporaries(self) -> list[Path]:
         """Delete the temporary files and directories that killed processes left in the store (staging
-        directories, stage results and shards being written, audio being written); return them. Those of
+        directories, stage results and shards being written, audio and Data Docs being written); return them. Those of
         live processes, and of other hosts, are left alone (jstip.storage.lock)."""
-        places = [self.staging_dir, self.audio_dir / TEMP_DIR]
+        places = [self.staging_dir, self.audio_dir / TEMP_DIR, self.gx_dir / "data_docs"]
         if self.work_dir.is_dir():
             places += [p for p in self.work_dir.iterdir() if p.is_dir()]
         return [path for place in places for path in remove_stale_temporaries(place)]

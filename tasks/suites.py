@@ -34,6 +34,8 @@ import duckdb
 
 from jstip.config import BuildConfig
 from jstip.schemas import DATASET_TABLES, schema_for
+from jstip.storage.lock import temp_name
+from jstip.storage.work import install_directory
 from jstip.tasks.checks import WORD_PATTERN
 from jstip.tasks.data_docs import SuiteOutcome, write_offline_docs
 
@@ -291,8 +293,11 @@ def validate_version(version_dir: Path, docs_dir: Path, config: BuildConfig) -> 
 
     frames, sampled, counts, examples = _frames(Path(version_dir), config)
     integrity = _integrity_checks(config)
-    docs_dir = Path(docs_dir)
-    shutil.rmtree(docs_dir, ignore_errors=True)  # a rerun of a version that failed before
+    final_docs = Path(docs_dir)
+    # built aside and installed whole at the end: a rerun of a version that failed before replaces its docs,
+    # and two builds of the same version at once never delete each other's pages mid-write
+    final_docs.parent.mkdir(parents=True, exist_ok=True)
+    docs_dir = final_docs.parent / temp_name(final_docs.name)
     site = {"class_name": "SiteBuilder", "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"},
             "store_backend": {"class_name": "TupleFilesystemStoreBackend", "base_directory": str(docs_dir)}}
     context = gx.get_context(mode="ephemeral", project_config=DataContextConfig(
@@ -345,6 +350,11 @@ def validate_version(version_dir: Path, docs_dir: Path, config: BuildConfig) -> 
     run("integrity", pd.DataFrame(counts),
         [gxe.ExpectColumnValuesToBeBetween(column=name, min_value=0, max_value=0, description=what)
          for name, (what, _) in integrity.items()], describe_integrity, "every row (exact SQL counts)")
-    context.build_data_docs(site_names=["version"])
-    index = write_offline_docs(docs_dir, outcomes, f"Data Docs of dataset version {docs_dir.name}")
-    return SuiteReport(success=not failures, data_docs_path=index, failures=failures, sampled=sampled)
+    try:
+        context.build_data_docs(site_names=["version"])
+        write_offline_docs(docs_dir, outcomes, f"Data Docs of dataset version {final_docs.name}")
+        install_directory(docs_dir, final_docs)
+    finally:
+        shutil.rmtree(docs_dir, ignore_errors=True)
+    return SuiteReport(success=not failures, data_docs_path=final_docs / "index.html", failures=failures,
+                       sampled=sampled)
