@@ -540,6 +540,9 @@ def train(
     steps: Annotated[Optional[int], typer.Option(min=1, help="Override the config's number of steps.")] = None,
     init_model: Annotated[Optional[str], typer.Option(help="Registered model id to continue training from.")] = None,
     name: Annotated[str, typer.Option(help="Model family name in the catalog.")] = "jstip",
+    base_llm: Annotated[Optional[str], typer.Option(
+        "--base-llm", help="The LLM to start from, overriding the config's model.llm.path: an LM prior's model id "
+                           "(jstip pretrain-lm), a hub id or a local transformers directory.")] = None,
 ):
     """Train a speech-LLM on a dataset version (Prefect flow `train`); resumes from the last checkpoint."""
     from jstip.flows.train import train as train_flow
@@ -555,13 +558,56 @@ def train(
         _fail(str(e))
     try:
         result = train_flow(store=str(store), dataset_version=version, config_path=None if config is None else str(config),
-                            steps=steps, init_model=init_model, name=name)
+                            steps=steps, init_model=init_model, name=name, base_llm=base_llm)
     except (DatasetError, StoreError) as e:
         _fail(str(e))
     console.print(f"[bold green]model[/bold green] {result.model_id}  trained on dataset version {result.dataset_version}")
     console.print(f"final loss {result.metrics.get('final_loss', float('nan')):.4f} after {result.steps} steps")
     console.print(f"model:  {result.model_dir}")
     console.print(f"log:    {result.model_dir.parent / 'train_log.csv'}")
+
+
+@app.command("pretrain-lm")
+def pretrain_lm(
+    store: StoreOption = Path("data"),
+    version: Annotated[Optional[str], typer.Option("--version", help="Dataset version whose domain text to read "
+                                                                     "(id or prefix; default: the latest).")] = None,
+    config: Annotated[Optional[Path], typer.Option(help="YAML pretraining config (default: "
+                                                        "jstip.model.config.PretrainConfig).")] = None,
+    steps: Annotated[Optional[int], typer.Option(min=1, help="Override the config's number of steps.")] = None,
+    general_sentences: Annotated[Optional[int], typer.Option(
+        min=0, help="General English sentences sampled from the pocketsphinx trigram LM (0: domain text only).")
+                                ] = None,
+    name: Annotated[str, typer.Option(help="Model name in the catalog.")] = "lm-prior",
+):
+    """Pretrain an LLM prior (flow `pretrain-lm`) on a version's domain text plus general English sampled
+    offline; train from it with `jstip train --base-llm MODEL`."""
+    from jstip.flows.pretrain_lm import pretrain_lm as pretrain_flow
+    from jstip.model.config import TrainConfigError, load_pretrain_config
+    from jstip.storage import DatasetStore
+    from jstip.storage.store import StoreError
+    from jstip.tasks.sequences import DatasetError, resolve_version
+
+    try:  # validate at the edge
+        load_pretrain_config(config, steps=steps, general_sentences=general_sentences)
+        resolve_version(DatasetStore(store), version)
+    except (TrainConfigError, DatasetError, StoreError) as e:
+        _fail(str(e))
+    try:
+        result = pretrain_flow(store=str(store), dataset_version=version,
+                               config_path=None if config is None else str(config), steps=steps,
+                               general_sentences=general_sentences, name=name)
+    except (DatasetError, StoreError, ValueError) as e:
+        _fail(str(e))
+    m = result.metrics
+    console.print(f"[bold green]LM prior[/bold green] {result.model_id}  pretrained on the domain text of "
+                  f"{result.dataset_version} ({m['domain_sentences']} sentences) + {m['general_sentences']} general "
+                  "English sentences")
+    console.print(f"loss {m['first_loss']:.3f} -> {m['final_loss']:.3f}; held-out loss (nats/token): domain "
+                  f"{m['domain_val_loss'] if m['domain_val_loss'] is None else round(m['domain_val_loss'], 3)}, "
+                  f"general {m['general_val_loss'] if m['general_val_loss'] is None else round(m['general_val_loss'], 3)}")
+    console.print(f"model:  {result.model_dir}")
+    console.print(f"train from it: {_command_name()} train --store {store} --base-llm {result.model_id}")
 
 
 @app.command()
@@ -572,9 +618,10 @@ def evaluate(
                                                              "latest published).")] = None,
     test_set: Annotated[Optional[str], typer.Option(help="Name of the test set in eval_results (default: the "
                                                          "version's dataset name).")] = None,
-    decoding: Annotated[Optional[list[str]], typer.Option(help="greedy | beam<N> | joint-ctc<lambda>-beam<N>; "
-                                                               "repeatable (default: greedy, beam4, and joint "
-                                                               "CTC when the model has a CTC head).")] = None,
+    decoding: Annotated[Optional[list[str]], typer.Option(help="greedy | beam<N> | joint-ctc<lambda>-beam<N> | "
+                                                               "ctc-greedy; repeatable (default: greedy, beam4, and "
+                                                               "with a CTC head ctc-greedy and joint-ctc0.3-beam4).")
+                        ] = None,
     limit: Annotated[Optional[int], typer.Option(min=1, help="Score only the first N utterances.")] = None,
 ):
     """Decode a test set with a registered model (Prefect flow `evaluate`); scores go to eval_results."""

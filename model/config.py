@@ -84,9 +84,12 @@ class SpeechLLMConfig(_Section):
     llm: LLMConfig = LLMConfig()
     freeze_encoder: bool = False
     freeze_llm: bool = False
-    # CTC head on the encoder output, trained jointly: loss = llm_loss + ctc_weight * ctc_loss. It predicts
-    # the LLM's own tokens, so its prefix scores can be combined with the LLM's in joint decoding.
+    # CTC head on the encoder output, trained jointly: loss = llm_loss + ctc_weight * ctc_loss. Its prefix
+    # scores are combined with the LLM's in joint decoding (jstip.model.decode).
     ctc_weight: float = Field(0.0, ge=0, description="0: no CTC head")
+    # What the CTC head predicts (jstip.model.ctc): characters (learned from little audio far faster) or
+    # the LLM's tokens.
+    ctc_units: Literal["characters", "llm_tokens"] = "characters"
 
     @model_validator(mode="after")
     def _lora_needs_llm_frozen_or_not(self):
@@ -158,3 +161,37 @@ class TrainConfigError(ValueError):
 def load_train_config(path: str | Path | None = None, **overrides) -> TrainConfig:
     """Read a YAML training config (None: the defaults), apply top-level overrides, validate."""
     return load_yaml_config(path, TrainConfig, TrainConfigError, "training config", **overrides)
+
+
+class PretrainConfig(_Section):
+    """Text pretraining of the LLM prior (jstip.tasks.pretrain_lm): a tiny Llama-style LM and its BPE
+    tokenizer trained on a dataset version's domain text plus general English sampled offline from the
+    pocketsphinx trigram LM (jstip.tasks.general_text)."""
+
+    lm: TinyLMConfig = TinyLMConfig()
+    # Which text of the dataset version is the domain text: its text_corpus (domain sentences without
+    # audio), its accepted transcripts, or both.
+    domain_text: Literal["text_corpus", "transcripts", "both"] = "both"
+    general_sentences: int = Field(20000, ge=0, description="general English sentences (0: domain text only)")
+    general_seed: int = Field(0, ge=0)
+    # Share of the sequences of a batch drawn from the domain text (the rest: general English), so a few
+    # hundred domain sentences are not drowned by tens of thousands of general ones.
+    domain_weight: float = Field(0.3, ge=0, le=1)
+    # Share of each source held out for the validation losses in the model's metrics.
+    validation_share: float = Field(0.05, ge=0, lt=0.5)
+    steps: int = Field(600, ge=1)
+    batch_size: int = Field(32, ge=1)
+    learning_rate: float = Field(3e-3, gt=0)
+    warmup_steps: int = Field(30, ge=0)
+    weight_decay: float = Field(0.01, ge=0)
+    grad_clip: float = Field(1.0, gt=0)
+    max_tokens: int = Field(64, ge=8, description="longer sentences are cut to this many tokens")
+    seed: int = 0
+
+    def canonical_json(self) -> str:
+        return json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+
+
+def load_pretrain_config(path: str | Path | None = None, **overrides) -> PretrainConfig:
+    """Read a YAML LM-pretraining config (None: the defaults), apply top-level overrides, validate."""
+    return load_yaml_config(path, PretrainConfig, TrainConfigError, "LM pretraining config", **overrides)

@@ -37,6 +37,7 @@ from __future__ import annotations
 import re
 import struct
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -207,6 +208,12 @@ def read_trie_lm(path: str | Path | None = None) -> TrigramLM:
     )
 
 
+@lru_cache(maxsize=1)
+def default_lm() -> TrigramLM:
+    """The pocketsphinx en-us LM, read once per process (~100 MB of arrays, several seconds to read)."""
+    return read_trie_lm()
+
+
 class _Sampler:
     """Draws words from a TrigramLM (see the module docstring). Cumulative probabilities are kept per
     array, so a draw from any n-gram group is one binary search."""
@@ -299,7 +306,7 @@ def sample_sentences(count: int, seed: int = 0, *, min_words: int = 4, max_words
         raise ValueError(f"count must be >= 0, got {count}")
     if not 1 <= min_words <= max_words:
         raise ValueError(f"need 1 <= min_words <= max_words, got {min_words}, {max_words}")
-    lm = lm or read_trie_lm()
+    lm = lm or default_lm()
     sampler = _Sampler(lm)
     out: list[str] = []
     attempt = 0

@@ -8,12 +8,12 @@ import math
 import numpy as np
 import pytest
 
-from jstip.tasks.general_text import NGramFormatError, read_trie_lm, sample_sentences
+from jstip.tasks.general_text import NGramFormatError, default_lm, read_trie_lm, sample_sentences
 
 
 @pytest.fixture(scope="module")
 def lm():
-    return read_trie_lm()
+    return default_lm()
 
 
 def test_reader_agrees_with_pocketsphinx_on_every_kind_of_ngram(lm):
