@@ -415,3 +415,35 @@ def paired_comparison(candidate: pa.Table, baseline: pa.Table, metric: str, *, r
         percentile_interval(c_value, replicates["c"], confidence),
         percentile_interval(b_value, replicates["b"], confidence),
         percentile_interval(c_value - b_value, replicates["c"] - replicates["b"], confidence))
+
+
+# -- verdicts on a claim, from intervals -------------------------------------------------------------------
+
+REPRODUCED, CONTRADICTED, UNDECIDED = "reproduced", "contradicted", "undecided"
+
+
+def superiority_verdict(differences: Sequence[Interval]) -> str:
+    """A claim that one system beats each of several others, from the intervals of (claimed better minus
+    other) in the direction where positive is better: reproduced when every interval lies above 0,
+    contradicted when any lies below 0 (the other is better beyond noise), undecided otherwise."""
+    if not differences:
+        raise ValueError("no differences to decide on")
+    if any(d.high < 0 for d in differences):
+        return CONTRADICTED
+    if all(d.low > 0 for d in differences):
+        return REPRODUCED
+    return UNDECIDED
+
+
+def equivalence_verdict(difference: Interval, margin: float) -> str:
+    """A claim that two systems are on par (an equivalence test with margin `margin`, in the metric's
+    units): reproduced when the interval of their difference lies within [-margin, margin], contradicted
+    when it lies wholly outside (beyond +margin or below -margin), undecided otherwise (the interval
+    straddles a margin: this test set cannot tell)."""
+    if margin <= 0:
+        raise ValueError(f"the equivalence margin must be > 0, not {margin}")
+    if -margin <= difference.low and difference.high <= margin:
+        return REPRODUCED
+    if difference.low > margin or difference.high < -margin:
+        return CONTRADICTED
+    return UNDECIDED
