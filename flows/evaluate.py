@@ -50,8 +50,9 @@ def evaluate(
 
     model_id: registered model id or unique prefix.  test_version: dataset version of the test set (None:
     the latest).  test_set: its name in eval_results (None: the version's dataset name).  decodings:
-    greedy | beam<N> | joint-ctc<lambda>-beam<N> (None: greedy, beam4, and joint-ctc0.3-beam4 when the model
-    has a CTC head).  limit: score only the first N utterances (smoke runs).
+    greedy | beam<N> | joint-ctc<lambda>-beam<N> | ctc-greedy (None: greedy, ctc-greedy and
+    joint-ctc0.3-beam4 when the model has a CTC head, else greedy and beam4).  limit: score only the first
+    N utterances (smoke runs).
     """
     for name in decodings or []:
         DecodeOptions.parse(name)  # a typo fails before the model is loaded

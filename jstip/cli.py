@@ -140,39 +140,90 @@ def build(
     _report(published, store)
 
 
+DECODING_MEANING = {
+    "greedy": "the LLM alone, greedy",
+    "ctc-greedy": "the CTC head alone (no LLM)",
+}
+
+
+def _decoding_meaning(name: str) -> str:
+    if name in DECODING_MEANING:
+        return DECODING_MEANING[name]
+    if name.startswith("joint-"):
+        return "CTC head + LLM, beam search (the model's decoding)"
+    return f"the LLM alone, beam search ({name[4:]} beams)"
+
+
 @app.command()
 def demo(
     store: StoreOption = Path("data"),
-    train: Annotated[bool, typer.Option("--train/--no-train", help="Also run the downstream loop: train the "
-                                                                  "CPU demo speech-LLM, evaluate, promote.")] = True,
+    train: Annotated[bool, typer.Option("--train/--no-train", help="Also run the downstream loop: pretrain the LM "
+                                                                  "prior, train the CPU demo speech-LLM, evaluate, "
+                                                                  "promote.")] = True,
 ):
-    """Synthesise the demo corpus, build it, show what was published; then train, evaluate and promote a
-    small speech-LLM on it (the `nightly-retrain` flow, ~2 minutes on 2 cores)."""
+    """Synthesise the demo corpus, build it, show what was published; then pretrain an LM prior, train a small
+    speech-LLM from it, evaluate it on a held-out test set and promote it (flows `pretrain-lm` and
+    `nightly-retrain`; a few minutes on 2 cores)."""
+    import time
+
+    started = time.perf_counter()
     published = _run_build(None, store, None, None, None, None)
     _report(published, store)
     if not train:
         return
     from jstip.flows.nightly_retrain import nightly_retrain
+    from jstip.flows.pretrain_lm import pretrain_lm as pretrain_flow
     from jstip.storage.registry import ModelRegistry
 
-    console.print("\n[bold]downstream:[/bold] nightly-retrain (build the held-out test set, train, evaluate, promote)")
-    decision = nightly_retrain(store=str(store))
+    console.print("\n[bold]downstream:[/bold] pretrain an LM prior (flow pretrain-lm), then nightly-retrain: build "
+                  "the held-out test set, train from the prior, evaluate, promote")
+    prior = pretrain_flow(store=str(store), dataset_version=published.version_id)
+    decision = nightly_retrain(store=str(store), base_llm=prior.model_id)
     registry = ModelRegistry(store)
-    model = registry.models()[-1]
-    results = [r for r in registry.eval_results(model_id=model.model_id).to_pylist()]
+    model = registry.model(decision.candidate_id)
+    evidence = decision.evidence or {}
+    results = [r for r in registry.eval_results(model_id=model.model_id).to_pylist()
+               if r["dataset_version"] == evidence.get("dataset_version") and r["domain"] == "all"]
+    by_decoding: dict[str, dict[str, float]] = {}
+    for r in results:
+        by_decoding.setdefault(r["decoding"], {})[r["metric"]] = r["value"]
+    pm = prior.metrics
+    console.print(f"\n[bold green]LM prior[/bold green] {prior.model_id}: a {pm['parameters']:,}-parameter LM "
+                  f"pretrained on the demo's domain text ({pm['domain_sentences']} sentences) + "
+                  f"{pm['general_sentences']} general English sentences sampled from pocketsphinx's trigram LM")
+    m = model.metrics
+    console.print(f"[bold green]model[/bold green] {model.model_id}: the speech-LLM trained from it on "
+                  f"{model.dataset_version}, {model.config['steps']} steps (loss {m['first_loss']:.2f} -> "
+                  f"{m['final_loss']:.2f}, {m['train_seconds'] / 60:.1f} min)")
+    any_row = next(iter(by_decoding.values()), {})
+    console.print(f"\n[bold]held-out test set[/bold] {evidence.get('test_set')} ({evidence.get('dataset_version')}): "
+                  f"{int(any_row.get('utterances', 0))} utterances ({int(any_row.get('ref_words', 0))} words, "
+                  f"{int(any_row.get('entity_occurrences', 0))} entity mentions) that no training utterance repeats")
+    order = ["greedy", "beam4", "ctc-greedy"] + sorted(d for d in by_decoding if d.startswith("joint-"))
+    order = [d for d in order if d in by_decoding] + [d for d in by_decoding if d not in order]
+    best = min(order, key=lambda d: by_decoding[d].get("wer", float("inf"))) if order else None
     metrics = ("wer", "entity_accuracy", "eer", "hallucination_rate")
-    rows = sorted({(r["decoding"], r["domain"]) for r in results})
-    table = [(d, dom, *(next((f"{r['value']:.3f}" for r in results if (r["decoding"], r["domain"], r["metric"])
-                               == (d, dom, m)), "") for m in metrics)) for d, dom in rows]
-    console.print(f"\n[bold green]model[/bold green] {model.model_id}  trained on {model.dataset_version}: "
-                  f"loss {model.metrics['first_loss']:.2f} -> {model.metrics['final_loss']:.2f}")
-    _print_relation(["decoding", "domain", *metrics], table, title="held-out demo test set (eval_results)")
-    console.print(f"promotion: {'promoted' if decision.promote else 'kept the incumbent'} ({decision.reason})")
+    _print_relation(["decoding", "what it is", "WER", "entity accuracy", "EER", "hallucinations"],
+                    [(d + (" (best)" if d == best else ""), _decoding_meaning(d),
+                      *(f"{by_decoding[d][k]:.3f}" if k in by_decoding[d] else "" for k in metrics)) for d in order])
+    console.print("WER: word errors (substituted, deleted, inserted) per reference word; 0 is perfect, lower is better.\n"
+                  "entity accuracy: share of entity mentions (drug names, doses, conditions, procedures, doctors, bank "
+                  "products, merchants, amounts, dates, card digits) transcribed exactly; higher is better.\n"
+                  "EER: word errors on entity words. hallucinations: share of hypotheses more than twice as long as "
+                  "the reference.")
+    if best is not None:
+        examples = registry.eval_utterances(model.model_id, evidence["dataset_version"], best).to_pylist()[:3]
+        console.print(f"\nexamples ({best}):")
+        for row in examples:
+            console.print(f"  reference:  {row['reference']}")
+            console.print(f"  hypothesis: {row['hypothesis']}")
+    console.print(f"\npromotion on channel nightly: {'promoted' if decision.promote else 'kept the incumbent'} "
+                  f"({decision.reason})")
     jstip = _command_name()
+    console.print(f"demo done in {(time.perf_counter() - started) / 60:.1f} min")
     console.print(f"try:           {jstip} models list --store {store}")
-    console.print(f"               {jstip} evals --store {store}")
-    console.print("(a tiny model trained for minutes on 50 synthetic utterances: the numbers show the loop works, "
-                  "not what a real model reaches; see BENCHMARKS.md)")
+    console.print(f"               {jstip} evals --store {store}   (per domain)")
+    console.print(f"               {jstip} query --store {store} 'SELECT reason FROM promotions'")
 
 
 @app.command()
@@ -619,8 +670,8 @@ def evaluate(
     test_set: Annotated[Optional[str], typer.Option(help="Name of the test set in eval_results (default: the "
                                                          "version's dataset name).")] = None,
     decoding: Annotated[Optional[list[str]], typer.Option(help="greedy | beam<N> | joint-ctc<lambda>-beam<N> | "
-                                                               "ctc-greedy; repeatable (default: greedy, beam4, and "
-                                                               "with a CTC head ctc-greedy and joint-ctc0.3-beam4).")
+                                                               "ctc-greedy; repeatable (default with a CTC head: greedy, "
+                                                               "ctc-greedy, joint-ctc0.3-beam4; without: greedy, beam4).")
                         ] = None,
     limit: Annotated[Optional[int], typer.Option(min=1, help="Score only the first N utterances.")] = None,
 ):

@@ -44,12 +44,12 @@ class EvalReport:
 
 
 def decodings_for(model_has_ctc: bool, beam_size: int = 4, ctc_weight: float = 0.3) -> list[DecodeOptions]:
-    """Greedy and beam search; with a CTC head also the CTC head alone and, last (the best as a rule),
-    joint CTC/LLM beam search."""
-    options = [DecodeOptions(beam_size=1), DecodeOptions(beam_size=beam_size)]
+    """With a CTC head: the LLM alone (greedy), the CTC head alone, and last, the model's decoding, joint
+    CTC/LLM beam search. Without: greedy and beam search."""
     if model_has_ctc:
-        options += [DecodeOptions(ctc_only=True), DecodeOptions(beam_size=beam_size, ctc_weight=ctc_weight)]
-    return options
+        return [DecodeOptions(beam_size=1), DecodeOptions(ctc_only=True),
+                DecodeOptions(beam_size=beam_size, ctc_weight=ctc_weight)]
+    return [DecodeOptions(beam_size=1), DecodeOptions(beam_size=beam_size)]
 
 
 def _test_utterances(store: DatasetStore, version_id: str | None, limit: int | None):
@@ -77,8 +77,9 @@ def evaluate(
     on_log: Callable[[str], None] | None = None,
 ) -> EvalReport:
     """Decode every accepted utterance of `test_version` (None: the latest) with model `model_id` and record
-    the scores. decodings: None -> greedy, beam 4, and joint CTC (beam 4, lambda 0.3) when the model has a
-    CTC head. prompt: None -> the ASR prompt the model was trained with. limit: the first N utterances."""
+    the scores. decodings: None -> `decodings_for` the model (greedy, CTC alone and joint CTC/LLM beam 4
+    with lambda 0.3 when it has a CTC head; else greedy and beam 4). prompt: None -> the ASR prompt the
+    model was trained with. limit: the first N utterances."""
     say = on_log or log.info
     data_store = DatasetStore(store)
     registry = ModelRegistry(data_store)
