@@ -22,6 +22,11 @@ Every variant is decoded greedily (LLM alone), with beam 4, with its CTC head al
 a CTC head); the table gives each decoding's WER and the best decoding's entity accuracy, and for each
 change the paired difference in WER of the best decoding against the variant before it (95% bootstrap
 interval over the test utterances; one training seed, so training noise is not in it).
+
+The LM prior's effect (issue #17: the same run with and without it) is measured on more seeds: the last two
+variants are trained with seeds 0..`--prior-seeds`-1, and their differences (WER and entity accuracy of the
+joint decoding, WER of the LLM alone) get intervals from a bootstrap over test utterances (paired) and
+training seeds (jstip.tasks.metrics.bootstrap_ratios).
 """
 
 from __future__ import annotations
@@ -79,6 +84,7 @@ def main() -> None:
     parser.add_argument("--test-utterances", type=int, default=40)
     parser.add_argument("--steps", type=int, default=None, help="default: the demo's (TrainConfig().steps)")
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--prior-seeds", type=int, default=3, help="seeds of the runs without / with the LM prior")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     parser.add_argument("--store", type=Path, default=None)
     parser.add_argument("--from-results", type=Path, default=None)
@@ -116,12 +122,14 @@ def main() -> None:
         runs = []
         with ProcessPoolExecutor(max_workers=args.workers, mp_context=get_context("spawn")) as pool:
             plan = variants(steps, prior.model_id)
+            jobs = [(v, seed) for i, v in enumerate(plan)
+                    for seed in range(args.prior_seeds if i >= len(plan) - 2 else 1)]
             futures = [pool.submit(train_and_evaluate, store, versions[corpus].version_id, test_version.version_id,
-                                   config, "recipe") for _, _, corpus, config in plan]
-            for (name, change, corpus, config), future in zip(plan, futures):
+                                   dict(config, seed=seed), "recipe") for (_, _, corpus, config), seed in jobs]
+            for ((name, change, corpus, config), seed), future in zip(jobs, futures):
                 run = future.result()
-                runs.append({"variant": name, "change": change, "corpus": corpus, "config": config, **run})
-                say(f"{name}: " + ", ".join(f"{d} WER {o['wer']:.3f}" for d, o in run["overall"].items()))
+                runs.append({"variant": name, "change": change, "corpus": corpus, "config": config, "seed": seed, **run})
+                say(f"{name} seed {seed}: " + ", ".join(f"{d} WER {o['wer']:.3f}" for d, o in run["overall"].items()))
         meta = dict(
             command=" ".join([".venv/bin/python benchmarks/demo_recipe.py",
                               *map(shlex.quote, [a for a in sys.argv[1:] if a != "--write"]), "--write"]),
@@ -132,7 +140,9 @@ def main() -> None:
             machine=(f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, torch "
                      f"{torch.__version__}, {args.workers} worker processes on 1 thread each (CPU)"))
         results = {"meta": meta, "runs": runs}
-        results["comparisons"] = compare(runs)
+        results["comparisons"] = compare([r for r in runs if r["seed"] == 0])
+        results["prior_effect"] = prior_effect([r for r in runs if r["variant"] == "ASR-heavy"],
+                                               [r for r in runs if r["variant"] == "LM prior"])
     finally:
         if tmp:
             tmp.cleanup()
@@ -159,6 +169,29 @@ def compare(runs: list[dict]) -> list[dict | None]:
     return out
 
 
+def prior_effect(without: list[dict], with_prior: list[dict]) -> dict:
+    """with minus without, over seeds and test utterances (paired), per metric and decoding."""
+    import numpy as np
+    import pyarrow.parquet as pq
+
+    from jstip.tasks.metrics import bootstrap_ratios, percentile_interval, ratio_counts
+
+    out = {"seeds": [len(without), len(with_prior)]}
+    for decoding, metric in (("joint-ctc0.3-beam4", "wer"), ("joint-ctc0.3-beam4", "entity_accuracy"),
+                             ("greedy", "wer")):
+        groups = {}
+        for name, runs in (("without", without), ("with", with_prior)):
+            counts = [ratio_counts(pq.read_table(r["hypotheses"][decoding]).sort_by("utterance_id"), metric)
+                      for r in runs]
+            groups[name] = (np.stack([c[0] for c in counts]), np.stack([c[1] for c in counts]))
+        reps = bootstrap_ratios(groups, resamples=2000)
+        value = {k: float(n.sum() / d.sum()) for k, (n, d) in groups.items()}
+        out[f"{decoding} {metric}"] = {
+            "without": value["without"], "with": value["with"],
+            "difference": percentile_interval(value["with"] - value["without"], reps["with"] - reps["without"]).__dict__}
+    return out
+
+
 def publish(results: dict, write: bool) -> None:
     body = render(results)
     print()
@@ -171,7 +204,7 @@ def render(results: dict) -> str:
     meta, runs = results["meta"], results["runs"]
     decodings = ["greedy", "beam4", "ctc-greedy", "joint-ctc0.3-beam4"]
     rows = []
-    for run, comparison in zip(runs, results["comparisons"]):
+    for run, comparison in zip([r for r in runs if r["seed"] == 0], results["comparisons"]):
         best = best_decoding(run)
         cells = [run["variant"], run["change"]]
         cells += [f"{run['overall'][d]['wer']:.3f}" if d in run["overall"] else "" for d in decodings]
@@ -185,6 +218,11 @@ def render(results: dict) -> str:
         rows.append("| " + " | ".join(cells) + " |")
     prior = meta["prior"]
     load = ", ".join(f"{x:.1f}" for x in meta["load_average_end"])
+    effect = results["prior_effect"]
+    effect_lines = "\n".join(
+        f"| {key.replace('joint-ctc0.3-beam4', 'joint').replace('greedy', 'greedy (LLM alone)')} | {e['without']:.3f} | "
+        f"{e['with']:.3f} | {e['difference']['value']:+.3f} [{e['difference']['low']:+.3f}, {e['difference']['high']:+.3f}] |"
+        for key, e in effect.items() if key != "seeds")
     return f"""`{meta['command']}`
 
 The demo's training recipe, one change at a time, each variant trained once (seed 0) and scored on the same held-out test set ({meta['test_utterances']} utterances, {meta['test_audio_s'] / 60:.1f} min, seed 1000). Corpora: the demo corpus at {OLD_UTTERANCES} utterances ({meta['audio_s']['small'] / 60:.1f} min) and at {meta['utterances']} ({meta['audio_s']['full'] / 60:.1f} min). The LM prior: {prior['parameters']:,} parameters, vocabulary {prior['vocab_size']}, {prior['domain_sentences']} domain sentences + {prior['general_sentences']} general English sentences, held-out loss {prior['domain_val_loss']:.2f} (domain) / {prior['general_val_loss']:.2f} (general) nats per token. WER per decoding (greedy and beam4: the LLM alone; ctc-greedy: the CTC head alone; joint: CTC + LLM beam 4, lambda 0.3); entity accuracy of the best decoding; the change's effect: the WER difference of the best decoding against the variant before, with its 95% paired-bootstrap interval over test utterances. {meta['machine']}; whole run {meta['total_s'] / 60:.1f} min, load average at the end {load} (a shared machine: CPU seconds are steadier than wall time).
@@ -192,6 +230,12 @@ The demo's training recipe, one change at a time, each variant trained once (see
 | variant | change | WER greedy | WER beam4 | WER ctc-greedy | WER joint | entity accuracy (best) | WER change [95%] | train CPU s |
 |---|---|---|---|---|---|---|---|---|
 {chr(10).join(rows)}
+
+The LM prior's effect, the same runs without and with it ({effect['seeds'][0]} and {effect['seeds'][1]} training seeds; intervals over test utterances, paired, and seeds):
+
+| decoding, metric | without the prior | with it | with minus without [95%] |
+|---|---|---|---|
+{effect_lines}
 """
 
 

@@ -28,6 +28,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -40,6 +41,9 @@ from jstip.schemas.sequences import TrainingSequence
 from jstip.storage.store import DatasetStore
 from jstip.tasks.sequences import BucketSampler, SequencePools, build_sequences
 from jstip.version import model_code_version
+
+if TYPE_CHECKING:
+    from jstip.storage.registry import ModelRegistry, ModelRecord
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +105,7 @@ def loss_and_backward(model: SpeechLLM, sequences: list[TrainingSequence], devic
     return out
 
 
-def resolve_base_llm(registry, config: TrainConfig) -> tuple[TrainConfig, "ModelRecord | None"]:
+def resolve_base_llm(registry: ModelRegistry, config: TrainConfig) -> tuple[TrainConfig, ModelRecord | None]:
     """`model.llm.path` may name a registered LM prior (jstip.tasks.pretrain_lm) by model id or unique
     prefix: then -> (the config with the full id, the prior's record). A hub id or an existing directory
     -> (config, None)."""
