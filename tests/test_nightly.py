@@ -39,6 +39,21 @@ def test_nightly_promotes_the_first_model_then_only_a_better_one(prefect_server,
     (model1,) = registry.models()
     assert first.promote and registry.promoted("nightly").model_id == model1.model_id
     assert model1.parent_model is None
+    # what `jstip demo` prints of such a run: every decoding with its meaning, the metrics explained,
+    # examples, the decision
+    from jstip import cli
+
+    width, cli.console.width = cli.console.width, 250  # no wrapping inside the table's cells
+    try:
+        with cli.console.capture() as captured:
+            cli.print_downstream(store, first)
+    finally:
+        cli.console.width = width
+    printed = " ".join(captured.get().split())
+    assert f"model {model1.model_id}" in printed and "held-out test set demo-test" in printed
+    assert "greedy" in printed and "the LLM alone, greedy" in printed and "(best)" in printed
+    assert "WER: word errors" in printed and "entity accuracy: share of entity mentions" in printed
+    assert printed.count("reference:") == 3 and "promotion on channel nightly: promoted (no incumbent" in printed
 
     second = nightly_retrain(manifest=str(night2.nemo_manifest), **common)
     model2 = next(m for m in registry.models() if m.model_id != model1.model_id)
