@@ -1,67 +1,75 @@
-"""Benchmark: a miniature of the JSTIP paper's comparison (issue #7). The same speech-LLM, step budget and
-seed trained on the synthetic medical/banking corpus in seven ways, each scored on one held-out test set.
+"""Benchmark: the JSTIP paper's two claims, tested on synthetic medical/banking speech with intervals.
 
-    .venv/bin/python benchmarks/jstip_ablation.py [--utterances 240] [--test-utterances 40] [--steps N]
-        [--seeds 1] [--ctc-weight 0] [--out benchmarks/out/jstip_ablation] [--store DIR] [--write]
+    .venv/bin/python benchmarks/jstip_ablation.py [--utterances 400] [--test-utterances 100] [--steps 1000]
+        [--seeds 3] [--workers 2] [--arms a,b] [--out benchmarks/out/jstip_ablation] [--store DIR] [--write]
+    .venv/bin/python benchmarks/jstip_ablation.py --from-results benchmarks/out/jstip_ablation/results.json --write
 
-Data
-- training corpus: `--utterances` espeak-ng utterances (jstip.tasks.synth, seed 0), alternately medical
-  and banking; its domain text is the corpus's text_corpus.tsv: as many sentences again, drawn from the
-  same templates (with other fillers), none of them a training transcript.
-- test set: `--test-utterances` utterances synthesised with seed 1000 (other voices, fillers, entities),
-  built as its own dataset version with the default build config; every arm is scored on it.
-- TTS pairs: the domain-text sentences spoken by espeak-ng (voice, rate, pitch and edge silences drawn
-  per sentence from the same ranges as the corpus, seeded), appended to the training manifest.
+The claims (arXiv 2607.01733, abstract):
+  1. interleaved speech-text pretraining improves entity accuracy over ASR-only and over plain joint
+     speech-text training;
+  2. for domain adaptation, domain *text* (interleaving-ready transcription text) gives entity recognition
+     on par with synthetic TTS speech-text pairs of the same sentences.
 
-Dataset versions (jstip.tasks.stages.build_in_process; build config defaults except the plan):
-- word:    strategy word (word-level F1 interleaving, Poisson(3)-word spans, eta 0.5)
-- segment: strategy segment (segments of ~3 s, F1)
-- mixed:   strategy mixed (per utterance word 0.4 / segment 0.4 / asr 0.2) + domain text at text_share 0.1
-- domtext: strategy mixed with per-utterance probabilities word 1 / segment 0 / asr 0 (i.e. the word
-           version's plans) + the domain text at text_share 0.5, which takes every domain sentence
-- tts:     strategy word on the training manifest + the TTS pairs (no domain text plans)
+Data (jstip.tasks.synth, espeak-ng):
+- training speech: `--utterances` utterances (seed 0) drawing named entities (drugs, conditions,
+  procedures, clinicians, bank products, merchants) from the default lists only;
+- domain text: as many sentences again from the same templates with half of the named-entity slots
+  filled from NOVEL_FILLERS: entities that occur in this text but in no training audio;
+- test set: `--test-utterances` utterances (seed 1000: other voices, fillers, amounts) with 30% of the
+  named-entity slots novel, built as its own dataset version ("ablation-test"); it never overlaps the
+  training audio;
+- TTS pairs: the domain sentences spoken by espeak-ng (voices, rates, pitches drawn as for the corpus).
 
-Arms: same TrainConfig (defaults: conv encoder + tiny Llama-style LM, batch 8, lr 2e-3, `--steps`) except
-for `mix` (sampling weights of the pools interleaved / asr / text; jstip.tasks.sequences):
-- asr_only:    word version; asr 1 (prompt + whole utterance -> transcript)
-- joint:       word version; asr 1, text 1 with transcripts_as_text (the transcripts as LM text as well:
-               plain, non-interleaved joint speech-text training)
-- word:        word version; interleaved 0.5, asr 0.5
-- segment:     segment version; interleaved 0.5, asr 0.5
-- mixed:       mixed version; interleaved 0.4, asr 0.4, text 0.2 (text = its domain-text sentences)
-- domain_text: domtext version; interleaved 0.4, asr 0.4, text 0.2 (word-level interleaving + all the
-               domain text as text-only sequences)
-- tts_pairs:   tts version; interleaved 0.4, asr 0.4 (word-level interleaving; the same domain sentences as
-               speech, in both the asr and the interleaved pool)
-And `mixed_ctc`: the mixed arm with model.ctc_weight 0.3 (a CTC head trained jointly), decoded LLM-only
-(beam 4) and jointly (CTC/LLM beam 4, lambda 0.3), for the second table.
+Model: the default CPU speech-LLM (jstip.model.config: conv encoder, character CTC head, tiny Llama-style LM)
+started, in every arm and seed, from one LM prior pretrained (jstip.tasks.pretrain_lm) on the training
+transcripts plus general English sampled from the pocketsphinx trigram LM: so no arm's LLM has seen the
+domain text or a novel entity unless its arm gives it. `--steps` steps x batch 8, `--seeds` training seeds.
 
-`--ctc-weight W` (default 0) gives every arm a CTC head of weight W instead: then there is no separate
-mixed_ctc arm, every arm is also decoded jointly (beam 4, lambda 0.3; two more columns), the second table
-is the mixed arm's, and the BENCHMARKS.md section is "JSTIP ablation (ctc_weight W in every arm)".
+Arms (dataset versions are build-config defaults except the plan; mix = sampling weights of the
+interleaved / asr / text pools, jstip.tasks.sequences):
+- asr_only:    word version; asr 1
+- joint:       word version; asr 0.7, text 0.3 with transcripts_as_text (plain joint speech-text training)
+- word:        word-level plans (F1, Poisson(3)-word spans, eta 0.5); asr 0.7, interleaved 0.3
+- segment:     segment-level plans (~3 s segments); asr 0.7, interleaved 0.3
+- mixed:       per utterance word 0.4 / segment 0.4 / asr 0.2, no domain text; asr 0.7, interleaved 0.3
+- domain_text: the mixed arm + every domain sentence as a text-only sequence; asr 0.7, interleaved 0.3, text 0.2
+- tts_pairs:   the mixed arm on the training speech + the TTS pairs (in the asr and interleaved pools);
+               asr 0.7, interleaved 0.3
+Claim 1 compares word/segment/mixed (pooled: "interleaving") with asr_only and joint; claim 2 compares
+domain_text with tts_pairs, on the novel entities. Only the data version and the mix differ between arms.
 
-The tiny LM's tokenizer is trained on the text of every pool of the version the arm trains on (its mix
-weights aside), so arms on different versions also differ in their tokenizer. Every arm is evaluated with
-greedy and beam-4 decoding (jstip.tasks.evaluate; the results also go to the catalog's eval_results).
-With `--seeds K` each arm is trained with TrainConfig.seed 0..K-1 (same data) and the means are reported.
+Scoring: every model decodes the test set greedily (LLM alone), with its CTC head alone, and jointly
+(CTC/LLM beam 4, lambda 0.3: the decoding the verdicts use). Intervals are 95% percentile intervals of
+a bootstrap (jstip.tasks.metrics.bootstrap_ratios): each replicate draws the test utterances with
+replacement, the same draw for every arm (paired), and each arm's training seeds with replacement; a
+statistic is a ratio of sums over the drawn seeds and utterances. Verdicts (jstip.tasks.metrics):
+- claim 1: `superiority_verdict` of interleaving minus asr_only and interleaving minus joint (entity
+  accuracy, all entities): reproduced if both intervals lie above 0, contradicted if either lies below 0,
+  undecided otherwise;
+- claim 2: `equivalence_verdict` of domain_text minus tts_pairs (entity accuracy on the novel entities:
+  those with a word no training transcript contains) with margin --equivalence-margin (0.05): reproduced
+  ("on par") if the interval lies within the margin, contradicted if it lies wholly outside it, undecided
+  otherwise;
+- a claim whose arms do not all reach WER 0.25 (joint decoding) gets no verdict ("undecided").
 
-Writes `<out>/results.json` (every metric of every arm, seed and decoding, plus the run's facts) and, with
---write, the "JSTIP ablation" section of BENCHMARKS.md. `--from-results <out>/results.json [--write]`
-trains nothing and renders the section of a saved run again (e.g. after a change to the report's wording).
+Runs go to worker processes (`--workers`, torch on one thread each). Writes `<out>/results.json` (every
+run's metrics, the intervals, the verdicts and the run's facts) and, with --write, the "JSTIP ablation"
+section of BENCHMARKS.md. `--from-results` renders a saved run again without training.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import platform
 import shlex
 import sys
 import tempfile
 import time
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
+from multiprocessing import get_context
 from pathlib import Path
 
 from jstip.runtime import apply_offline_defaults
@@ -73,7 +81,15 @@ from _report import REPO, write_section  # noqa: E402  (benchmarks/ is the scrip
 SECTION = "JSTIP ablation"
 DEFAULT_OUT = REPO / "benchmarks" / "out" / "jstip_ablation"
 TRAIN_SEED, TEST_SEED, TTS_SEED_STREAM = 0, 1000, 7
-LEARNED_WER = 0.8  # an arm whose WER is above this everywhere has not learned to transcribe
+# Share of the named-entity slots drawn from NOVEL_FILLERS: in the domain text (so every novel entity occurs
+# there several times) and in the test set (enough novel occurrences for an interval, few enough that the
+# arms that cannot know them still transcribe the rest: a model that never heard or read a name misses it)
+DOMAIN_NOVEL_SHARE, TEST_NOVEL_SHARE = 0.5, 0.3
+VERDICT_DECODING = "joint-ctc0.3-beam4"
+DECODINGS = ("greedy", "ctc-greedy", VERDICT_DECODING)
+WER_TARGET = 0.25
+INTERLEAVING = ("word", "segment", "mixed")
+BASELINES = ("asr_only", "joint")
 
 
 @dataclass(frozen=True)
@@ -81,27 +97,26 @@ class Arm:
     name: str
     version: str
     mix: dict
-    ctc_weight: float = 0.0
 
 
 ARMS = (
     Arm("asr_only", "word", dict(interleaved=0.0, asr=1.0, text=0.0)),
-    Arm("joint", "word", dict(interleaved=0.0, asr=1.0, text=1.0, transcripts_as_text=True)),
-    Arm("word", "word", dict(interleaved=0.5, asr=0.5, text=0.0)),
-    Arm("segment", "segment", dict(interleaved=0.5, asr=0.5, text=0.0)),
-    Arm("mixed", "mixed", dict(interleaved=0.4, asr=0.4, text=0.2)),
-    Arm("domain_text", "domtext", dict(interleaved=0.4, asr=0.4, text=0.2)),
-    Arm("tts_pairs", "tts", dict(interleaved=0.4, asr=0.4, text=0.0)),
+    Arm("joint", "word", dict(interleaved=0.0, asr=0.7, text=0.3, transcripts_as_text=True)),
+    Arm("word", "word", dict(interleaved=0.3, asr=0.7, text=0.0)),
+    Arm("segment", "segment", dict(interleaved=0.3, asr=0.7, text=0.0)),
+    Arm("mixed", "mixed", dict(interleaved=0.3, asr=0.7, text=0.0)),
+    Arm("domain_text", "domtext", dict(interleaved=0.3, asr=0.7, text=0.2)),
+    Arm("tts_pairs", "tts", dict(interleaved=0.3, asr=0.7, text=0.0)),
 )
-CTC_ARM = Arm("mixed_ctc", "mixed", dict(interleaved=0.4, asr=0.4, text=0.2), ctc_weight=0.3)
 
-# plan section updates per version (everything else: the build config defaults)
+# plan section per version (everything else: the build config defaults); text_share 0.5 takes every
+# domain sentence as a text-only sequence (as many as utterances)
 VERSIONS = {
     "word": dict(strategy="word"),
     "segment": dict(strategy="segment"),
-    "mixed": dict(strategy="mixed"),
-    "domtext": dict(strategy="mixed", mixed=dict(word=1.0, segment=0.0, asr=0.0), text_share=0.5),
-    "tts": dict(strategy="word"),
+    "mixed": dict(strategy="mixed", text_share=0.0),
+    "domtext": dict(strategy="mixed", text_share=0.5),
+    "tts": dict(strategy="mixed", text_share=0.0),
 }
 
 
@@ -115,36 +130,16 @@ def build_config(name: str, plan_update: dict | None):
     config = load_config(None, name=name)
     if plan_update:
         data = config.model_dump()
-        for key, value in plan_update.items():
-            if isinstance(value, dict):
-                data["plan"][key].update(value)
-            else:
-                data["plan"][key] = value
+        data["plan"].update(plan_update)
         config = type(config).model_validate(data)
     return config
 
 
-def domain_sentences(text_corpus: Path, count: int, seed: int, spoken: set[str]) -> list[tuple[str, str, list[str]]]:
-    """(domain, sentence, entities) of text_corpus.tsv. The entities are recovered by drawing the sentences
-    again the way jstip.tasks.synth.text_corpus_sentences does; a sentence that does not match gets none."""
-    import numpy as np
-
-    from jstip.tasks.synth import DOMAINS, compose_sentence
-
-    lines = [line.split("\t", 1) for line in text_corpus.read_text(encoding="utf-8").splitlines() if line]
-    drawn, seen, draw = [], set(spoken), 0
-    while len(drawn) < count and draw < 20 * count + 1000:
-        rng = np.random.default_rng([seed, 1, draw])
-        draw += 1
-        text, entities = compose_sentence(DOMAINS[len(drawn) % 2], rng)
-        if text not in seen:
-            seen.add(text)
-            drawn.append((text, entities))
-    entity_of = {text: entities for text, entities in drawn}
-    return [(domain, sentence, list(entity_of.get(sentence, []))) for domain, sentence in lines]
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
-def synthesize_tts_pairs(corpus_dir: Path, sentences: list[tuple[str, str, list[str]]], seed: int) -> list[dict]:
+def synthesize_tts_pairs(corpus_dir: Path, sentences: list[dict], seed: int) -> list[dict]:
     """Speak each domain sentence with espeak-ng; NeMo manifest rows of the WAVs (under corpus_dir/tts)."""
     import numpy as np
     import soundfile as sf
@@ -153,11 +148,11 @@ def synthesize_tts_pairs(corpus_dir: Path, sentences: list[tuple[str, str, list[
                                    synthesize_in_fresh_process)
 
     scripts = []
-    for j, (domain, text, entities) in enumerate(sentences):
+    for j, row in enumerate(sentences):
         rng = np.random.default_rng([seed, TTS_SEED_STREAM, j])
         scripts.append(DemoUtterance(
-            id=f"tts-{'med' if domain == 'medical' else 'bank'}-{j:04d}", domain=domain, text=text,
-            entities=tuple(entities), voice=str(rng.choice(VOICES)),
+            id=f"tts-{'med' if row['domain'] == 'medical' else 'bank'}-{j:04d}", domain=row["domain"], text=row["text"],
+            entities=tuple(row["entities"]), voice=str(rng.choice(VOICES)),
             rate=int(rng.integers(RATE_WPM[0], RATE_WPM[1] + 1)), pitch=int(rng.integers(PITCH[0], PITCH[1] + 1)),
             pitch_range=int(rng.integers(PITCH_RANGE[0], PITCH_RANGE[1] + 1)),
             lead_silence_s=round(float(rng.uniform(*EDGE_SILENCE_S)), 3),
@@ -177,21 +172,31 @@ def synthesize_tts_pairs(corpus_dir: Path, sentences: list[tuple[str, str, list[
     return rows
 
 
-def mean(values: list[float]) -> float:
-    values = [v for v in values if v is not None and not math.isnan(v)]
-    return sum(values) / len(values) if values else float("nan")
+def run_arm(store: str, version_id: str, test_version: str, arm: dict, seed: int, steps: int, batch_size: int,
+            prior_id: str) -> dict:
+    """One training run of an arm and its evaluation, in a worker process (torch on one thread)."""
+    from _runs import train_and_evaluate
+
+    config = dict(steps=steps, batch_size=batch_size, seed=seed, mix=arm["mix"],
+                  model={"ctc_weight": 1.0, "llm": {"path": prior_id}})
+    run = train_and_evaluate(store, version_id, test_version, config, f"ablation-{arm['name']}", list(DECODINGS))
+    return {"arm": arm["name"], "seed": seed, **run}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--utterances", type=int, default=240)
-    parser.add_argument("--test-utterances", type=int, default=40)
-    parser.add_argument("--steps", type=int, default=1000, help="training steps of every arm")
+    parser.add_argument("--utterances", type=int, default=400)
+    parser.add_argument("--test-utterances", type=int, default=120)
+    parser.add_argument("--steps", type=int, default=1500, help="training steps of every run")
     parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--seeds", type=int, default=1, help="train each arm with TrainConfig.seed 0..K-1")
-    parser.add_argument("--ctc-weight", type=float, default=0.0,
-                        help="model.ctc_weight of every arm (0: none, plus the separate mixed_ctc arm)")
-    parser.add_argument("--arms", default=None, help="comma-separated subset of arms (default: all + mixed_ctc)")
+    parser.add_argument("--seeds", type=int, default=3, help="train each arm with TrainConfig.seed 0..K-1")
+    parser.add_argument("--workers", type=int, default=2, help="training runs in parallel (one core each)")
+    parser.add_argument("--prior-steps", type=int, default=None, help="default: PretrainConfig's")
+    parser.add_argument("--general-sentences", type=int, default=None, help="default: PretrainConfig's")
+    parser.add_argument("--equivalence-margin", type=float, default=0.05,
+                        help="claim 2: 'on par' means within this much entity accuracy")
+    parser.add_argument("--resamples", type=int, default=2000)
+    parser.add_argument("--arms", default=None, help="comma-separated subset of arms (default: all)")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     parser.add_argument("--store", type=Path, default=None, help="keep corpora + store here (default: temporary)")
     parser.add_argument("--from-results", type=Path, default=None,
@@ -204,17 +209,12 @@ def main() -> None:
 
     import torch
 
-    from jstip.model.config import MixConfig, SpeechLLMConfig, TrainConfig
-    from jstip.model.decode import DecodeOptions
-    from jstip.tasks.evaluate import evaluate
+    from jstip.model.config import PretrainConfig
+    from jstip.tasks.pretrain_lm import pretrain_lm
     from jstip.tasks.stages import build_in_process
     from jstip.tasks.synth import synthesize_corpus
-    from jstip.tasks.train import train
 
-    if args.ctc_weight > 0:
-        arms = [Arm(a.name, a.version, a.mix, ctc_weight=args.ctc_weight) for a in ARMS]
-    else:
-        arms = list(ARMS) + [CTC_ARM]
+    arms = list(ARMS)
     if args.arms:
         wanted = set(args.arms.split(","))
         unknown = wanted - {a.name for a in arms}
@@ -226,238 +226,291 @@ def main() -> None:
     root = Path(tmp.name) if tmp else args.store.resolve()
     root.mkdir(parents=True, exist_ok=True)
     store = str(root / "store")
-    started = time.perf_counter()
-    results: dict = {"arms": {}}
+    started, cpu_started = time.perf_counter(), time.process_time()
+    results: dict = {"runs": []}
     try:
         # -- data ------------------------------------------------------------------------------------
         t0 = time.perf_counter()
-        synth = synthesize_corpus(root / "corpus", utterances=args.utterances, seed=TRAIN_SEED)
+        synth = synthesize_corpus(root / "corpus", utterances=args.utterances, seed=TRAIN_SEED,
+                                  novel_entities=0.0, text_novel_entities=DOMAIN_NOVEL_SHARE)
         test = synthesize_corpus(root / "test_corpus", utterances=args.test_utterances, seed=TEST_SEED,
-                                 text_sentences=0)
-        train_lines = synth.nemo_manifest.read_text().splitlines()
-        spoken = {json.loads(line)["text"] for line in train_lines}
-        test_texts = [json.loads(line)["text"] for line in test.nemo_manifest.read_text().splitlines()]
-        sentences = domain_sentences(synth.text_corpus, synth.text_sentences, TRAIN_SEED, spoken)
+                                 novel_entities=TEST_NOVEL_SHARE, text_sentences=0)
+        train_rows = read_jsonl(synth.nemo_manifest)
+        test_rows = read_jsonl(test.nemo_manifest)
+        domain_rows = read_jsonl(synth.out_dir / "text_corpus.jsonl")
         needed = {a.version for a in arms}
         tts_manifest, tts_seconds = None, 0.0
         if "tts" in needed:
-            tts_rows = synthesize_tts_pairs(synth.out_dir, sentences, TRAIN_SEED)
+            tts_rows = synthesize_tts_pairs(synth.out_dir, domain_rows, TRAIN_SEED)
             tts_seconds = sum(r["duration"] for r in tts_rows)
             tts_manifest = synth.out_dir / "manifest_with_tts.jsonl"
-            tts_manifest.write_text("\n".join(train_lines + [json.dumps(r) for r in tts_rows]) + "\n")
-        say(f"synthesised {synth.utterances} training utterances ({synth.audio_seconds / 60:.1f} min), "
-            f"{test.utterances} test utterances ({test.audio_seconds / 60:.1f} min), {len(sentences)} domain "
-            f"sentences" + (f" and their TTS ({tts_seconds / 60:.1f} min)" if tts_manifest else "")
-            + f" in {time.perf_counter() - t0:.0f} s")
-        overlap_text = sum(t in {s for _, s, _ in sentences} for t in test_texts)
-        overlap_train = sum(t in spoken for t in test_texts)
+            tts_manifest.write_text("".join(json.dumps(r) + "\n" for r in train_rows + tts_rows))
+        synth_s = time.perf_counter() - t0
+        say(f"synthesised {len(train_rows)} training utterances ({synth.audio_seconds / 60:.1f} min), "
+            f"{len(test_rows)} test utterances ({test.audio_seconds / 60:.1f} min), {len(domain_rows)} domain "
+            f"sentences" + (f" and their TTS ({tts_seconds / 60:.1f} min)" if tts_manifest else "") + f" in {synth_s:.0f} s")
 
         t0 = time.perf_counter()
         test_version = build_in_process(str(test.nemo_manifest), None, store, build_config("ablation-test", None))
         versions = {}
-        for key in VERSIONS:
-            if key not in needed:
+        for key, plan in VERSIONS.items():
+            if key not in needed and not (key == "word"):
                 continue
             manifest = tts_manifest if key == "tts" else synth.nemo_manifest
-            versions[key] = build_in_process(str(manifest), str(synth.text_corpus), store,
-                                             build_config(f"ablation-{key}", VERSIONS[key]))
+            text_corpus = str(synth.text_corpus) if key == "domtext" else None
+            versions[key] = build_in_process(str(manifest), text_corpus, store, build_config(f"ablation-{key}", plan))
             say(f"version {key}: {versions[key].version_id}, {versions[key].accepted} accepted of "
                 f"{versions[key].ingested}, {versions[key].row_counts['interleave_plans']} plans")
         build_s = time.perf_counter() - t0
         say(f"test version {test_version.version_id}: {test_version.accepted} accepted; builds took {build_s:.0f} s")
 
-        # -- arms ------------------------------------------------------------------------------------
-        for arm in arms:
-            per_seed = []
-            for seed in range(args.seeds):
-                config = TrainConfig.model_validate(dict(
-                    steps=args.steps, batch_size=args.batch_size, seed=seed, mix=MixConfig(**arm.mix).model_dump(),
-                    model=SpeechLLMConfig(ctc_weight=arm.ctc_weight).model_dump()))
-                say(f"arm {arm.name} seed {seed}: training {args.steps} steps on version {arm.version} ...")
-                t0 = time.perf_counter()
-                trained = train(store, versions[arm.version].version_id, config, name=f"ablation-{arm.name}",
-                                on_log=lambda _: None)
-                train_s = time.perf_counter() - t0
-                decodings = [DecodeOptions(beam_size=1), DecodeOptions(beam_size=4)]
-                if arm.ctc_weight > 0:
-                    decodings.append(DecodeOptions(beam_size=4, ctc_weight=0.3))
-                t0 = time.perf_counter()
-                report = evaluate(store, trained.model_id, test_version.version_id, test_set="ablation-test",
-                                  decodings=decodings, on_log=lambda _: None)
-                eval_s = time.perf_counter() - t0
-                per_seed.append({"seed": seed, "model_id": trained.model_id, "train_s": train_s, "eval_s": eval_s,
-                                 "first_loss": trained.metrics["first_loss"],
-                                 "final_loss": trained.metrics["final_loss"],
-                                 "sequences_per_pool": trained.metrics["sequences_per_pool"],
-                                 "overall": report.overall})
-                b4 = report.overall["beam4"]
-                say(f"arm {arm.name} seed {seed}: trained {train_s:.0f} s (loss {trained.metrics['first_loss']:.2f} "
-                    f"-> {trained.metrics['final_loss']:.2f}), evaluated {eval_s:.0f} s: WER greedy "
-                    f"{report.overall['greedy']['wer']:.3f} beam4 {b4['wer']:.3f}, entity acc {b4['entity_accuracy']:.3f}"
-                    + (f"; joint CTC WER {report.overall['joint-ctc0.3-beam4']['wer']:.3f} entity acc "
-                       f"{report.overall['joint-ctc0.3-beam4']['entity_accuracy']:.3f}" if arm.ctc_weight else ""))
-            results["arms"][arm.name] = per_seed
+        # -- the LM prior every arm starts from: training transcripts + general English ------------------
+        t0 = time.perf_counter()
+        torch.set_num_threads(max(1, args.workers))
+        overrides = {k: v for k, v in (("steps", args.prior_steps), ("general_sentences", args.general_sentences))
+                     if v is not None}
+        prior = pretrain_lm(store, versions["word"].version_id,
+                            PretrainConfig(domain_text="transcripts", **overrides), name="ablation-prior", on_log=say)
+        prior_s = time.perf_counter() - t0
+
+        # -- arms x seeds ----------------------------------------------------------------------------
+        t0 = time.perf_counter()
+        jobs = [(arm, seed) for seed in range(args.seeds) for arm in arms]
+        with ProcessPoolExecutor(max_workers=args.workers, mp_context=get_context("spawn")) as pool:
+            futures = [pool.submit(run_arm, store, versions[arm.version].version_id, test_version.version_id,
+                                   {"name": arm.name, "mix": arm.mix}, seed, args.steps, args.batch_size,
+                                   prior.model_id) for arm, seed in jobs]
+            for future in futures:
+                run = future.result()
+                joint = run["overall"][VERDICT_DECODING]
+                say(f"{run['arm']} seed {run['seed']}: trained {run['train_wall_s']:.0f} s (CPU {run['train_cpu_s']:.0f} s), "
+                    f"loss {run['first_loss']:.2f} -> {run['final_loss']:.2f}; WER greedy "
+                    f"{run['overall']['greedy']['wer']:.3f}, CTC {run['overall']['ctc-greedy']['wer']:.3f}, joint "
+                    f"{joint['wer']:.3f}; entity accuracy joint {joint['entity_accuracy']:.3f}")
+                results["runs"].append(run)
+        runs_s = time.perf_counter() - t0
+
+        # -- what the verdicts are computed from: per-utterance counts, all entities and novel ones -----
+        novel = novel_entities(train_rows, domain_rows)
+        results["per_utterance"] = per_utterance_counts(results["runs"], set(novel))
+        results["meta"] = dict(
+            command=" ".join([".venv/bin/python benchmarks/jstip_ablation.py",
+                              *map(shlex.quote, [a for a in sys.argv[1:] if a != "--write"]), "--write"]),
+            utterances=args.utterances, test_utterances=args.test_utterances, steps=args.steps,
+            batch_size=args.batch_size, seeds=args.seeds, workers=args.workers, resamples=args.resamples,
+            equivalence_margin=args.equivalence_margin, arms=[a.name for a in arms],
+            mixes={a.name: a.mix for a in arms}, train_audio_s=synth.audio_seconds, test_audio_s=test.audio_seconds,
+            domain_sentences=len(domain_rows), tts_audio_s=tts_seconds,
+            test_in_training=sum(r["text"] in {t["text"] for t in train_rows} for r in test_rows),
+            test_in_domain_text=sum(r["text"] in {d["text"] for d in domain_rows} for r in test_rows),
+            novel_entities=novel, test_entity_occurrences=sum(len(r["entities"]) for r in test_rows),
+            test_novel_occurrences=sum(e in set(novel) for r in test_rows for e in r["entities"]),
+            prior={"model_id": prior.model_id, **{k: prior.metrics[k] for k in (
+                "domain_sentences", "general_sentences", "vocab_size", "parameters", "domain_val_loss",
+                "general_val_loss", "train_seconds")}},
+            test_version=test_version.version_id, versions={k: v.version_id for k, v in versions.items()},
+            synth_s=synth_s, build_s=build_s, prior_s=prior_s, runs_s=runs_s,
+            total_s=time.perf_counter() - started, main_cpu_s=time.process_time() - cpu_started,
+            load_average_end=os.getloadavg(),
+            machine=(f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, torch "
+                     f"{torch.__version__}, {args.workers} worker processes on 1 thread each (CPU)"))
     finally:
         if tmp:
             tmp.cleanup()
-    total_s = time.perf_counter() - started
-
-    argv = [a for a in sys.argv[1:] if a != "--write"]
-    results["meta"] = dict(
-        command=" ".join([".venv/bin/python benchmarks/jstip_ablation.py", *map(shlex.quote, argv), "--write"]),
-        utterances=args.utterances, test_utterances=args.test_utterances, steps=args.steps,
-        batch_size=args.batch_size, seeds=args.seeds, ctc_weight=args.ctc_weight,
-        train_audio_s=synth.audio_seconds, test_audio_s=test.audio_seconds, domain_sentences=len(sentences),
-        tts_audio_s=tts_seconds, test_in_training=overlap_train, test_in_domain_text=overlap_text,
-        total_s=total_s, build_s=build_s, test_version=test_version.version_id,
-        versions={k: v.version_id for k, v in versions.items()},
-        machine=(f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, torch "
-                 f"{torch.__version__} on {torch.get_num_threads()} threads (CPU)"))
-    (args.out / "results.json").write_text(json.dumps(results, indent=2))
+    (args.out / "results.json").write_text(json.dumps(results, indent=1))
     publish(results, args.write)
-    print(f"jstip_ablation: {len(results['arms'])} arms x {args.seeds} seed(s), "
-          f"{args.steps} steps each, {total_s / 60:.1f} min; results in {args.out / 'results.json'}")
+    print(f"jstip_ablation: {len(arms)} arms x {args.seeds} seeds, {args.steps} steps each, "
+          f"{results['meta']['total_s'] / 60:.1f} min; results in {args.out / 'results.json'}")
+
+
+def novel_entities(train_rows: list[dict], domain_rows: list[dict]) -> list[str]:
+    """Entities of the domain text that no training audio can teach: with a word (as scored,
+    jstip.tasks.metrics.normalize_for_wer) that no training transcript contains. Amounts and dates made of
+    words the training speech has are not novel, even when that exact amount was never spoken."""
+    from jstip.tasks.metrics import normalize_for_wer
+
+    heard = {w for r in train_rows for w in normalize_for_wer(r["text"]).split()}
+    return sorted({e for r in domain_rows for e in r["entities"]
+                   if any(w not in heard for w in normalize_for_wer(e).split())})
+
+
+def per_utterance_counts(runs: list[dict], novel: set[str]) -> dict:
+    """arm -> decoding -> {utterance_ids, seeds: [{metric: [numerator, denominator] per utterance}]} from the
+    hypotheses each run's evaluation wrote (the same utterance order for every run)."""
+    import pyarrow.parquet as pq
+
+    from jstip.tasks.metrics import ratio_counts, utterance_scores
+
+    out: dict = {}
+    for run in sorted(runs, key=lambda r: (r["arm"], r["seed"])):
+        for decoding, path in run["hypotheses"].items():
+            table = pq.read_table(path).sort_by("utterance_id")
+            rows = table.select(["utterance_id", "reference", "hypothesis", "entities"]).to_pylist()
+            novel_rows = [{**r, "entities": [e for e in r["entities"] if e in novel]} for r in rows]
+            counts = {}
+            for metric, source in (("wer", table), ("entity_accuracy", table),
+                                   ("novel_entity_accuracy", utterance_scores(novel_rows))):
+                num, den = ratio_counts(source, "entity_accuracy" if metric.startswith("novel") else metric)
+                counts[metric] = [num.tolist(), den.tolist()]
+            entry = out.setdefault(run["arm"], {}).setdefault(decoding, {"utterance_ids": [r["utterance_id"] for r in rows],
+                                                                         "seeds": []})
+            if entry["utterance_ids"] != [r["utterance_id"] for r in rows]:
+                raise ValueError(f"run {run['model_id']} was scored on other utterances than the first run of {run['arm']}")
+            entry["seeds"].append(counts)
+    return out
+
+
+def analyse(results: dict) -> dict:
+    """Intervals for every arm and the claims' differences, and the verdicts, from the per-utterance counts."""
+    import numpy as np
+
+    from jstip.tasks.metrics import bootstrap_ratios, equivalence_verdict, percentile_interval, superiority_verdict
+
+    meta, counts = results["meta"], results["per_utterance"]
+    arms = [a for a in meta["arms"] if a in counts]
+    out: dict = {"arms": {}, "claims": {}}
+
+    def groups(metric: str, decoding: str) -> dict:
+        g = {}
+        for arm in arms:
+            seeds = counts[arm][decoding]["seeds"]
+            g[arm] = (np.array([s[metric][0] for s in seeds]), np.array([s[metric][1] for s in seeds]))
+        pooled = [a for a in INTERLEAVING if a in g]
+        if pooled:  # the interleaving arms as one system whose "seeds" are all their runs
+            g["interleaving"] = (np.concatenate([g[a][0] for a in pooled]), np.concatenate([g[a][1] for a in pooled]))
+        return g
+
+    def value(num, den) -> float:
+        return float(num.sum() / den.sum()) if den.sum() else float("nan")
+
+    reps: dict = {}
+    for decoding in DECODINGS:
+        for metric in ("wer", "entity_accuracy", "novel_entity_accuracy"):
+            g = groups(metric, decoding)
+            reps[decoding, metric] = (g, bootstrap_ratios(g, resamples=meta["resamples"], seed=0))
+            for name, (num, den) in g.items():
+                iv = percentile_interval(value(num, den), reps[decoding, metric][1][name])
+                out["arms"].setdefault(name, {}).setdefault(decoding, {})[metric] = iv.__dict__
+
+    def difference(metric: str, a: str, b: str):
+        g, r = reps[VERDICT_DECODING, metric]
+        return percentile_interval(value(*g[a]) - value(*g[b]), r[a] - r[b])
+
+    def transcribe(names) -> bool:  # a comparison of models that do not transcribe tests nothing
+        return all(out["arms"][n][VERDICT_DECODING]["wer"]["value"] <= WER_TARGET for n in names)
+
+    if "interleaving" in out["arms"] and all(b in arms for b in BASELINES):
+        diffs = {b: difference("entity_accuracy", "interleaving", b) for b in BASELINES}
+        per_variant = {f"{v} - {b}": difference("entity_accuracy", v, b).__dict__
+                       for v in INTERLEAVING if v in arms for b in BASELINES}
+        gated = transcribe([*INTERLEAVING, *BASELINES])
+        out["claims"]["interleaving"] = {
+            "verdict": superiority_verdict(list(diffs.values())) if gated else "undecided",
+            "transcribe": gated,
+            "differences": {f"interleaving - {b}": d.__dict__ for b, d in diffs.items()},
+            "per_variant": per_variant,
+            "wer_differences": {f"interleaving - {b}": difference("wer", "interleaving", b).__dict__ for b in BASELINES}}
+    if "domain_text" in arms and "tts_pairs" in arms:
+        novel = difference("novel_entity_accuracy", "domain_text", "tts_pairs")
+        gated = transcribe(["domain_text", "tts_pairs"])
+        out["claims"]["domain_text"] = {
+            "verdict": equivalence_verdict(novel, meta["equivalence_margin"]) if gated else "undecided",
+            "transcribe": gated,
+            "difference": {"domain_text - tts_pairs": novel.__dict__},
+            "all_entities": {"domain_text - tts_pairs": difference("entity_accuracy", "domain_text", "tts_pairs").__dict__},
+            "vs_mixed": {"domain_text - mixed": difference("novel_entity_accuracy", "domain_text", "mixed").__dict__}
+            if "mixed" in arms else {}}
+    return out
 
 
 def publish(results: dict, write: bool) -> None:
     """Print the BENCHMARKS.md section of a run's results (and record it with `write`)."""
-    title, body = render(results)
+    results["analysis"] = analyse(results)
+    body = render(results)
     print()
     print(body)
     if write:
-        write_section(title, body)
+        write_section(SECTION, body)
 
 
-def render(results: dict) -> tuple[str, str]:
-    """(section title, section body) of a run's results.json."""
-    meta = results["meta"]
+def _iv(d: dict, digits: int = 3) -> str:
+    return f"{d['value']:.{digits}f} [{d['low']:.{digits}f}, {d['high']:.{digits}f}]"
 
-    def avg(runs, decoding, metric):
-        return mean([r["overall"][decoding].get(metric, float("nan")) for r in runs])
 
-    def spread(runs, decoding, metric):
-        values = [r["overall"][decoding][metric] for r in runs]
-        return max(values) - min(values)
+def _diff(d: dict) -> str:
+    return f"{d['value']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}]"
 
-    some_run = next(iter(results["arms"].values()))[0]["overall"]["beam4"]
-    entity_n, ref_words = some_run["entity_occurrences"], some_run["ref_words"]
-    joint = "joint-ctc0.3-beam4"
-    all_ctc = meta["ctc_weight"] > 0
-    ctc_arm = "mixed" if all_ctc else CTC_ARM.name
-    main_arms = {name: runs for name, runs in results["arms"].items() if name != CTC_ARM.name}
+
+def render(results: dict) -> str:
+    meta, analysis, runs = results["meta"], results["analysis"], results["runs"]
+    arms = [a for a in meta["arms"] if a in analysis["arms"]]
+
+    def mean(values):
+        return sum(values) / len(values) if values else float("nan")
+
     rows = []
-    for name, runs in main_arms.items():
-        rows.append((name, avg(runs, "greedy", "wer"), avg(runs, "beam4", "wer"), avg(runs, "beam4", "entity_accuracy"),
-                     avg(runs, "beam4", "eer"), avg(runs, "beam4", "hallucination_rate"),
-                     mean([r["final_loss"] for r in runs]), mean([r["train_s"] for r in runs]))
-                    + ((avg(runs, joint, "wer"), avg(runs, joint, "entity_accuracy")) if all_ctc else ()))
-    extra = " WER joint CTC | entity acc. joint CTC |" if all_ctc else ""
-    table = (f"| arm | WER greedy | WER beam4 | entity acc. beam4 | EER beam4 | hallucination rate beam4 | "
-             f"final train loss | train s |{extra}\n|---|---|---|---|---|---|---|---|{'---|---|' if all_ctc else ''}\n")
-    table += "\n".join("| " + " | ".join([row[0]] + [f"{v:.3f}" for v in row[1:7]] + [f"{row[7]:.0f}"]
-                                          + [f"{v:.3f}" for v in row[8:]]) + " |" for row in rows)
-    ctc_table = ""
-    if ctc_arm in results["arms"]:
-        runs = results["arms"][ctc_arm]
-        ctc_table = (f"| decoding ({ctc_arm} arm, ctc_weight {meta['ctc_weight'] if all_ctc else CTC_ARM.ctc_weight:g}) | "
-                     "WER | entity acc. | EER | insertions | hallucination rate |\n|---|---|---|---|---|---|\n")
-        for decoding in runs[0]["overall"]:
-            ctc_table += (f"| {decoding} | {avg(runs, decoding, 'wer'):.3f} | {avg(runs, decoding, 'entity_accuracy'):.3f} "
-                          f"| {avg(runs, decoding, 'eer'):.3f} | {avg(runs, decoding, 'insertions'):.1f} | "
-                          f"{avg(runs, decoding, 'hallucination_rate'):.3f} |\n")
-        ctc_table += (f"\nTrained {mean([r['train_s'] for r in runs]):.0f} s, final train loss (LLM + CTC) "
-                      f"{mean([r['final_loss'] for r in runs]):.3f}.\n")
-
-    pools = "; ".join(f"{name} {'/'.join(str(v) for v in runs[0]['sequences_per_pool'].values())}"
-                      for name, runs in main_arms.items())
-    seeds_note = ""
-    if meta["seeds"] > 1:
-        parts = [f"WER beam4 {mean([spread(r, 'beam4', 'wer') for r in main_arms.values()]):.3f}",
-                 f"entity acc. beam4 {mean([spread(r, 'beam4', 'entity_accuracy') for r in main_arms.values()]):.3f}"]
-        if all_ctc:
-            parts += [f"WER joint CTC {mean([spread(r, joint, 'wer') for r in main_arms.values()]):.3f}",
-                      f"entity acc. joint CTC {mean([spread(r, joint, 'entity_accuracy') for r in main_arms.values()]):.3f}"]
-        seeds_note = (f"Seed noise: the difference between the best and the worst of the {meta['seeds']} training "
-                      f"seeds of one arm, averaged over the arms: {', '.join(parts)}.\n\n")
-    verdict = _verdict({r[0]: r[3] for r in rows}, {r[0]: r[2] for r in rows}, entity_n, "Beam 4")
-    if all_ctc:
-        verdict += _verdict({r[0]: r[9] for r in rows}, {r[0]: r[8] for r in rows}, entity_n, "Joint CTC decoding")
-    verdict.append("The model is tiny and trained for minutes on minutes of synthetic audio; numbers move by "
-                   "several points with the training seed, so read them as a smoke test of the comparison, "
-                   "not as evidence for or against the paper.")
-    ctc_note = (f"Every arm here has a CTC head (model.ctc_weight {meta['ctc_weight']:g}) and is also decoded jointly "
-                f"(beam 4, lambda 0.3). " if all_ctc else "")
-    seeds = "seed 0" if meta["seeds"] == 1 else f"means over training seeds 0..{meta['seeds'] - 1}"
-    n_sent = meta["domain_sentences"]
-    body = f"""`{meta['command']}`
-
-Training corpus: {meta['utterances']} synthetic medical/banking utterances (seed {TRAIN_SEED}, {meta['train_audio_s'] / 60:.1f} min of audio) and its domain text ({n_sent} sentences from the same templates, none a training transcript). Test set: {meta['test_utterances']} held-out utterances (seed {TEST_SEED}, {meta['test_audio_s'] / 60:.1f} min, {int(ref_words)} words, {int(entity_n)} entity occurrences); test transcripts that also occur among the training transcripts: {meta['test_in_training']}, in the domain text: {meta['test_in_domain_text']}. {ctc_note}Every arm: the default CPU model (conv encoder + tiny Llama-style LM, from scratch{f", ctc_weight {meta['ctc_weight']:g}" if all_ctc else ""}), {meta['steps']} steps x batch {meta['batch_size']}, lr 2e-3, {seeds}; only the data version and the pool mix differ. {meta['machine']}; whole run {meta['total_s'] / 60:.1f} min (builds {meta['build_s']:.0f} s).
-
-Arms (versions are build-config defaults except the plan; mix = sampling weights of the interleaved / asr / text pools):
-- asr_only: word version; mix asr 1 (prompt + utterance -> transcript only).
-- joint: word version; mix asr 1 + text 1 with transcripts_as_text (transcripts also as LM text; no interleaving).
-- word: word-level version (F1, Poisson(3) spans, eta 0.5); mix interleaved 0.5, asr 0.5.
-- segment: segment-level version (~3 s segments); mix interleaved 0.5, asr 0.5.
-- mixed: mixed version (per utterance word 0.4 / segment 0.4 / asr 0.2, domain text at text_share 0.1); mix interleaved 0.4, asr 0.4, text 0.2.
-- domain_text: mixed strategy with word 1 / segment 0 / asr 0 (word-level plans) + all {n_sent} domain sentences as text-only sequences (text_share 0.5); mix interleaved 0.4, asr 0.4, text 0.2.
-- tts_pairs: word version of the training manifest plus the same {n_sent} domain sentences spoken by espeak-ng ({meta['tts_audio_s'] / 60:.1f} min; random corpus voices), as ASR pairs and word-level plans; mix interleaved 0.4, asr 0.4.
-
-Scored on the test version with greedy and beam-4 decoding (jstip.tasks.evaluate; {seeds}). Final train loss is the mean of the last 10 steps on each arm's own mix, so it is not comparable across arms.
-
-{table}
-
-{seeds_note}Sequences per pool (interleaved / asr / text) of each arm's version: {pools}.
-
-Joint CTC/LLM decoding: {"the mixed arm" if all_ctc else "the mixed arm again with a CTC head (model.ctc_weight 0.3)"}, decoded LLM-only and with CTC prefix scores (DecodeOptions(beam_size=4, ctc_weight=0.3)):
-
-{ctc_table}
-{chr(10).join('- ' + line for line in verdict)}
-"""
-    title = SECTION if not all_ctc else f"{SECTION} (ctc_weight {meta['ctc_weight']:g} in every arm)"
-    return title, body
-
-
-def _verdict(acc: dict[str, float], wer: dict[str, float], entities: float, decoding: str) -> list[str]:
-    """Plain statements on the paper's two directions for one decoding: entity accuracy (the paper's
-    measure) with its sampling noise on this test set, and WER beside it. A comparison whose arms all
-    have WER >= LEARNED_WER is not a test of anything: those models did not learn to transcribe."""
+    for arm in arms + (["interleaving"] if "interleaving" in analysis["arms"] else []):
+        a = analysis["arms"][arm]
+        arm_runs = [r for r in runs if r["arm"] in (INTERLEAVING if arm == "interleaving" else (arm,))]
+        cells = [arm if arm != "interleaving" else "interleaving (word+segment+mixed pooled)",
+                 _iv(a[VERDICT_DECODING]["wer"]), _iv(a[VERDICT_DECODING]["entity_accuracy"]),
+                 _iv(a[VERDICT_DECODING]["novel_entity_accuracy"]), f"{a['greedy']['wer']['value']:.3f}",
+                 f"{a['ctc-greedy']['wer']['value']:.3f}",
+                 "" if arm == "interleaving" else f"{mean([r['train_cpu_s'] for r in arm_runs]):.0f}"]
+        rows.append("| " + " | ".join(cells) + " |")
+    worst = max(analysis["arms"][a][VERDICT_DECODING]["wer"]["value"] for a in arms)
+    per_seed = {a: [r["overall"][VERDICT_DECODING]["wer"] for r in runs if r["arm"] == a] for a in arms}
+    worst_seed = max(w for ws in per_seed.values() for w in ws)
     lines = []
-    se = lambda p: math.sqrt(max(p * (1 - p), 0.25 / entities) / entities)  # noqa: E731
-    untrained = lambda names: all(wer[n] >= LEARNED_WER for n in names)  # noqa: E731
-    if wer and untrained(wer):
-        lines.append(f"{decoding}: no arm learned to transcribe at this budget (WER {min(wer.values()):.2f}-"
-                     f"{max(wer.values()):.2f}, >= {LEARNED_WER} everywhere): the hypotheses are mostly in-domain "
-                     "sentences unrelated to the audio, so neither comparison below tests the paper's claims.")
-    base = [n for n in ("asr_only", "joint") if n in acc]
-    inter = [n for n in ("word", "segment", "mixed") if n in acc]
-    if base and inter:
-        best = max(base, key=lambda n: acc[n])
-        b, i = acc[best], mean([acc[n] for n in inter])
-        noise = 2 * math.sqrt(2) * se((b + i) / 2)
-        direction = ("reproduced" if i - b > noise else "reversed" if b - i > noise
-                     else "not reproduced (the difference is within noise)")
-        if untrained(base + inter):
-            direction = f"not tested (all these arms have WER >= {LEARNED_WER})"
-        lines.append(f"{decoding}, interleaving vs. no interleaving: entity accuracy of the interleaving arms "
-                     f"(word/segment/mixed) {i:.3f} on average, of the better baseline ({best}) {b:.3f}: "
-                     f"difference {i - b:+.3f}, noise (2 x the standard error of a difference on {entities:.0f} "
-                     f"entities) ~{noise:.3f}; WER {mean([wer[n] for n in inter]):.3f} vs. "
-                     f"{', '.join(f'{n} {wer[n]:.3f}' for n in base)}. The paper's direction (interleaving better "
-                     f"on entities) is {direction}.")
-    if "domain_text" in acc and "tts_pairs" in acc:
-        d, t = acc["domain_text"], acc["tts_pairs"]
-        noise = 2 * math.sqrt(2) * se((d + t) / 2)
-        if untrained(["domain_text", "tts_pairs"]):
-            outcome = f"not tested (both have WER >= {LEARNED_WER})."
-        elif abs(d - t) <= noise:
-            outcome = "about equal, as in the paper."
-        else:
-            outcome = f"{'domain text' if d > t else 'TTS pairs'} better, unlike the paper's 'about equal'."
-        lines.append(f"{decoding}, domain text vs. TTS pairs: entity accuracy {d:.3f} vs. {t:.3f} (difference "
-                     f"{d - t:+.3f}, noise ~{noise:.3f}), WER {wer['domain_text']:.3f} vs. {wer['tts_pairs']:.3f}: "
-                     f"{outcome} (The TTS pairs come from the test set's own synthesiser and voices, which favours "
-                     "them far more than real test speech would.)")
-    return lines
+    claim1 = analysis["claims"].get("interleaving")
+    if claim1:
+        d = claim1["differences"]
+        lines.append(f"**Claim 1, interleaving beats ASR-only and joint training on entity accuracy: "
+                     f"{claim1['verdict'].upper()}.** Entity accuracy, interleaving minus asr_only "
+                     f"{_diff(d['interleaving - asr_only'])}, minus joint {_diff(d['interleaving - joint'])} "
+                     f"(reproduced needs both intervals above 0; contradicted, either below 0). Per variant: "
+                     + "; ".join(f"{k} {_diff(v)}" for k, v in claim1["per_variant"].items())
+                     + ("" if claim1["transcribe"] else
+                        f". Not all of these arms reach WER {WER_TARGET}: no verdict (models that do not transcribe "
+                        "test nothing)")
+                     + ". WER, interleaving minus asr_only "
+                     f"{_diff(claim1['wer_differences']['interleaving - asr_only'])}, minus joint "
+                     f"{_diff(claim1['wer_differences']['interleaving - joint'])}.")
+    claim2 = analysis["claims"].get("domain_text")
+    if claim2:
+        d = claim2["difference"]["domain_text - tts_pairs"]
+        margin = meta["equivalence_margin"]
+        lines.append(f"**Claim 2, domain text is on par with TTS pairs for entities known only from that text: "
+                     f"{claim2['verdict'].upper()}.** Novel-entity accuracy, domain_text minus tts_pairs {_diff(d)} "
+                     f"(on par = the interval within ±{margin}; contradicted = wholly outside it). All entities: "
+                     f"{_diff(claim2['all_entities']['domain_text - tts_pairs'])}"
+                     + (f"; domain_text minus mixed (what the text adds), novel entities "
+                        f"{_diff(claim2['vs_mixed']['domain_text - mixed'])}" if claim2.get("vs_mixed") else "")
+                     + ("" if claim2["transcribe"] else f". Not both arms reach WER {WER_TARGET}: no verdict")
+                     + ". The TTS pairs are spoken by the same synthesiser and voices as the test set, which favours "
+                       "them far more than real test speech would.")
+    lines.append(f"Every arm's WER (joint decoding, all seeds pooled): at most {worst:.3f}; worst single run "
+                 f"{worst_seed:.3f} (target <= {WER_TARGET}). Greedy (the LLM alone) and CTC-greedy (the CTC head "
+                 "alone) show what each half of the model contributes; the joint search is the model's decoding.")
+    prior = meta["prior"]
+    pools = "; ".join(f"{a} " + "/".join(str(v) for v in next(r for r in runs if r["arm"] == a)["sequences_per_pool"].values())
+                      for a in arms)
+    load = ", ".join(f"{x:.1f}" for x in meta["load_average_end"])
+    return f"""`{meta['command']}`
+
+Data: {meta['utterances']} synthetic medical/banking training utterances ({meta['train_audio_s'] / 60:.1f} min of audio, default entity lists only); domain text: {meta['domain_sentences']} sentences from the same templates, {DOMAIN_NOVEL_SHARE:.0%} of their named-entity slots drawn from a list no training utterance draws from ({TEST_NOVEL_SHARE:.0%} in the test set); novel entities, those with a word no training transcript has: {len(meta['novel_entities'])} ({', '.join(meta['novel_entities'])}); TTS pairs: those sentences spoken by espeak-ng ({meta['tts_audio_s'] / 60:.1f} min). Test set: {meta['test_utterances']} held-out utterances (seed {TEST_SEED}, {meta['test_audio_s'] / 60:.1f} min) with {meta['test_entity_occurrences']} entity occurrences, {meta['test_novel_occurrences']} of them novel (in the domain text, in no training audio); test transcripts also among the training transcripts: {meta['test_in_training']}, in the domain text: {meta['test_in_domain_text']}.
+
+Model: the default CPU speech-LLM (conv encoder, character CTC head with ctc_weight 1.0, tiny Llama-style LM), every run started from one LM prior (`jstip pretrain-lm`: {prior['parameters']:,} parameters, vocabulary {prior['vocab_size']}, pretrained on the {prior['domain_sentences']} distinct training transcripts + {prior['general_sentences']} general English sentences sampled from the pocketsphinx trigram LM; no domain text, no novel entity); {meta['steps']} steps x batch {meta['batch_size']}, training seeds 0..{meta['seeds'] - 1} per arm. Mix weights (interleaved / asr / text): {'; '.join(f"{a} {m.get('interleaved', 0)}/{m.get('asr', 0)}/{m.get('text', 0)}" + (' (text = transcripts)' if m.get('transcripts_as_text') else '') for a, m in meta['mixes'].items())}. Sequences per pool: {pools}.
+
+Intervals: 95% percentile bootstrap, {meta['resamples']} replicates, over test utterances (paired across arms) and training seeds (per arm). Decoding: joint CTC/LLM beam 4, lambda 0.3 (greedy and CTC-greedy WER beside it). {meta['machine']}; whole run {meta['total_s'] / 60:.1f} min (synthesis {meta['synth_s']:.0f} s, builds {meta['build_s']:.0f} s, LM prior {meta['prior_s']:.0f} s, {len(runs)} runs {meta['runs_s'] / 60:.1f} min); load average at the end {load} (the machine was shared: wall times vary with load, CPU seconds less).
+
+| arm | WER | entity accuracy | novel-entity accuracy | WER greedy (LLM alone) | WER CTC-greedy | train CPU s per run |
+|---|---|---|---|---|---|---|
+{chr(10).join(rows)}
+
+{chr(10).join('- ' + line for line in lines)}
+"""
+
 
 if __name__ == "__main__":
     main()

@@ -50,9 +50,10 @@ def evaluate(
     """Score a registered model on a test dataset version; returns decoding -> overall metrics.
 
     model_id: registered model id or unique prefix.  test_version: the test set's version id, prefix or dataset
-    name (None: the newest version of role test).  test_set: its name in eval_results (None: the version's dataset name).  decodings:
-    greedy | beam<N> | joint-ctc<lambda>-beam<N> (None: greedy, beam4, and joint-ctc0.3-beam4 when the model
-    has a CTC head).  limit: score only the first N utterances (smoke runs).
+    name (None: the newest version of role test).  test_set: its name in eval_results (None: the version's
+    dataset name).  decodings: greedy | beam<N> | joint-ctc<lambda>-beam<N> | ctc-greedy (None: greedy,
+    ctc-greedy and joint-ctc0.3-beam4 when the model has a CTC head, else greedy and beam4).  limit: score
+    only the first N utterances (smoke runs).
     """
     for name in decodings or []:
         DecodeOptions.parse(name)  # a typo fails before the model is loaded

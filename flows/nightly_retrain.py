@@ -4,9 +4,11 @@
       -> build the held-out test set (cached likewise)
       -> train (from the model promoted on the channel, or from scratch)
       -> evaluate the candidate (and the incumbent, if it has no scores on this test version yet)
-      -> promote only if the candidate beats the incumbent on `metric` (`tie_break` on a tie)
+      -> promote only if the candidate beats the incumbent on `metric` beyond noise (paired bootstrap over the
+         test utterances) and is not worse on `guard_metric` by more than `guard_margin`
+         (jstip.storage.registry.PromotionPolicy)
 
-Every decision, taken or not, is appended to the catalog's `promotions` table (jstip.storage.registry).
+Every decision, taken or not, is appended to the catalog's `promotions` table with the numbers it used.
 Deployed as `nightly-retrain/nightly` with a cron schedule (prefect.yaml).
 """
 
@@ -23,7 +25,7 @@ from jstip.flows.build_interleaved import build_interleaved  # noqa: E402
 from jstip.flows.evaluate import evaluate  # noqa: E402
 from jstip.flows.train import train  # noqa: E402
 from jstip.model.decode import DecodeOptions  # noqa: E402
-from jstip.storage.registry import ModelRegistry, PromotionDecision  # noqa: E402
+from jstip.storage.registry import ModelRegistry, PromotionDecision, PromotionPolicy  # noqa: E402
 from jstip.tasks import stages  # noqa: E402
 
 _TASK_OPTIONS = dict(cache_policy=NONE, persist_result=False)
@@ -42,11 +44,19 @@ def has_scores(store: str, model_id: str, test_version: str, decoding: str) -> b
                zip(results.column("dataset_version").to_pylist(), results.column("decoding").to_pylist()))
 
 
+@task(name="best-decoding", **_TASK_OPTIONS)
+def best_decoding(store: str, model_id: str) -> str:
+    from jstip.tasks.evaluate import decodings_for
+
+    record = ModelRegistry(store).model(model_id)
+    return decodings_for(record.config["model"]["ctc_weight"] > 0)[-1].name
+
+
 @task(name="promote", **_TASK_OPTIONS)
 def promote(store: str, candidate: str, channel: str, test_set: str, test_version: str, decoding: str,
-            metric: str, tie_break: str | None) -> PromotionDecision:
+            policy: PromotionPolicy) -> PromotionDecision:
     return ModelRegistry(store).promote_if_better(candidate, channel=channel, test_set=test_set, decoding=decoding,
-                                                  metric=metric, tie_break=tie_break, dataset_version=test_version)
+                                                  policy=policy, dataset_version=test_version)
 
 
 @flow(name="nightly-retrain", log_prints=True)
@@ -60,23 +70,33 @@ def nightly_retrain(
     steps: int | None = None,
     init: str = "promoted",
     channel: str = "nightly",
+    base_llm: str | None = None,
     metric: str = "entity_accuracy",
-    tie_break: str | None = "wer",
-    decoding: str = "beam4",
+    min_gain: float = 0.0,
+    confidence: float = 0.95,
+    guard_metric: str | None = "wer",
+    guard_margin: float = 0.02,
+    decoding: str = "best",
 ) -> PromotionDecision:
     """Rebuild, retrain, evaluate, and promote if better.
 
     manifest / text_corpus / build_config: the training corpus, as for build-interleaved (None: the
     embedded demo corpus).  test_manifest: the held-out test corpus (None: the demo's held-out test
     corpus); it is built with the same config under the dataset name `<name>-test`, role test (held out:
-    never a default of any command).  train_config /
-    steps: as for the train flow.  init: promoted (continue from the channel's promoted model, if any) or
-    scratch.  channel: the promotion channel.  metric / tie_break: the promotion rule (higher entity
-    accuracy wins, lower WER breaks a tie).  decoding: the decoding the comparison uses.
+    never a default of any command).  train_config / steps / base_llm: as for the train flow (base_llm: an
+    LM prior's model id, a hub id or a directory, overriding the config's model.llm.path).  init: promoted
+    (continue from the channel's promoted model, if any) or scratch.  channel: the promotion channel.
+    metric / min_gain / confidence / guard_metric / guard_margin: the promotion rule
+    (jstip.storage.registry.PromotionPolicy: promote when entity accuracy is better beyond noise and WER is
+    not worse by more than 0.02).  decoding: the decoding the comparison uses; `best`: joint CTC/LLM beam
+    search when the model has a CTC head, else beam search.
     """
     if init not in ("promoted", "scratch"):
         raise ValueError(f"init must be 'promoted' or 'scratch', not {init!r}")
-    DecodeOptions.parse(decoding)
+    policy = PromotionPolicy(metric=metric, min_gain=min_gain, confidence=confidence, guard_metric=guard_metric,
+                             guard_margin=guard_margin)
+    if decoding != "best":
+        DecodeOptions.parse(decoding)
     logger = get_run_logger()
     published = build_interleaved(manifest=manifest, store=store, config_path=build_config, text_corpus=text_corpus)
     if test_manifest is None:
@@ -85,10 +105,13 @@ def nightly_retrain(
                              name=f"{published.name}-test", role="test")
     incumbent = incumbent_model(store, channel)
     trained = train(store=store, dataset_version=published.version_id, config_path=train_config, steps=steps,
-                    init_model=incumbent if init == "promoted" else None, name=published.name)
-    evaluate(trained.model_id, store=store, test_version=test.version_id, test_set=test.name, decodings=[decoding])
+                    init_model=incumbent if init == "promoted" else None, name=published.name, base_llm=base_llm)
+    if decoding == "best":
+        decoding = best_decoding(store, trained.model_id)
+    # every decoding of the candidate is reported; the promotion compares `decoding`
+    evaluate(trained.model_id, store=store, test_version=test.version_id, test_set=test.name)
     if incumbent is not None and not has_scores(store, incumbent, test.version_id, decoding):
         evaluate(incumbent, store=store, test_version=test.version_id, test_set=test.name, decodings=[decoding])
-    decision = promote(store, trained.model_id, channel, test.name, test.version_id, decoding, metric, tie_break)
+    decision = promote(store, trained.model_id, channel, test.name, test.version_id, decoding, policy)
     logger.info("%s: %s", "promoted" if decision.promote else "kept the incumbent", decision.reason)
     return decision

@@ -281,45 +281,106 @@ def _nothing_accepted(published, store: Path) -> None:
           f"see `{_command_name()} quarantine {published.version_id} --store {store}`")
 
 
+DECODING_MEANING = {
+    "greedy": "the LLM alone, greedy",
+    "ctc-greedy": "the CTC head alone (no LLM)",
+}
+
+
+def _decoding_meaning(name: str) -> str:
+    if name in DECODING_MEANING:
+        return DECODING_MEANING[name]
+    if name.startswith("joint-"):
+        return "CTC head + LLM, beam search (the model's decoding)"
+    return f"the LLM alone, beam search ({name[4:]} beams)"
+
+
+def print_downstream(store: Path, decision, prior=None) -> None:
+    """What the demo's downstream loop made: the LM prior, the model, its scores on the held-out test set per
+    decoding (with what each decoding and metric means), example transcripts, the promotion decision."""
+    from jstip.storage.registry import ModelRegistry
+
+    registry = ModelRegistry(store)
+    model = registry.model(decision.candidate_id)
+    evidence = decision.evidence or {}
+    results = [r for r in registry.eval_results(model_id=model.model_id).to_pylist()
+               if r["dataset_version"] == evidence.get("dataset_version") and r["domain"] == "all"]
+    by_decoding: dict[str, dict[str, float]] = {}
+    for r in results:
+        by_decoding.setdefault(r["decoding"], {})[r["metric"]] = r["value"]
+    if prior is not None:
+        pm = prior.metrics
+        _say("\n", ("LM prior", "bold green"), f" {prior.model_id}: a {pm['parameters']:,}-parameter LM "
+                      f"pretrained on the demo's domain text ({pm['domain_sentences']} sentences) + "
+                      f"{pm['general_sentences']} general English sentences sampled from pocketsphinx's trigram LM")
+    m = model.metrics
+    _say(("model", "bold green"), f" {model.model_id}: the speech-LLM trained "
+                  f"{'from it ' if prior is not None else ''}on "
+                  f"{model.dataset_version}, {model.config['steps']} steps (loss {m['first_loss']:.2f} -> "
+                  f"{m['final_loss']:.2f}, {m['train_seconds'] / 60:.1f} min)")
+    any_row = next(iter(by_decoding.values()), {})
+    _say("\n", ("held-out test set", "bold"), f" {evidence.get('test_set')} ({evidence.get('dataset_version')}): "
+                  f"{int(any_row.get('utterances', 0))} utterances ({int(any_row.get('ref_words', 0))} words, "
+                  f"{int(any_row.get('entity_occurrences', 0))} entity mentions) synthesised with another seed than "
+                  "the training corpus: other voices, speaking rates, amounts, dates and names")
+    order = ["greedy", "beam4", "ctc-greedy"] + sorted(d for d in by_decoding if d.startswith("joint-"))
+    order = [d for d in order if d in by_decoding] + [d for d in by_decoding if d not in order]
+    best = min(order, key=lambda d: by_decoding[d].get("wer", float("inf"))) if order else None
+    metrics = ("wer", "entity_accuracy", "eer", "hallucination_rate")
+    _print_relation(["decoding", "what it is", "WER", "entity accuracy", "EER", "hallucinations"],
+                    [(d + (" (best)" if d == best else ""), _decoding_meaning(d),
+                      *(f"{by_decoding[d][k]:.3f}" if k in by_decoding[d] else "" for k in metrics)) for d in order])
+    console.print("WER: word errors (substituted, deleted, inserted) per reference word; 0 is perfect, lower is better.\n"
+                  "entity accuracy: share of entity mentions (drug names, doses, conditions, procedures, doctors, bank "
+                  "products, merchants, amounts, dates, card digits) transcribed exactly; higher is better.\n"
+                  "EER: word errors on entity words. hallucinations: share of hypotheses more than twice as long as "
+                  "the reference.")
+    if best is not None:
+        examples = registry.eval_utterances(model.model_id, evidence["dataset_version"], best).to_pylist()[:3]
+        console.print(f"\nexamples ({best}):")
+        for row in examples:
+            console.print(f"  reference:  {row['reference']}")
+            console.print(f"  hypothesis: {row['hypothesis']}")
+    console.print(f"\npromotion on channel nightly: {'promoted' if decision.promote else 'kept the incumbent'} "
+                  f"({decision.reason})")
+
+
 @app.command()
 def demo(
     store: StoreOption = Path("data"),
-    train: Annotated[bool, typer.Option("--train/--no-train", help="Also run the downstream loop: train the "
-                                                                  "CPU demo speech-LLM, evaluate, promote.")] = True,
+    train: Annotated[bool, typer.Option("--train/--no-train", help="Also run the downstream loop: pretrain the LM "
+                                                                  "prior, train the CPU demo speech-LLM, evaluate, "
+                                                                  "promote.")] = True,
 ):
-    """Synthesise the demo corpus, build it, show what was published; then train, evaluate and promote a
-    small speech-LLM on it (the `nightly-retrain` flow, ~2 minutes on 2 cores)."""
+    """Synthesise the demo corpus, build it, show what was published; then pretrain an LM prior, train a small
+    speech-LLM from it, evaluate it on a held-out test set and promote it (flows `pretrain-lm` and
+    `nightly-retrain`; a few minutes on 2 cores)."""
     # one Prefect server for the build and the downstream flows
     with _running_flows("demo", "rerun it to resume: built shards and training checkpoints are kept."):
         _run_demo(store, train)
 
 
 def _run_demo(store: Path, train: bool) -> None:
+    import time
+
+    started = time.perf_counter()
     published = _run_build(None, store, None, None, None, None)
     _report(published, store)
     if not train:
         return
     from jstip.flows.nightly_retrain import nightly_retrain
-    from jstip.storage.registry import ModelRegistry
+    from jstip.flows.pretrain_lm import pretrain_lm as pretrain_flow
 
-    _say("\n", ("downstream:", "bold"), " nightly-retrain (build the held-out test set, train, evaluate, promote)")
-    decision = nightly_retrain(store=str(store))
-    registry = ModelRegistry(store)
-    model = registry.models()[-1]
-    results = [r for r in registry.eval_results(model_id=model.model_id).to_pylist()]
-    metrics = ("wer", "entity_accuracy", "eer", "hallucination_rate")
-    rows = sorted({(r["decoding"], r["domain"]) for r in results})
-    table = [(d, dom, *(next((f"{r['value']:.3f}" for r in results if (r["decoding"], r["domain"], r["metric"])
-                               == (d, dom, m)), "") for m in metrics)) for d, dom in rows]
-    _say("\n", ("model", "bold green"), f" {model.model_id}  trained on {model.dataset_version}: "
-                  f"loss {model.metrics['first_loss']:.2f} -> {model.metrics['final_loss']:.2f}")
-    _print_relation(["decoding", "domain", *metrics], table, title="held-out demo test set (eval_results)")
-    console.print(f"promotion: {'promoted' if decision.promote else 'kept the incumbent'} ({decision.reason})")
+    _say("\n", ("downstream:", "bold"), " pretrain an LM prior (flow pretrain-lm), then nightly-retrain: build the "
+         "held-out test set, train from the prior, evaluate, promote")
+    prior = pretrain_flow(store=str(store), dataset_version=published.version_id)
+    decision = nightly_retrain(store=str(store), base_llm=prior.model_id)
+    print_downstream(store, decision, prior)
     jstip = _command_name()
+    console.print(f"demo done in {(time.perf_counter() - started) / 60:.1f} min")
     console.print(f"try:           {jstip} models list --store {store}")
-    console.print(f"               {jstip} evals --store {store}")
-    console.print("(a tiny model trained for minutes on 50 synthetic utterances: the numbers show the loop works, "
-                  "not what a real model reaches; see BENCHMARKS.md)")
+    console.print(f"               {jstip} evals --store {store}   (per domain)")
+    console.print(f"               {jstip} query --store {store} 'SELECT reason FROM promotions'")
 
 
 @app.command()
@@ -737,6 +798,9 @@ def train(
     name: Annotated[str, typer.Option(help="Model family name in the catalog.")] = "jstip",
     allow_test_set: Annotated[bool, typer.Option("--allow-test-set", help="Train on a held-out (dev or test) "
                                                  "version anyway; it can no longer judge the model.")] = False,
+    base_llm: Annotated[Optional[str], typer.Option(
+        "--base-llm", help="The LLM to start from, overriding the config's model.llm.path: an LM prior's model id "
+                           "(jstip pretrain-lm), a hub id or a local transformers directory.")] = None,
 ):
     """Train a speech-LLM on a dataset version (Prefect flow `train`); resumes from the last checkpoint."""
     from jstip.flows.train import train as train_flow
@@ -755,13 +819,63 @@ def train(
         with _running_flows("training", "rerun the same command to resume from the last checkpoint."):
             result = train_flow(store=str(store), dataset_version=version,
                                 config_path=None if config is None else str(config), steps=steps,
-                                init_model=init_model, name=name, allow_test_set=allow_test_set)
+                                init_model=init_model, name=name, allow_test_set=allow_test_set, base_llm=base_llm)
     except (DatasetError, StoreError) as e:
         _fail(str(e))
     _say(("model", "bold green"), f" {result.model_id}  trained on dataset version {result.dataset_version}")
     console.print(f"final loss {result.metrics.get('final_loss', float('nan')):.4f} after {result.steps} steps")
     console.print(f"model:  {result.model_dir}")
     console.print(f"log:    {result.model_dir.parent / 'train_log.csv'}")
+
+
+@app.command("pretrain-lm")
+def pretrain_lm(
+    store: StoreOption = Path("data"),
+    version: Annotated[Optional[str], typer.Option("--version", help="Dataset version whose domain text to read: "
+                                                                     "id, prefix or dataset name (default: the newest "
+                                                                     "training version; never a held-out set).")] = None,
+    config: Annotated[Optional[Path], typer.Option(help="YAML pretraining config (default: "
+                                                        "jstip.model.config.PretrainConfig).")] = None,
+    steps: Annotated[Optional[int], typer.Option(min=1, help="Override the config's number of steps.")] = None,
+    general_sentences: Annotated[Optional[int], typer.Option(
+        min=0, help="General English sentences sampled from the pocketsphinx trigram LM (0: domain text only).")
+                                ] = None,
+    name: Annotated[str, typer.Option(help="Model name in the catalog.")] = "lm-prior",
+):
+    """Pretrain an LLM prior (flow `pretrain-lm`) on a version's domain text plus general English sampled
+    offline; train from it with `jstip train --base-llm MODEL`."""
+    from jstip.flows.pretrain_lm import pretrain_lm as pretrain_flow
+    from jstip.model.config import TrainConfigError, load_pretrain_config
+    from jstip.storage import DatasetStore
+    from jstip.storage.store import StoreError
+    from jstip.tasks.sequences import DatasetError, resolve_version
+
+    try:  # validate at the edge
+        load_pretrain_config(config, steps=steps, general_sentences=general_sentences)
+        chosen = DatasetStore(store).version(version)
+        if chosen.held_out:  # its text would leak into every model built on the prior
+            _fail(f"dataset version {chosen.name}/{chosen.version_id} is a held-out {chosen.role} set: an LM prior "
+                  "pretrained on its text would leak it into every model it judges. Name a training version "
+                  "(`jstip catalog list`).")
+        resolve_version(DatasetStore(store), chosen.version_id)
+    except (TrainConfigError, DatasetError, StoreError) as e:
+        _fail(str(e))
+    try:
+        with _running_flows("LM pretraining", "rerun the same command to start it again."):
+            result = pretrain_flow(store=str(store), dataset_version=version,
+                                   config_path=None if config is None else str(config), steps=steps,
+                                   general_sentences=general_sentences, name=name)
+    except (DatasetError, StoreError, ValueError) as e:
+        _fail(str(e))
+    m = result.metrics
+    _say(("LM prior", "bold green"), f" {result.model_id}  pretrained on the domain text of "
+                  f"{result.dataset_version} ({m['domain_sentences']} sentences) + {m['general_sentences']} general "
+                  "English sentences")
+    console.print(f"loss {m['first_loss']:.3f} -> {m['final_loss']:.3f}; held-out loss (nats/token): domain "
+                  f"{m['domain_val_loss'] if m['domain_val_loss'] is None else round(m['domain_val_loss'], 3)}, "
+                  f"general {m['general_val_loss'] if m['general_val_loss'] is None else round(m['general_val_loss'], 3)}")
+    console.print(f"model:  {result.model_dir}")
+    console.print(f"train from it: {_command_name()} train --store {store} --base-llm {result.model_id}")
 
 
 @app.command()
@@ -772,9 +886,10 @@ def evaluate(
                                                              "(default: the newest version of role test).")] = None,
     test_set: Annotated[Optional[str], typer.Option(help="Name of the test set in eval_results (default: the "
                                                          "version's dataset name).")] = None,
-    decoding: Annotated[Optional[list[str]], typer.Option(help="greedy | beam<N> | joint-ctc<lambda>-beam<N>; "
-                                                               "repeatable (default: greedy, beam4, and joint "
-                                                               "CTC when the model has a CTC head).")] = None,
+    decoding: Annotated[Optional[list[str]], typer.Option(help="greedy | beam<N> | joint-ctc<lambda>-beam<N> | "
+                                                               "ctc-greedy; repeatable (default with a CTC head: greedy, "
+                                                               "ctc-greedy, joint-ctc0.3-beam4; without: greedy, beam4).")
+                        ] = None,
     limit: Annotated[Optional[int], typer.Option(min=1, help="Score only the first N utterances.")] = None,
 ):
     """Decode a test set with a registered model (Prefect flow `evaluate`); scores go to eval_results."""

@@ -14,7 +14,8 @@ from jstip import __version__
 NOT_DATA_SHAPING = frozenset({
     "tasks/train.py", "tasks/sequences.py", "tasks/metrics.py", "tasks/export.py", "tasks/evaluate.py",
     "tasks/decode.py", "tasks/promote.py", "flows/train.py", "flows/evaluate.py", "flows/nightly_retrain.py",
-    "storage/registry.py", "schemas/sequences.py",
+    "storage/registry.py", "schemas/sequences.py", "tasks/pretrain_lm.py", "tasks/general_text.py",
+    "flows/pretrain_lm.py",
 })
 
 
@@ -47,5 +48,7 @@ def code_version() -> str:
 def model_code_version() -> str:
     """`<package version>+<hash of the model and training sources>`: part of every model id."""
     roots = _package_roots("model", "schemas", "tasks")
-    training = {"tasks/train.py", "tasks/sequences.py", "schemas/sequences.py"}
-    return f"{__version__}+{_digest(roots, lambda rel: rel.startswith('model/') or rel in training)}"
+    training = {"tasks/train.py", "tasks/sequences.py", "schemas/sequences.py", "tasks/pretrain_lm.py",
+                "tasks/general_text.py"}
+    # decoding never changes a trained model's weights: a decoder fix keeps the model ids (and the models)
+    return f"{__version__}+{_digest(roots, lambda rel: (rel.startswith('model/') and rel != 'model/decode.py') or rel in training)}"

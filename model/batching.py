@@ -56,9 +56,10 @@ def pad_id(tokenizer) -> int:
 
 
 def lay_out(sequence: TrainingSequence, tokenizer, embeddings_for_samples: Callable[[int], int],
-            *, end_with_eos: bool = True) -> Layout:
+            *, end_with_eos: bool = True, ctc_targets: Callable[[str], list[int]] | None = None) -> Layout:
     """The positions, labels and kinds of one sequence. `end_with_eos=False` leaves the sequence open
-    (a decoding prefix)."""
+    (a decoding prefix). `ctc_targets`: a speech span's CTC target from its words (default: their token
+    ids; SpeechLLM.ctc_targets for the model's CTC units)."""
     layout = Layout(sequence.sequence_id)
     if tokenizer.bos_token_id is not None:
         layout._extend([tokenizer.bos_token_id], [IGNORE_INDEX], KIND_TEXT)
@@ -76,7 +77,7 @@ def lay_out(sequence: TrainingSequence, tokenizer, embeddings_for_samples: Calla
             layout._extend([pad] * n, [IGNORE_INDEX] * n, KIND_SPEECH)
             layout._extend([pad], [IGNORE_INDEX], KIND_SPEECH_END)
             layout.speech.append(segment.audio)
-            layout.speech_targets.append(text_ids(tokenizer, segment.text))
+            layout.speech_targets.append(ctc_targets(segment.text) if ctc_targets else text_ids(tokenizer, segment.text))
     if end_with_eos:
         layout._extend([tokenizer.eos_token_id], [tokenizer.eos_token_id], KIND_TEXT)
     return layout

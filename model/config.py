@@ -36,7 +36,9 @@ class EncoderConfig(_Section):
     layers: int = Field(2, ge=1)
     heads: int = Field(4, ge=1)
     ffn_dim: int = Field(256, ge=8)
-    dropout: float = Field(0.1, ge=0, lt=1)
+    # 0: on CPU, dropout's random masks cost ~10% of a training step and kept the demo model no better
+    # (BENCHMARKS.md "demo recipe")
+    dropout: float = Field(0.0, ge=0, lt=1)
     # A Whisper encoder takes a fixed window of frames; spans are padded to it (longer ones are encoded in
     # window-sized pieces). 30 s is Whisper's; a from-scratch whisper encoder may use less.
     whisper_window_s: float = Field(30.0, gt=0, le=30)
@@ -84,9 +86,12 @@ class SpeechLLMConfig(_Section):
     llm: LLMConfig = LLMConfig()
     freeze_encoder: bool = False
     freeze_llm: bool = False
-    # CTC head on the encoder output, trained jointly: loss = llm_loss + ctc_weight * ctc_loss. It predicts
-    # the LLM's own tokens, so its prefix scores can be combined with the LLM's in joint decoding.
-    ctc_weight: float = Field(0.0, ge=0, description="0: no CTC head")
+    # CTC head on the encoder output, trained jointly: loss = llm_loss + ctc_weight * ctc_loss. Its prefix
+    # scores are combined with the LLM's in joint decoding (jstip.model.decode).
+    ctc_weight: float = Field(1.0, ge=0, description="0: no CTC head")
+    # What the CTC head predicts (jstip.model.ctc): characters (learned from little audio far faster) or
+    # the LLM's tokens.
+    ctc_units: Literal["characters", "llm_tokens"] = "characters"
 
     @model_validator(mode="after")
     def _lora_needs_llm_frozen_or_not(self):
@@ -103,9 +108,11 @@ class MixConfig(_Section):
     instruction + speech -> transcript (plus `asr` plans); text: text-only sequences (the version's domain
     text plans, plus the transcripts when `transcripts_as_text`)."""
 
-    interleaved: float = Field(0.5, ge=0)
-    asr: float = Field(0.3, ge=0)
-    text: float = Field(0.2, ge=0)
+    # The demo's: mostly the inference format, interleaved plans beside it, no text-only steps (measured:
+    # BENCHMARKS.md "demo recipe").
+    interleaved: float = Field(0.3, ge=0)
+    asr: float = Field(0.7, ge=0)
+    text: float = Field(0.0, ge=0)
     # Plain joint speech-text training (the JSTIP paper's baseline): the transcripts as LM text as well.
     transcripts_as_text: bool = False
 
@@ -119,7 +126,7 @@ class MixConfig(_Section):
 class TrainConfig(_Section):
     model: SpeechLLMConfig = SpeechLLMConfig()
     mix: MixConfig = MixConfig()
-    steps: int = Field(300, ge=1)
+    steps: int = Field(1000, ge=1)
     # Set to count passes over the data instead: steps = ceil(epochs * sequences / batch_size), counting
     # the sequences of every pool with a positive mix weight (pools are sampled, so an "epoch" is that many
     # sequences drawn, not a guarantee that each was seen once).
@@ -158,3 +165,38 @@ class TrainConfigError(ValueError):
 def load_train_config(path: str | Path | None = None, **overrides) -> TrainConfig:
     """Read a YAML training config (None: the defaults), apply top-level overrides, validate."""
     return load_yaml_config(path, TrainConfig, TrainConfigError, "training config", **overrides)
+
+
+class PretrainConfig(_Section):
+    """Text pretraining of the LLM prior (jstip.tasks.pretrain_lm): a tiny Llama-style LM and its BPE
+    tokenizer trained on a dataset version's domain text plus general English sampled offline from the
+    pocketsphinx trigram LM (jstip.tasks.general_text)."""
+
+    # a larger vocabulary than a from-scratch tiny LM's: general English and the domain's words both
+    lm: TinyLMConfig = TinyLMConfig(vocab_size=2048)
+    # Which text of the dataset version is the domain text: its text_corpus (domain sentences without
+    # audio), its accepted transcripts, or both.
+    domain_text: Literal["text_corpus", "transcripts", "both"] = "both"
+    general_sentences: int = Field(10000, ge=0, description="general English sentences (0: domain text only)")
+    general_seed: int = Field(0, ge=0)
+    # Share of the sequences of a batch drawn from the domain text (the rest: general English), so a few
+    # hundred domain sentences are not drowned by tens of thousands of general ones.
+    domain_weight: float = Field(0.5, ge=0, le=1)
+    # Share of each source held out for the validation losses in the model's metrics.
+    validation_share: float = Field(0.05, ge=0, lt=0.5)
+    steps: int = Field(500, ge=1)
+    batch_size: int = Field(32, ge=1)
+    learning_rate: float = Field(3e-3, gt=0)
+    warmup_steps: int = Field(30, ge=0)
+    weight_decay: float = Field(0.01, ge=0)
+    grad_clip: float = Field(1.0, gt=0)
+    max_tokens: int = Field(64, ge=8, description="longer sentences are cut to this many tokens")
+    seed: int = 0
+
+    def canonical_json(self) -> str:
+        return json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+
+
+def load_pretrain_config(path: str | Path | None = None, **overrides) -> PretrainConfig:
+    """Read a YAML LM-pretraining config (None: the defaults), apply top-level overrides, validate."""
+    return load_yaml_config(path, PretrainConfig, TrainConfigError, "LM pretraining config", **overrides)

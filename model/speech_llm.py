@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from jstip.model.config import SpeechLLMConfig
+from jstip.model.ctc import TokenUnits
 from jstip.model.encoder import build_encoder
 
 IGNORE_INDEX = -100  # label of positions without loss (transformers' convention)
@@ -66,8 +67,10 @@ class SpeechLLM(nn.Module):
         self.speech_start = nn.Parameter(torch.randn(hidden) * 0.02)
         self.speech_end = nn.Parameter(torch.randn(hidden) * 0.02)
         self.vocab_size = llm.get_input_embeddings().num_embeddings
-        # CTC over the LLM's vocabulary plus a blank (the last index)
-        self.ctc_head = nn.Linear(self.encoder.d_model, self.vocab_size + 1) if config.ctc_weight > 0 else None
+        # CTC over characters or the LLM's tokens, plus a blank (the last index): jstip.model.ctc
+        self.token_units = TokenUnits(tokenizer, config.ctc_units)
+        self.ctc_head = (nn.Linear(self.encoder.d_model, self.token_units.size + 1) if config.ctc_weight > 0
+                         else None)
         if config.freeze_encoder:
             self.encoder.requires_grad_(False)
         if config.freeze_llm:
@@ -126,6 +129,10 @@ class SpeechLLM(nn.Module):
         losses["loss"] = loss
         return losses
 
+    def ctc_targets(self, text: str) -> list[int]:
+        """The CTC target of a speech span's words."""
+        return self.token_units.targets(text, self.tokenizer)
+
     def ctc_log_probs(self, frames: torch.Tensor) -> torch.Tensor:
         return self.ctc_head(frames).float().log_softmax(-1)
 
@@ -133,8 +140,8 @@ class SpeechLLM(nn.Module):
         log_probs = self.ctc_log_probs(frames).transpose(0, 1)  # (T, spans, vocab + 1)
         flat = torch.tensor([t for target in targets for t in target], dtype=torch.long, device=frames.device)
         target_lengths = torch.tensor([len(t) for t in targets], dtype=torch.long, device=frames.device)
-        # zero_infinity: a one-word span can have fewer frames than tokens; its loss is dropped, not inf
-        return nn.functional.ctc_loss(log_probs, flat, lengths, target_lengths, blank=self.vocab_size,
+        # zero_infinity: a short span can have fewer frames than units; its loss is dropped, not inf
+        return nn.functional.ctc_loss(log_probs, flat, lengths, target_lengths, blank=self.token_units.blank,
                                       zero_infinity=True)
 
 

@@ -4,17 +4,23 @@ Three tables beside the dataset versions in `<store>/catalog.duckdb`, created on
 
     models        one row per model: model_id, name, dataset_version (what it was trained on), config_json,
                   metrics_json (training metrics), path (its checkpoint, relative to the store root), created_at,
-                  parent_model
+                  parent_model (the model it continued, or the LM prior it was built on; LM priors have config
+                  "kind": "lm_prior")
     eval_results  one row per (model_id, dataset_version, test_set, decoding, domain, metric): value and
                   created_at; the records of jstip.tasks.metrics.score_hypotheses, domain "all" overall
     promotions    every promotion decision, taken or not: channel, decided_at, candidate_id, incumbent_id,
-                  promoted, metric, candidate_value, incumbent_value, reason
+                  promoted, metric, candidate_value, incumbent_value, reason, evidence_json (every number
+                  the decision used: the policy, both models' values and the paired intervals)
+
+Beside them, per evaluation, the per-utterance scores: `<store>/evals/<model>/<dataset version>/<decoding>.parquet`
+(`eval_path`), written by `record_eval` and read by promotion.
 
 The model promoted on a channel ("nightly", "release", ...) is the candidate of the latest promotions row
 of that channel with promoted = true: the table is the channel's history, never rewritten. A promotion
-compares the "all" eval results of candidate and incumbent on the same test set, decoding and dataset
-version (`decide_promotion`, a pure function). Reads use a read-only connection and return nothing
-when there is no catalog or no table yet. Every value is a bound parameter.
+compares the per-utterance scores of candidate and incumbent on the same test set, decoding and dataset
+version with a paired bootstrap (`decide_promotion`, a pure function; the rule is `PromotionPolicy`).
+Reads use a read-only connection and return nothing when there is no catalog or no table yet. Every
+value is a bound parameter.
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ from pathlib import Path
 
 import duckdb
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from jstip.storage.store import DatasetStore, StoreError
 
@@ -65,8 +72,11 @@ CREATE TABLE IF NOT EXISTS promotions (
     metric          VARCHAR NOT NULL,
     candidate_value DOUBLE,
     incumbent_value DOUBLE,
-    reason          VARCHAR NOT NULL
+    reason          VARCHAR NOT NULL,
+    evidence_json   VARCHAR
 );
+-- catalogs made before decisions carried their numbers
+ALTER TABLE promotions ADD COLUMN IF NOT EXISTS evidence_json VARCHAR;
 """
 
 EVAL_RESULTS_SCHEMA = pa.schema([
@@ -78,6 +88,7 @@ PROMOTIONS_SCHEMA = pa.schema([
     ("channel", pa.string()), ("decided_at", pa.timestamp("us", tz="UTC")), ("candidate_id", pa.string()),
     ("incumbent_id", pa.string()), ("promoted", pa.bool_()), ("metric", pa.string()),
     ("candidate_value", pa.float64()), ("incumbent_value", pa.float64()), ("reason", pa.string()),
+    ("evidence_json", pa.string()),
 ])
 
 # Which way is better, per metric of jstip.tasks.metrics (and the usual others). +1: higher is better.
@@ -87,10 +98,6 @@ METRIC_DIRECTIONS: dict[str, int] = {
     "substitutions": -1, "deletions": -1, "insertions": -1, "entity_errors": -1, "hallucinations": -1,
     "empty_hypotheses": -1, "loss": -1,
 }
-
-# Two values closer than this are equal: metrics are ratios of integer counts, so real differences are
-# far larger, while the same ratio computed two ways may differ in the last bits.
-TIE_TOLERANCE = 1e-12
 
 
 class RegistryError(StoreError):
@@ -126,6 +133,50 @@ class ModelRecord:
 
 
 @dataclass(frozen=True)
+class PromotionPolicy:
+    """When a candidate replaces the incumbent (`decide_promotion`); every field is a parameter of the
+    nightly-retrain flow.
+
+    metric: the metric a candidate must improve (entity accuracy, the JSTIP paper's measure).
+    min_gain: the improvement it must show, in the metric's units, *beyond noise*: the lower end of the
+        `confidence` interval of the paired difference (bootstrap over the test set's utterances,
+        jstip.tasks.metrics.paired_comparison) must exceed it. 0 with confidence 0.95 is a one-sided
+        test at the 2.5% level: a gain the test set cannot tell from luck does not promote.
+    guard_metric / guard_margin: a candidate worse on `guard_metric` (WER) than the incumbent by more than
+        `guard_margin` (absolute, point estimates on the whole test set) is never promoted, whatever it
+        gains on `metric`. When the `metric` change is within noise, a `guard_metric` improvement beyond
+        noise promotes (the tie-break).
+    resamples / seed: of the bootstrap (a decision is reproducible).
+    """
+
+    metric: str = "entity_accuracy"
+    min_gain: float = 0.0
+    confidence: float = 0.95
+    guard_metric: str | None = "wer"
+    guard_margin: float = 0.02
+    resamples: int = 2000
+    seed: int = 0
+
+    def __post_init__(self):
+        from jstip.tasks.metrics import RATIO_COUNTS
+
+        for name in (self.metric, self.guard_metric):
+            if name is not None and name not in RATIO_COUNTS:
+                raise RegistryError(f"promotion metric {name!r}: the paired test needs a per-utterance ratio metric, "
+                                    f"one of {sorted(RATIO_COUNTS)}")
+            if name is not None:
+                metric_direction(name)
+        if self.guard_metric == self.metric:
+            raise RegistryError(f"guard_metric must differ from metric ({self.metric!r}), or be None")
+        if self.min_gain < 0 or self.guard_margin < 0:
+            raise RegistryError(f"min_gain and guard_margin must be >= 0, not {self.min_gain} and {self.guard_margin}")
+        if not 0 < self.confidence < 1:
+            raise RegistryError(f"confidence must lie in (0, 1), not {self.confidence}")
+        if self.resamples < 100:
+            raise RegistryError(f"resamples must be >= 100 for a usable interval, not {self.resamples}")
+
+
+@dataclass(frozen=True)
 class PromotionDecision:
     promote: bool
     reason: str
@@ -133,64 +184,90 @@ class PromotionDecision:
     incumbent_value: float | None
     candidate_id: str | None = None  # set by ModelRegistry.promote_if_better; decide_promotion knows no ids
     incumbent_id: str | None = None
+    evidence: dict | None = None  # the numbers behind it: policy, intervals, utterances (promotions.evidence_json)
 
 
 def _fmt(value: float) -> str:
-    return f"{value:.6g}"
+    return f"{value:.4g}"
 
 
-def _value(values: Mapping[str, float], metric: str, whose: str) -> float:
-    if metric not in values:
-        raise RegistryError(f"the {whose} has no {metric!r} result (it has: {', '.join(sorted(values)) or 'none'})")
-    value = float(values[metric])
-    if math.isnan(value):
-        raise RegistryError(f"the {whose}'s {metric!r} is NaN: it cannot be compared")
-    return value
+def _signed(value: float) -> str:
+    return f"{value:+.4f}"
 
 
-def decide_promotion(candidate: Mapping[str, float], incumbent: Mapping[str, float] | None, *,
-                     metric: str = "entity_accuracy", tie_break: str | None = "wer",
-                     min_improvement: float = 0.0) -> PromotionDecision:
-    """Whether `candidate` should replace `incumbent`, from their metric values.
+def _comparison_text(comparison, confidence: float) -> str:
+    d = comparison.difference
+    better = "higher" if metric_direction(comparison.metric) > 0 else "lower"
+    return (f"{comparison.metric} {_fmt(comparison.candidate.value)} vs {_fmt(comparison.baseline.value)} "
+            f"(difference {_signed(d.value)}, {confidence:.0%} interval {_signed(d.low)}..{_signed(d.high)}, "
+            f"{better} is better)")
 
-    No incumbent: promote. Otherwise compare `metric` in its direction (METRIC_DIRECTIONS): within
-    TIE_TOLERANCE it is a tie, decided by `tie_break` alone (better: promote; worse or tied too, or no
-    tie_break: the incumbent stays); else the candidate is promoted when it is better by more than
-    `min_improvement` (absolute, in the metric's units; it does not apply to the tie-break).
+
+def _improvement(comparison, direction: int):
+    """The interval of candidate-minus-incumbent turned so that positive means better."""
+    from jstip.tasks.metrics import Interval
+
+    d = comparison.difference
+    return d if direction > 0 else Interval(-d.value, -d.high, -d.low)
+
+
+def decide_promotion(candidate: pa.Table, incumbent: pa.Table | None,
+                     policy: PromotionPolicy = PromotionPolicy()) -> PromotionDecision:
+    """Whether a candidate should replace the incumbent, from both models' per-utterance scores on the
+    same test utterances (jstip.tasks.metrics.utterance_scores tables); the rule is PromotionPolicy's.
+
+    In order: no incumbent -> promote. The guard metric worse by more than guard_margin -> keep the
+    incumbent. The metric better with the whole interval above min_gain -> promote. The metric worse
+    with the whole interval below 0 -> keep. Otherwise the metric's change is within noise: promote only
+    if the guard metric is better with its whole interval above 0, else keep. `evidence` holds every
+    number the decision used.
     """
-    if min_improvement < 0:
-        raise RegistryError(f"min_improvement must be >= 0, not {min_improvement}")
-    direction = metric_direction(metric)
-    value = _value(candidate, metric, "candidate")
-    better = "higher" if direction > 0 else "lower"
+    from jstip.tasks.metrics import paired_comparison, ratio_counts
+
+    options = dict(resamples=policy.resamples, confidence=policy.confidence, seed=policy.seed)
+    metric = policy.metric
+    numerator, denominator = ratio_counts(candidate, metric)
+    if denominator.sum() == 0:
+        raise RegistryError(f"the candidate's {metric} is undefined on this test set (no reference "
+                            f"{'entities' if metric == 'entity_accuracy' else 'words'})")
+    value = float(numerator.sum() / denominator.sum())
+    evidence: dict = {"policy": {k: getattr(policy, k) for k in policy.__dataclass_fields__},
+                      "utterances": candidate.num_rows}
     if incumbent is None:
-        return PromotionDecision(True, f"no incumbent: promoted with {metric} {_fmt(value)}", value, None)
-    held = _value(incumbent, metric, "incumbent")
-    gain = (value - held) * direction
-    if abs(value - held) > TIE_TOLERANCE:
-        if gain <= 0:
-            return PromotionDecision(False, f"{metric} worse: {_fmt(value)} vs {_fmt(held)} ({better} is better)",
-                                     value, held)
-        if gain <= min_improvement:
-            return PromotionDecision(False, f"{metric} better by {_fmt(gain)}: {_fmt(value)} vs {_fmt(held)}, "
-                                     f"not more than min_improvement {_fmt(min_improvement)}", value, held)
-        return PromotionDecision(True, f"{metric} better: {_fmt(value)} vs {_fmt(held)} ({better} is better)",
-                                 value, held)
-    tied = f"{metric} tied at {_fmt(held)}"
-    if tie_break is None:
-        return PromotionDecision(False, f"{tied}, no tie-break: the incumbent stays", value, held)
-    tie_direction = metric_direction(tie_break)
-    tie_value = _value(candidate, tie_break, "candidate")
-    tie_held = _value(incumbent, tie_break, "incumbent")
-    tie_better = "higher" if tie_direction > 0 else "lower"
-    if abs(tie_value - tie_held) <= TIE_TOLERANCE:
-        return PromotionDecision(False, f"{tied} and {tie_break} tied at {_fmt(tie_held)}: the incumbent stays",
-                                 value, held)
-    if (tie_value - tie_held) * tie_direction > 0:
-        return PromotionDecision(True, f"{tied}; {tie_break} better: {_fmt(tie_value)} vs {_fmt(tie_held)} "
-                                 f"({tie_better} is better)", value, held)
-    return PromotionDecision(False, f"{tied}; {tie_break} worse: {_fmt(tie_value)} vs {_fmt(tie_held)} "
-                             f"({tie_better} is better)", value, held)
+        evidence["candidate"] = {metric: value}
+        return PromotionDecision(True, f"no incumbent: promoted with {metric} {_fmt(value)} "
+                                 f"({candidate.num_rows} utterances)", value, None, evidence=evidence)
+    try:
+        main = paired_comparison(candidate, incumbent, metric, **options)
+        guard = (paired_comparison(candidate, incumbent, policy.guard_metric, **options)
+                 if policy.guard_metric else None)
+    except ValueError as e:
+        raise RegistryError(f"cannot compare candidate and incumbent: {e}") from None
+    evidence[metric] = main.as_dict()
+    held = main.baseline.value
+    gain = _improvement(main, metric_direction(metric))
+    gain_text = _comparison_text(main, policy.confidence) + f"; paired bootstrap over {main.utterances} utterances"
+    guard_text, guard_gain = "", None
+    if guard is not None:
+        evidence[policy.guard_metric] = guard.as_dict()
+        guard_gain = _improvement(guard, metric_direction(policy.guard_metric))
+        guard_text = _comparison_text(guard, policy.confidence)
+        if -guard_gain.value > policy.guard_margin:
+            return PromotionDecision(False, f"{guard_text}: worse by more than guard_margin "
+                                     f"{_fmt(policy.guard_margin)}, so not promoted whatever its {metric} "
+                                     f"({gain_text})", value, held, evidence=evidence)
+    guard_note = f"; {guard_text}" if guard_text else ""
+    if gain.low > policy.min_gain:
+        return PromotionDecision(True, f"{gain_text}: better beyond noise and min_gain {_fmt(policy.min_gain)}"
+                                 f"{guard_note}", value, held, evidence=evidence)
+    if gain.high < 0:
+        return PromotionDecision(False, f"{gain_text}: worse beyond noise{guard_note}", value, held, evidence=evidence)
+    if guard_gain is not None and guard_gain.low > 0:
+        return PromotionDecision(True, f"{gain_text}: not better beyond noise and min_gain {_fmt(policy.min_gain)}, "
+                                 f"not worse; {guard_text}: better beyond noise (tie-break)",
+                                 value, held, evidence=evidence)
+    return PromotionDecision(False, f"{gain_text}: not better beyond noise and min_gain {_fmt(policy.min_gain)}"
+                             f"{guard_note}: the incumbent stays", value, held, evidence=evidence)
 
 
 def _now() -> datetime:
@@ -300,11 +377,32 @@ class ModelRegistry:
 
     # -- eval results --------------------------------------------------------------------------
 
+    def eval_path(self, model_id: str, dataset_version: str, decoding: str) -> Path:
+        """Where the per-utterance scores (and hypotheses) of one evaluation live."""
+        return self.store.root / "evals" / model_id / dataset_version / f"{decoding}.parquet"
+
+    def eval_utterances(self, model_id: str, dataset_version: str, decoding: str) -> pa.Table:
+        """The per-utterance scores of one evaluation (written by `record_eval(..., utterances=...)`)."""
+        return self._eval_utterances(self.model(model_id).model_id, dataset_version, decoding)
+
+    def _eval_utterances(self, model_id: str, dataset_version: str, decoding: str) -> pa.Table:
+        path = self.eval_path(model_id, dataset_version, decoding)
+        if not path.is_file():
+            raise RegistryError(f"no per-utterance scores of model {model_id} on dataset version "
+                                f"{dataset_version} with decoding {decoding!r} ({path} is missing): evaluate it "
+                                f"with `jstip evaluate {model_id} --test-version {dataset_version} "
+                                f"--decoding {decoding} --store {self.store.root}`")
+        return pq.read_table(path)
+
     def record_eval(self, *, model_id: str, dataset_version: str, test_set: str, decoding: str,
-                    metrics: Iterable[tuple[str, str, float]]) -> int:
+                    metrics: Iterable[tuple[str, str, float]], utterances: pa.Table | None = None) -> int:
         """Store (domain, metric, value) records (jstip.tasks.metrics.score_hypotheses) of a model on a test
         set with a decoding; returns the number of rows. Recording the same model, dataset version, test set
-        and decoding again replaces its earlier rows: one evaluation is one set of figures."""
+        and decoding again replaces its earlier rows: one evaluation is one set of figures.
+
+        utterances: the per-utterance scores (jstip.tasks.metrics.utterance_scores columns, plus any others
+        such as reference and hypothesis), written as Parquet to `eval_path`: what promotion's paired test
+        and every interval are computed from."""
         model = self.model(model_id)
         records = [(str(domain), str(metric), float(value)) for domain, metric, value in metrics]
         if not records:
@@ -318,9 +416,22 @@ class ModelRegistry:
                 raise RegistryError(f"eval results for model {model.model_id} on {test_set}: "
                                     f"({domain}, {metric}) is {value}, not a finite number")
             seen.add((domain, metric))
+        if utterances is not None:
+            from jstip.tasks.metrics import _COUNT_COLUMNS
+
+            missing = [c for c in ("utterance_id", *_COUNT_COLUMNS) if c not in utterances.column_names]
+            if missing:
+                raise RegistryError(f"per-utterance scores of model {model.model_id} on {test_set}: missing "
+                                    f"columns {missing}")
         created_at = _now()
         key = [model.model_id, dataset_version, test_set, decoding]
         with self._writing(f"record eval of model {model.model_id} on {test_set}") as con:
+            if utterances is not None:
+                target = self.eval_path(model.model_id, dataset_version, decoding)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                tmp = target.with_name(f".{target.name}.tmp")
+                pq.write_table(utterances, tmp, compression="zstd")
+                tmp.replace(target)
             con.execute("DELETE FROM eval_results WHERE model_id = ? AND dataset_version = ? AND test_set = ? "
                         "AND decoding = ?", key)
             con.executemany("INSERT INTO eval_results (model_id, dataset_version, test_set, decoding, domain, "
@@ -356,7 +467,7 @@ class ModelRegistry:
     def promotions(self, channel: str | None = None) -> pa.Table:
         """Every promotion decision (PROMOTIONS_SCHEMA), oldest first, of one channel if given."""
         rows = self._read("SELECT channel, decided_at, candidate_id, incumbent_id, promoted, metric, candidate_value, "
-                          "incumbent_value, reason FROM promotions WHERE ? IS NULL OR channel = ? "
+                          "incumbent_value, reason, evidence_json FROM promotions WHERE ? IS NULL OR channel = ? "
                           "ORDER BY decided_at, rowid", [channel, channel])
         return pa.Table.from_pylist([dict(zip(PROMOTIONS_SCHEMA.names, row)) for row in rows],
                                     schema=PROMOTIONS_SCHEMA)
@@ -369,13 +480,14 @@ class ModelRegistry:
                                 [model_id, dataset_version, test_set, decoding]).fetchall())
 
     def promote_if_better(self, candidate_id: str, *, channel: str, test_set: str, decoding: str,
-                          metric: str = "entity_accuracy", tie_break: str | None = "wer",
-                          min_improvement: float = 0.0, dataset_version: str | None = None) -> PromotionDecision:
-        """Promote `candidate_id` on `channel` if `decide_promotion` says so, comparing the "all" eval results
-        of candidate and incumbent on `test_set` with `decoding` and the same dataset version (default: the
-        one the candidate was evaluated on last). The decision is appended to `promotions` either way."""
+                          policy: PromotionPolicy = PromotionPolicy(),
+                          dataset_version: str | None = None) -> PromotionDecision:
+        """Promote `candidate_id` on `channel` if `decide_promotion` says so under `policy`, comparing the
+        per-utterance scores of candidate and incumbent on `test_set` with `decoding` and the same dataset
+        version (default: the one the candidate was evaluated on last). The decision is appended to
+        `promotions` either way, with its numbers in `evidence_json`."""
         candidate = self.model(candidate_id)
-        hint = (f"record them with ModelRegistry.record_eval; `jstip evals --test-set {test_set} "
+        hint = (f"evaluate it with `jstip evaluate`; `jstip evals --test-set {test_set} "
                 f"--store {self.store.root}` lists what there is")
         with self._writing(f"promote model {candidate.model_id} on {channel}") as con:
             if dataset_version is None:
@@ -386,30 +498,34 @@ class ModelRegistry:
                     raise RegistryError(f"model {candidate.model_id} has no eval results on test set {test_set!r} "
                                         f"with decoding {decoding!r} ({hint})")
                 dataset_version = latest[0][0]
-            values = self._overall(con, candidate.model_id, dataset_version, test_set, decoding)
-            if not values:
+            if not self._overall(con, candidate.model_id, dataset_version, test_set, decoding):
                 raise RegistryError(f"model {candidate.model_id} has no eval results on test set {test_set!r} of "
                                     f"dataset version {dataset_version} with decoding {decoding!r} ({hint})")
+            scores = self._eval_utterances(candidate.model_id, dataset_version, decoding)
             held = con.execute("SELECT candidate_id FROM promotions WHERE channel = ? AND promoted "
                                "ORDER BY decided_at DESC, rowid DESC LIMIT 1", [channel]).fetchall()
             incumbent_id = held[0][0] if held else None
             if incumbent_id == candidate.model_id:
-                value = _value(values, metric, "candidate")
-                decision = PromotionDecision(False, f"already the promoted model of channel {channel!r}", value, value)
+                decision = decide_promotion(scores, None, policy)
+                decision = replace(decision, promote=False, incumbent_value=decision.candidate_value,
+                                   reason=f"already the promoted model of channel {channel!r}")
             else:
-                incumbent_values = None
+                incumbent_scores = None
                 if incumbent_id is not None:
-                    incumbent_values = self._overall(con, incumbent_id, dataset_version, test_set, decoding)
-                    if not incumbent_values:
+                    if not self._overall(con, incumbent_id, dataset_version, test_set, decoding):
                         raise RegistryError(
                             f"the incumbent of channel {channel!r}, model {incumbent_id}, has no eval results on "
                             f"test set {test_set!r} of dataset version {dataset_version} with decoding {decoding!r}: "
                             f"evaluate it there before comparing ({hint})")
-                decision = decide_promotion(values, incumbent_values, metric=metric, tie_break=tie_break,
-                                            min_improvement=min_improvement)
+                    incumbent_scores = self._eval_utterances(incumbent_id, dataset_version, decoding)
+                decision = decide_promotion(scores, incumbent_scores, policy)
             decision = replace(decision, candidate_id=candidate.model_id, incumbent_id=incumbent_id)
+            evidence = {**(decision.evidence or {}), "test_set": test_set, "dataset_version": dataset_version,
+                        "decoding": decoding}
+            decision = replace(decision, evidence=evidence)
             con.execute("INSERT INTO promotions (channel, decided_at, candidate_id, incumbent_id, promoted, metric, "
-                        "candidate_value, incumbent_value, reason) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                        [channel, _now(), candidate.model_id, incumbent_id, decision.promote, metric,
-                         decision.candidate_value, decision.incumbent_value, decision.reason])
+                        "candidate_value, incumbent_value, reason, evidence_json) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                        [channel, _now(), candidate.model_id, incumbent_id, decision.promote, policy.metric,
+                         decision.candidate_value, decision.incumbent_value, decision.reason,
+                         json.dumps(evidence, sort_keys=True)])
         return decision

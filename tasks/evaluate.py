@@ -20,7 +20,6 @@ from pathlib import Path
 
 import duckdb
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from jstip.model.decode import DecodeOptions, transcribe
 from jstip.model.speech_llm import load_speech_llm
@@ -45,11 +44,12 @@ class EvalReport:
 
 
 def decodings_for(model_has_ctc: bool, beam_size: int = 4, ctc_weight: float = 0.3) -> list[DecodeOptions]:
-    """Greedy and beam search; plus joint CTC/LLM beam search when the model has a CTC head."""
-    options = [DecodeOptions(beam_size=1), DecodeOptions(beam_size=beam_size)]
+    """With a CTC head: the LLM alone (greedy), the CTC head alone, and last, the model's decoding, joint
+    CTC/LLM beam search. Without: greedy and beam search."""
     if model_has_ctc:
-        options.append(DecodeOptions(beam_size=beam_size, ctc_weight=ctc_weight))
-    return options
+        return [DecodeOptions(beam_size=1), DecodeOptions(ctc_only=True),
+                DecodeOptions(beam_size=beam_size, ctc_weight=ctc_weight)]
+    return [DecodeOptions(beam_size=1), DecodeOptions(beam_size=beam_size)]
 
 
 def _test_utterances(store: DatasetStore, version_id: str | None, limit: int | None):
@@ -76,8 +76,9 @@ def evaluate(
     on_log: Callable[[str], None] | None = None,
 ) -> EvalReport:
     """Decode every accepted utterance of `test_version` (None: the latest) with model `model_id` and record
-    the scores. decodings: None -> greedy, beam 4, and joint CTC (beam 4, lambda 0.3) when the model has a
-    CTC head. prompt: None -> the ASR prompt the model was trained with. limit: the first N utterances."""
+    the scores. decodings: None -> `decodings_for` the model (greedy, CTC alone and joint CTC/LLM beam 4
+    with lambda 0.3 when it has a CTC head; else greedy and beam 4). prompt: None -> the ASR prompt the
+    model was trained with. limit: the first N utterances."""
     say = on_log or log.info
     data_store = DatasetStore(store)
     registry = ModelRegistry(data_store)
@@ -90,8 +91,6 @@ def evaluate(
     model = load_speech_llm(record.path).to(pick_device(device)).eval()
     decodings = decodings if decodings is not None else decodings_for(model.ctc_head is not None)
     prompt = prompt if prompt is not None else record.config.get("asr_prompt", "Transcribe the speech.")
-    out_dir = data_store.root / "evals" / record.model_id / version.version_id
-    out_dir.mkdir(parents=True, exist_ok=True)
     rows = utterances.to_pylist()
     overall, files, seconds = {}, {}, {}
     for options in decodings:
@@ -101,21 +100,18 @@ def evaluate(
         seconds[options.name] = round(time.perf_counter() - started, 3)
         scored = [{**r, "hypothesis": h} for r, h in zip(rows, hypotheses)]
         records = score_hypotheses(scored)
-        registry.record_eval(model_id=record.model_id, dataset_version=version.version_id, test_set=test_set,
-                             decoding=options.name, metrics=records)
         per_utterance = utterance_scores(scored)
         table = pa.table({"utterance_id": [r["utterance_id"] for r in rows],
                           "domain": [r["domain"] for r in rows],
                           "reference": [r["reference"] for r in rows],
+                          "entities": pa.array([list(r["entities"] or []) for r in rows], pa.list_(pa.string())),
                           "hypothesis": hypotheses})
         for name in per_utterance.column_names:
             if name not in table.column_names:
                 table = table.append_column(name, per_utterance[name])
-        target = out_dir / f"{options.name}.parquet"
-        tmp = target.with_suffix(".parquet.tmp")
-        pq.write_table(table, tmp, compression="zstd")
-        tmp.replace(target)
-        files[options.name] = target
+        registry.record_eval(model_id=record.model_id, dataset_version=version.version_id, test_set=test_set,
+                             decoding=options.name, metrics=records, utterances=table)
+        files[options.name] = registry.eval_path(record.model_id, version.version_id, options.name)
         overall[options.name] = {r.metric: r.value for r in records if r.domain == ALL_DOMAINS}
         say(f"{record.model_id} on {test_set} ({version.version_id}), {options.name}: "
             + ", ".join(f"{k} {overall[options.name][k]:.4f}" for k in ("wer", "entity_accuracy", "eer")

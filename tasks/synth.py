@@ -97,6 +97,7 @@ _CUTS = "lhotse/demo_cuts_all.jsonl.gz"
 _NEMO = "nemo_manifest.jsonl"
 _WORD_TIMINGS = "word_timings.jsonl"
 _TEXT_CORPUS = "text_corpus.tsv"
+_TEXT_CORPUS_ENTITIES = "text_corpus.jsonl"
 
 # --- sentence templates -------------------------------------------------------------------------------
 # {slot}s are filled by _FILLERS; a slot named like another plus a digit ({drug2}) takes a different
@@ -175,6 +176,19 @@ _MONTHS = (
 )
 _DIGITS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 
+# Named entities that no default corpus ever draws: with `novel_entities` > 0 a slot draws from these with
+# that probability. A benchmark speaks a training corpus without them and writes its domain text (and
+# test set) with them: entities a model can only know from text, the domain-adaptation case of JSTIP.
+NOVEL_FILLERS: dict[str, tuple[str, ...]] = {
+    "drug": ("rivaroxaban", "empagliflozin", "rosuvastatin", "pantoprazole", "escitalopram", "montelukast",
+             "tamsulosin", "Entresto"),
+    "condition": ("gout", "migraine", "osteoporosis", "psoriasis", "sleep apnea"),
+    "procedure": ("bronchoscopy", "lumpectomy", "thyroid ultrasound", "carpal tunnel release"),
+    "doctor": ("Doctor Lindqvist", "Doctor Abernathy", "Doctor Moreau", "Doctor Takahashi"),
+    "product": ("Titanium Elite card", "Horizon Savings account", "Summit Checking account", "Voyager Miles card"),
+    "merchant": ("Best Buy", "Spotify", "Chipotle", "Southwest Airlines", "Ikea"),
+}
+
 
 def spoken_number(n: int) -> str:
     """US spoken form of a cardinal: 2450 -> 'two thousand four hundred fifty'."""
@@ -234,8 +248,10 @@ _FILLERS = {
 }
 
 
-def fill_template(template: str, rng: np.random.Generator) -> tuple[str, list[str]]:
-    """Fill one of TEMPLATES: the transcript and its entity surface strings (in order of appearance)."""
+def fill_template(template: str, rng: np.random.Generator, novel_entities: float = 0.0) -> tuple[str, list[str]]:
+    """Fill one of TEMPLATES: the transcript and its entity surface strings (in order of appearance).
+    novel_entities: the probability that a slot with NOVEL_FILLERS draws one of those instead (0: never, and
+    no extra random draw, so a corpus without novel entities is the one it always was)."""
     text, spans, drawn = "", [], {}
     for literal, slot, _spec, _conv in string.Formatter().parse(template):
         text += literal
@@ -243,6 +259,8 @@ def fill_template(template: str, rng: np.random.Generator) -> tuple[str, list[st
             continue
         base = slot.rstrip("0123456789")
         draw, is_entity = _FILLERS[base]
+        if novel_entities > 0 and base in NOVEL_FILLERS and rng.random() < novel_entities:
+            draw = lambda rng, options=NOVEL_FILLERS[base]: _choice(rng, options)  # noqa: E731
         value = draw(rng)
         while value in drawn.get(base, ()):  # {drug2} differs from {drug}
             value = draw(rng)
@@ -255,13 +273,13 @@ def fill_template(template: str, rng: np.random.Generator) -> tuple[str, list[st
     return text, [text[s:e] for s, e in spans]
 
 
-def compose_sentence(domain: str, rng: np.random.Generator) -> tuple[str, list[str]]:
+def compose_sentence(domain: str, rng: np.random.Generator, novel_entities: float = 0.0) -> tuple[str, list[str]]:
     """A transcript of `domain` with WORDS_PER_UTTERANCE words, and its entity surface strings."""
     if domain not in TEMPLATES:
         raise ValueError(f"unknown domain {domain!r}; expected one of {DOMAINS}")
     low, high = WORDS_PER_UTTERANCE
     for _ in range(100):
-        text, entities = fill_template(_choice(rng, TEMPLATES[domain]), rng)
+        text, entities = fill_template(_choice(rng, TEMPLATES[domain]), rng, novel_entities)
         if low <= len(split_words(text)) <= high:
             return text, entities
     raise RuntimeError(f"no {domain} template gives {low}-{high} words after 100 draws; check TEMPLATES")
@@ -282,13 +300,13 @@ class DemoUtterance:
     noise_seed: int  # espeak-ng's noise generator (breath, aspiration) is reseeded with this
 
 
-def demo_utterances(count: int, seed: int) -> list[DemoUtterance]:
+def demo_utterances(count: int, seed: int, novel_entities: float = 0.0) -> list[DemoUtterance]:
     """The speech corpus's scripts (text, entities, voice settings, silences), without audio."""
     out = []
     for i in range(count):
         rng = np.random.default_rng([seed, 0, i])
         domain = DOMAINS[i % 2]
-        text, entities = compose_sentence(domain, rng)
+        text, entities = compose_sentence(domain, rng, novel_entities)
         out.append(DemoUtterance(
             id=f"{_ID_PREFIX[domain]}-{i:04d}",
             domain=domain,
@@ -305,9 +323,10 @@ def demo_utterances(count: int, seed: int) -> list[DemoUtterance]:
     return out
 
 
-def text_corpus_sentences(count: int, seed: int, exclude: set[str] | frozenset[str] = frozenset()) -> list[tuple[str, str]]:
-    """`count` distinct (domain, sentence) pairs from the same templates, none of them in `exclude`."""
-    out: list[tuple[str, str]] = []
+def text_corpus_sentences(count: int, seed: int, exclude: set[str] | frozenset[str] = frozenset(),
+                          novel_entities: float = 0.0) -> list[tuple[str, str, list[str]]]:
+    """`count` distinct (domain, sentence, entities) from the same templates, none of them in `exclude`."""
+    out: list[tuple[str, str, list[str]]] = []
     seen = set(exclude)
     draw = 0
     while len(out) < count:
@@ -316,10 +335,10 @@ def text_corpus_sentences(count: int, seed: int, exclude: set[str] | frozenset[s
         rng = np.random.default_rng([seed, 1, draw])
         domain = DOMAINS[len(out) % 2]
         draw += 1
-        text, _ = compose_sentence(domain, rng)
+        text, entities = compose_sentence(domain, rng, novel_entities)
         if text not in seen:
             seen.add(text)
-            out.append((domain, text))
+            out.append((domain, text, entities))
     return out
 
 
@@ -436,8 +455,14 @@ def _zero_gzip_mtime(path: Path) -> None:
         f.write(b"\x00\x00\x00\x00")
 
 
-def synthesize_corpus(out_dir: Path, utterances: int = 50, seed: int = 0, text_sentences: int | None = None) -> SynthResult:
-    """Write the demo corpus (audio, Lhotse + NeMo manifests, reference word timings, text corpus) to out_dir."""
+def synthesize_corpus(out_dir: Path, utterances: int = 50, seed: int = 0, text_sentences: int | None = None,
+                      novel_entities: float = 0.0, text_novel_entities: float | None = None) -> SynthResult:
+    """Write the demo corpus (audio, Lhotse + NeMo manifests, reference word timings, text corpus) to out_dir.
+
+    novel_entities / text_novel_entities: the share of named-entity slots of the speech / of the text
+    corpus filled from NOVEL_FILLERS (text: None = as the speech). The text corpus is `text_corpus.tsv`
+    (`domain<TAB>sentence`, what `jstip build --text-corpus` reads) and the same sentences with their
+    entities in `text_corpus.jsonl`."""
     from lhotse import CutSet, MonoCut, Recording, RecordingSet, SupervisionSegment, SupervisionSet
 
     if utterances < 1:
@@ -453,7 +478,7 @@ def synthesize_corpus(out_dir: Path, utterances: int = 50, seed: int = 0, text_s
     audio_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "lhotse").mkdir(exist_ok=True)
 
-    scripts = demo_utterances(utterances, seed)
+    scripts = demo_utterances(utterances, seed, novel_entities)
     recordings, supervisions, cuts, nemo_lines, timing_lines = [], [], [], [], []
     for utt, synthesis in zip(scripts, synthesize_in_fresh_process(scripts)):
         sr = synthesis.sample_rate
@@ -495,9 +520,12 @@ def synthesize_corpus(out_dir: Path, utterances: int = 50, seed: int = 0, text_s
     _write_jsonl(out_dir / _NEMO, nemo_lines)
     _write_jsonl(out_dir / _WORD_TIMINGS, timing_lines)
     spoken = {utt.text for utt in scripts}
+    text_novel = novel_entities if text_novel_entities is None else text_novel_entities
+    sentences = text_corpus_sentences(text_count, seed, exclude=spoken, novel_entities=text_novel)
     with open(out_dir / _TEXT_CORPUS, "w", encoding="utf-8", newline="\n") as f:
-        for domain, sentence in text_corpus_sentences(text_count, seed, exclude=spoken):
+        for domain, sentence, _ in sentences:
             f.write(f"{domain}\t{sentence}\n")
+    _write_jsonl(out_dir / _TEXT_CORPUS_ENTITIES, [{"domain": d, "text": t, "entities": e} for d, t, e in sentences])
 
     return SynthResult(
         out_dir=out_dir, audio_dir=audio_dir, recordings=paths["rec"], supervisions=paths["sup"],

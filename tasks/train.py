@@ -29,6 +29,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -41,6 +42,9 @@ from jstip.schemas.sequences import TrainingSequence
 from jstip.storage.store import DatasetStore
 from jstip.tasks.sequences import BucketSampler, SequencePools, build_sequences, resolve_version
 from jstip.version import model_code_version
+
+if TYPE_CHECKING:
+    from jstip.storage.registry import ModelRegistry, ModelRecord
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +94,8 @@ def lr_factor(step: int, config: TrainConfig) -> float:
 
 def loss_and_backward(model: SpeechLLM, sequences: list[TrainingSequence], device: torch.device) -> dict[str, float]:
     """One forward + backward pass over a batch of sequences (gradients accumulate in the model)."""
-    layouts = [lay_out(s, model.tokenizer, model.embeddings_for_samples) for s in sequences]
+    layouts = [lay_out(s, model.tokenizer, model.embeddings_for_samples, ctc_targets=model.ctc_targets)
+               for s in sequences]
     batch = collate(layouts, model.tokenizer).to(device)
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
         losses = model(batch)
@@ -101,8 +106,29 @@ def loss_and_backward(model: SpeechLLM, sequences: list[TrainingSequence], devic
     return out
 
 
+def resolve_base_llm(registry: ModelRegistry, config: TrainConfig) -> tuple[TrainConfig, ModelRecord | None]:
+    """`model.llm.path` may name a registered LM prior (jstip.tasks.pretrain_lm) by model id or unique
+    prefix: then -> (the config with the full id, the prior's record). A hub id or an existing directory
+    -> (config, None)."""
+    from jstip.storage.registry import RegistryError
+
+    path = config.model.llm.path
+    if path is None or Path(path).exists():
+        return config, None
+    try:
+        record = registry.model(path)
+    except RegistryError:
+        return config, None  # not a model of this store: a hub id, loaded by transformers
+    if not (record.path / "config.json").is_file():
+        raise ValueError(f"model.llm.path {path!r} is registered model {record.model_id}, which is not a causal "
+                         f"LM (no config.json in {record.path}); point it at an LM prior (`jstip pretrain-lm`), a "
+                         "hub id or a local transformers directory")
+    model = config.model.model_copy(update={"llm": config.model.llm.model_copy(update={"path": record.model_id})})
+    return config.model_copy(update={"model": model}), record
+
+
 def _initial_model(config: TrainConfig, pools: SequencePools, model_dir: Path,
-                   init_model_dir: Path | None) -> tuple[SpeechLLM, str]:
+                   init_model_dir: Path | None, prior_dir: Path | None = None) -> tuple[SpeechLLM, str]:
     """The model to start from and where its base LLM lives (for saving)."""
     if init_model_dir is not None:
         meta = json.loads((init_model_dir / MODEL_FILE).read_text())
@@ -113,9 +139,18 @@ def _initial_model(config: TrainConfig, pools: SequencePools, model_dir: Path,
         if meta["llm_source"] == LLM_DIR and not (model_dir / LLM_DIR).exists():
             shutil.copytree(init_model_dir / LLM_DIR, model_dir / LLM_DIR)
         return load_speech_llm(init_model_dir), meta["llm_source"]
+    llm_dir = model_dir / LLM_DIR
+    if prior_dir is not None:
+        # a registered LM prior is small: copied into the model, so the model does not depend on the
+        # prior's directory staying where it is
+        if not (llm_dir / "config.json").exists():
+            tmp = model_dir / f".{LLM_DIR}.tmp"
+            shutil.rmtree(tmp, ignore_errors=True)
+            shutil.copytree(prior_dir, tmp)
+            tmp.rename(llm_dir)
+        return build_speech_llm(config.model, llm_dir, seed=config.seed), LLM_DIR
     if config.model.llm.path:
         return build_speech_llm(config.model, config.model.llm.path, seed=config.seed), config.model.llm.path
-    llm_dir = model_dir / LLM_DIR
     if not (llm_dir / "config.json").exists():
         tmp = model_dir / f".{LLM_DIR}.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
@@ -204,18 +239,21 @@ def train(
         sequences = sum(n for pool, n in pools.counts().items() if getattr(config.mix, pool) > 0)
         config = config.model_copy(update={"steps": max(1, math.ceil(config.epochs * sequences / config.batch_size))})
     parent = registry.model(init_model) if init_model else None  # resolves a prefix; clear error if unknown
-    parent_id = parent.model_id if parent else None
+    config, prior = resolve_base_llm(registry, config)
     init_dir = parent.path if parent else None
-    model_id = model_id_for(pools.version_id, config, parent_id)
+    model_id = model_id_for(pools.version_id, config, parent.model_id if parent else None)
+    # lineage: the model this one continues, else the LM prior it was built on
+    parent_id = parent.model_id if parent else prior.model_id if prior else None
+    prior_dir = prior.path if prior else None
     # one run per model at a time: a second run of the same model stops here, naming the one that holds it
     with data_store.model_lock(model_id, purpose=f"train model {model_id} on dataset version {pools.version_id}"):
-        return _train_model(data_store, registry, pools, config, model_id, parent_id, init_dir, name, stop_after,
-                            say)
+        return _train_model(data_store, registry, pools, config, model_id, parent_id, init_dir, prior_dir, name,
+                            stop_after, say)
 
 
 def _train_model(data_store: DatasetStore, registry, pools: SequencePools, config: TrainConfig, model_id: str,
-                 parent_id: str | None, init_dir: Path | None, name: str, stop_after: int | None,
-                 say: Callable[[str], None]) -> TrainResult:
+                 parent_id: str | None, init_dir: Path | None, prior_dir: Path | None, name: str,
+                 stop_after: int | None, say: Callable[[str], None]) -> TrainResult:
     model_dir = data_store.root / "models" / model_id
     final_dir = model_dir / FINAL
 
@@ -231,7 +269,7 @@ def _train_model(data_store: DatasetStore, registry, pools: SequencePools, confi
     say(f"training model {model_id} on dataset version {pools.version_id} ({device}); sequences per pool: "
         f"{pools.counts()}" + (f"; left out: {pools.skipped}" if pools.skipped else ""))
     model_dir.mkdir(parents=True, exist_ok=True)
-    model, llm_source = _initial_model(config, pools, model_dir, init_dir)
+    model, llm_source = _initial_model(config, pools, model_dir, init_dir, prior_dir)
     model.to(device)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay)

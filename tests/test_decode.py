@@ -91,7 +91,7 @@ def test_cached_greedy_decoding_equals_argmax_over_full_recomputation(model):
 
 def test_beam_and_joint_decoding_return_text_and_names_round_trip(model):
     wave = torch.randn(16000) * 0.05
-    for name in ("greedy", "beam3", "joint-ctc0.5-beam3"):
+    for name in ("greedy", "beam3", "joint-ctc0.5-beam3", "ctc-greedy"):
         options = DecodeOptions.parse(name)
         assert options.name == name
         assert isinstance(transcribe(model, wave, "Transcribe the speech.", options), str)
@@ -103,6 +103,42 @@ def test_beam_and_joint_decoding_return_text_and_names_round_trip(model):
 
 def test_joint_decoding_needs_a_ctc_head(tmp_path):
     llm = build_tiny_lm(tmp_path / "llm", ["a b c"], TinyLMConfig(vocab_size=300, hidden=32, intermediate=64))
-    plain = build_speech_llm(SpeechLLMConfig(), llm).eval()
+    plain = build_speech_llm(SpeechLLMConfig(ctc_weight=0.0), llm).eval()
     with pytest.raises(ValueError, match="needs a model trained with a CTC head"):
         transcribe(plain, torch.zeros(8000), "p", DecodeOptions(beam_size=2, ctc_weight=0.3))
+
+
+def test_character_units_of_a_text_and_of_its_tokens_agree(tmp_path):
+    from jstip.model.ctc import ALPHABET, TokenUnits, UnitState, character_string, character_targets
+
+    assert character_string("Follow-up, Dr. O'Brien!  Café 24/7") == "follow up dr o'brien cafe 24 7"
+    assert [ALPHABET[u] for u in character_targets("  Hi -- there ")] == list("hi there")
+    llm = build_tiny_lm(tmp_path / "llm", ["Follow-up with Dr. O'Brien, twice a day.", "Take 250 mg."],
+                        TinyLMConfig(vocab_size=300, hidden=32, intermediate=64))
+    tok = build_speech_llm(SpeechLLMConfig(), llm).tokenizer
+    units = TokenUnits(tok, "characters")
+    for text in ["Follow-up with Dr. O'Brien, twice a day.", "Take 250 mg.", " , Take  it. "]:
+        state, emitted = UnitState(), []
+        for token in tok(" " + text, add_special_tokens=False).input_ids:
+            added, state = units.extend(state, token)
+            emitted += added
+        assert emitted == character_targets(text), text  # token by token = the whole text at once
+    assert TokenUnits(tok, "llm_tokens").extend(UnitState(), 7) == ([7], UnitState(7, False))
+
+
+def test_joint_scores_of_character_units_equal_brute_force_prefix_sums():
+    """A prefix extended unit by unit over several candidates at once (extend_many) has the brute-force
+    prefix probability, whatever the candidates' previous units."""
+    torch.manual_seed(1)
+    log_probs = torch.randn(5, BLANK + 1).double().log_softmax(-1)
+    sequences = _brute_force(log_probs)
+    prefix_prob = lambda prefix: sum(p for seq, p in sequences.items() if seq[:len(prefix)] == prefix)  # noqa: E731
+    scorer = CTCPrefixScorer(log_probs, blank=BLANK)
+    r0, _, _ = scorer.initial_state()
+    # three candidates with different histories, extended together: (2,) -> (2, 2), (1,) -> (1, 0), () -> (0,)
+    psi_a, r_a = scorer.extend_many(torch.stack([r0, r0]), torch.tensor([-1, -1]), torch.tensor([2, 1]))
+    psi, r = scorer.extend_many(torch.stack([r_a[0], r_a[1], r0]), torch.tensor([2, 1, -1]), torch.tensor([2, 0, 0]))
+    for value, prefix in zip(psi.tolist(), [(2, 2), (1, 0), (0,)]):
+        assert math.exp(value) == pytest.approx(prefix_prob(prefix), rel=1e-9)
+    for i, prefix in enumerate([(2, 2), (1, 0), (0,)]):
+        assert math.exp(scorer.final((r[i], 0.0, None))) == pytest.approx(sequences.get(prefix, 0.0), rel=1e-9)

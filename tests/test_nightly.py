@@ -21,12 +21,6 @@ def prefect_server():
         yield
 
 
-def _overall(registry: ModelRegistry, model_id: str, version: str, decoding: str) -> dict[str, float]:
-    rows = registry.eval_results(model_id=model_id).to_pylist()
-    return {r["metric"]: r["value"] for r in rows
-            if r["dataset_version"] == version and r["decoding"] == decoding and r["domain"] == "all"}
-
-
 def test_nightly_promotes_the_first_model_then_only_a_better_one(prefect_server, tmp_path):
     from jstip.flows.nightly_retrain import nightly_retrain
 
@@ -45,6 +39,21 @@ def test_nightly_promotes_the_first_model_then_only_a_better_one(prefect_server,
     (model1,) = registry.models()
     assert first.promote and registry.promoted("nightly").model_id == model1.model_id
     assert model1.parent_model is None
+    # what `jstip demo` prints of such a run: every decoding with its meaning, the metrics explained,
+    # examples, the decision
+    from jstip import cli
+
+    width, cli.console.width = cli.console.width, 250  # no wrapping inside the table's cells
+    try:
+        with cli.console.capture() as captured:
+            cli.print_downstream(store, first)
+    finally:
+        cli.console.width = width
+    printed = " ".join(captured.get().split())
+    assert f"model {model1.model_id}" in printed and "held-out test set demo-test" in printed
+    assert "greedy" in printed and "the LLM alone, greedy" in printed and "(best)" in printed
+    assert "WER: word errors" in printed and "entity accuracy: share of entity mentions" in printed
+    assert printed.count("reference:") == 3 and "promotion on channel nightly: promoted (no incumbent" in printed
 
     second = nightly_retrain(manifest=str(night2.nemo_manifest), **common)
     model2 = next(m for m in registry.models() if m.model_id != model1.model_id)
@@ -53,9 +62,8 @@ def test_nightly_promotes_the_first_model_then_only_a_better_one(prefect_server,
     test_versions = {v.version_id for v in __import__("jstip").storage.DatasetStore(store).versions("demo-test")}
     (test_version,) = test_versions  # the unchanged test corpus was built once
 
-    expected = decide_promotion(_overall(registry, model2.model_id, test_version, "greedy"),
-                                _overall(registry, model1.model_id, test_version, "greedy"),
-                                metric="entity_accuracy", tie_break="wer")
+    expected = decide_promotion(registry.eval_utterances(model2.model_id, test_version, "greedy"),
+                                registry.eval_utterances(model1.model_id, test_version, "greedy"))
     assert second.promote == expected.promote
     history = registry.promotions("nightly").to_pylist()
     assert [(h["candidate_id"], h["incumbent_id"], h["promoted"]) for h in history] == [

@@ -39,7 +39,7 @@ def test_same_seed_rewrites_byte_identical_files(corpus):
     assert len([name for name in before if name.startswith("audio/")]) == N
     assert set(before) == {f"audio/{p.name}" for p in corpus.audio_dir.iterdir()} | {
         "lhotse/demo_recordings_all.jsonl.gz", "lhotse/demo_supervisions_all.jsonl.gz",
-        "lhotse/demo_cuts_all.jsonl.gz", "nemo_manifest.jsonl", "word_timings.jsonl", "text_corpus.tsv",
+        "lhotse/demo_cuts_all.jsonl.gz", "nemo_manifest.jsonl", "word_timings.jsonl", "text_corpus.tsv", "text_corpus.jsonl",
     }
     synthesize_corpus(corpus.out_dir, utterances=N, seed=0)
     assert _tree(corpus.out_dir) == before
@@ -186,3 +186,24 @@ def test_a_word_without_an_espeak_event_is_an_error():
     synthesis = Synthesis(np.ones(4000, dtype=np.int16), 22050, [WordEvent(0, 3, 0)])
     with pytest.raises(ValueError, match="no WORD event for word 'the' at character 4"):
         reference_word_timings("for the", synthesis)
+
+
+def test_novel_entities_appear_only_where_asked():
+    from jstip.tasks.synth import NOVEL_FILLERS, demo_utterances, text_corpus_sentences
+
+    novel = {v for values in NOVEL_FILLERS.values() for v in values}
+    plain = demo_utterances(60, seed=5)
+    assert not novel & {e for u in plain for e in u.entities}
+    assert plain == demo_utterances(60, seed=5, novel_entities=0.0)  # no extra draws when off
+    mixed = demo_utterances(60, seed=5, novel_entities=0.5)
+    drawn = [e for u in mixed for e in u.entities]
+    assert 10 < sum(e in novel for e in drawn) < len(drawn)
+    from jstip.tasks import synth
+
+    base_named = {*synth._DRUGS, *synth._CONDITIONS, *synth._PROCEDURES, *synth._DOCTORS, *synth._PRODUCTS,
+                  *synth._MERCHANTS}
+    with_novel = 0
+    for domain, text, entities in text_corpus_sentences(40, seed=5, novel_entities=1.0):
+        assert all(e in text for e in entities) and not base_named & set(entities), text
+        with_novel += any(e in novel for e in entities)
+    assert with_novel > 25  # the templates without a named-entity slot (amounts, dates, card digits) aside

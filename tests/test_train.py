@@ -256,3 +256,57 @@ def test_epochs_set_the_number_of_steps_from_the_dataset_size(dataset):
     # 6 interleaved + 6 asr sequences (text has weight 0.2 but no sequences): 1.5 epochs of 12 at batch 4
     done = train(store, version, TINY.model_copy(update={"epochs": 1.5, "steps": 1}))
     assert done.steps == 5 and done.metrics["steps_logged"] == 5
+
+
+def test_lm_prior_is_pretrained_registered_and_a_speech_llm_starts_from_it(dataset, tmp_path):
+    """jstip pretrain-lm's task: domain text + general English -> a registered LM prior whose loss fell;
+    a speech-LLM trained with model.llm.path = its id starts from its weights and tokenizer, records it
+    as its parent, and is self-contained (the prior is copied into it)."""
+    from transformers import AutoModelForCausalLM
+
+    from jstip.model.config import PretrainConfig
+    from jstip.tasks.pretrain_lm import pretrain_lm
+
+    store, version = dataset
+    config = PretrainConfig(lm=TinyLMConfig(vocab_size=400, hidden=32, intermediate=64), general_sentences=300,
+                            steps=40, batch_size=16, warmup_steps=4, learning_rate=1e-2)
+    prior = pretrain_lm(store, version, config)
+    assert prior.metrics["final_loss"] < prior.metrics["first_loss"] - 0.5
+    assert prior.metrics["general_sentences"] == 300 and prior.metrics["domain_sentences"] == 12  # 6 + 6 distinct
+    record = ModelRegistry(store).model(prior.model_id)
+    assert record.name == "lm-prior" and record.dataset_version == version and record.path == prior.model_dir
+    assert record.config["kind"] == "lm_prior" and len(record.config["general_text_source"]["sha256"]) == 64
+    assert len((prior.model_dir / "general_text.txt").read_text().splitlines()) == 300
+    assert pretrain_lm(store, version, config).model_id == prior.model_id  # same inputs: the same prior, no work
+
+    speech = train(store, version, TINY.model_copy(update={"steps": 2, "model": TINY.model.model_copy(update={
+        "llm": TINY.model.llm.model_copy(update={"path": prior.model_id[:6]})})}))
+    speech_record = ModelRegistry(store).model(speech.model_id)
+    assert speech_record.parent_model == prior.model_id
+    assert speech_record.config["model"]["llm"]["path"] == prior.model_id  # the prefix resolved to the id
+    prior_weights = AutoModelForCausalLM.from_pretrained(prior.model_dir).state_dict()
+    copied = AutoModelForCausalLM.from_pretrained(speech.model_dir / "llm").state_dict()
+    assert all(torch.equal(prior_weights[k], copied[k]) for k in prior_weights)
+    assert load_speech_llm(speech.model_dir).tokenizer.get_vocab() == \
+        __import__("transformers").AutoTokenizer.from_pretrained(prior.model_dir).get_vocab()
+
+
+def test_loss_and_wer_fall_on_a_tiny_set(dataset):
+    """Learning happens: the default model (character CTC head, joint decoding) trained 150 steps on the 6
+    utterances transcribes them; one step does not."""
+    from jstip.model.decode import DecodeOptions
+    from jstip.tasks.evaluate import evaluate
+
+    store, version = dataset
+    config = TrainConfig(steps=150, batch_size=6, warmup_steps=10, learning_rate=3e-3,
+                         mix={"interleaved": 0, "asr": 1, "text": 0},
+                         model=SpeechLLMConfig(llm={"tiny": TinyLMConfig(vocab_size=400, hidden=64, intermediate=128)},
+                                               encoder={"dropout": 0.0}))
+    wer = {}
+    for steps in (1, 150):
+        trained = train(store, version, config.model_copy(update={"steps": steps}))
+        report = evaluate(store, trained.model_id, version, decodings=[DecodeOptions.parse("joint-ctc0.3-beam4")])
+        wer[steps] = report.overall["joint-ctc0.3-beam4"]["wer"]
+        if steps == 150:
+            assert trained.metrics["final_loss"] < trained.metrics["first_loss"] - 5
+    assert wer[1] >= 0.95 and wer[150] <= 0.5, wer

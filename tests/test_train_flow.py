@@ -42,3 +42,31 @@ def test_jstip_train_runs_the_flow_and_registers_a_model_naming_its_dataset(pref
 
     missing = runner.invoke(app, ["train", "--store", str(store), "--version", "0000dead"])
     assert missing.exit_code == 1 and "no dataset version or dataset named '0000dead'" in missing.output
+
+
+def test_jstip_pretrain_lm_registers_a_prior_and_train_starts_from_it(prefect_server, tmp_path):
+    synth = synthesize_corpus(tmp_path / "synth", utterances=3, seed=2)
+    store = tmp_path / "data"
+    published = build_in_process(str(synth.nemo_manifest), None, str(store), load_config(None))
+    prior_config = tmp_path / "prior.yaml"
+    prior_config.write_text("lm: {vocab_size: 300, hidden: 32, intermediate: 64}\nbatch_size: 4\nwarmup_steps: 1\n")
+    runner = CliRunner()
+    result = runner.invoke(app, ["pretrain-lm", "--store", str(store), "--config", str(prior_config), "--steps", "3",
+                                 "--general-sentences", "30"])
+    assert result.exit_code == 0, result.output
+    (prior,) = ModelRegistry(store).models()
+    assert prior.name == "lm-prior" and prior.dataset_version == published.version_id
+    printed = " ".join(result.output.split())  # rich wraps long lines
+    assert f"LM prior {prior.model_id}" in printed and f"--base-llm {prior.model_id}" in printed
+
+    config = tmp_path / "train.yaml"
+    config.write_text("steps: 2\nbatch_size: 2\nwarmup_steps: 1\nmodel:\n  encoder: {d_model: 32, ffn_dim: 64, layers: 1}\n")
+    trained = runner.invoke(app, ["train", "--store", str(store), "--config", str(config),
+                                  "--base-llm", prior.model_id[:8]])
+    assert trained.exit_code == 0, trained.output
+    speech = next(m for m in ModelRegistry(store).models() if m.model_id != prior.model_id)
+    assert speech.parent_model == prior.model_id and speech.config["model"]["llm"]["path"] == prior.model_id
+
+    assert runner.invoke(app, ["pretrain-lm", "--help"]).exit_code == 0
+    bad = runner.invoke(app, ["pretrain-lm", "--store", str(store), "--version", "0000dead"])
+    assert bad.exit_code == 1 and "no dataset version or dataset named '0000dead'" in bad.output
