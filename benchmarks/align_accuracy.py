@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/align_accuracy.py [--utterances 100] [--seed 0]
         [--aligner pocketsphinx|whisperx|nemo] [--model PATH] [--device cpu] [--write]
 
-Synthesises the demo corpus (`jstip.tasks.synth.synthesize_corpus`: random voices, rates and pitches,
+Synthesises the demo corpus (`jstip.synth.synthesize_corpus`: random voices, rates and pitches,
 reference word timings in word_timings.jsonl), normalises it to 16 kHz FLAC (`normalize_shard`), aligns
 it with `align_shard` and compares every aligned word with its reference:
 - start/end error: |aligned - reference| in ms, mean and median; the signed mean (bias) too, since a
@@ -15,14 +15,14 @@ it with `align_shard` and compares every aligned word with its reference:
 - peak RSS of this process, which imports jstip, reads the FLACs and aligns (resource.getrusage);
   synthesis and normalisation (silero-vad, torch) run in a child process and are not counted.
 
-Reference caveats (see jstip.tasks.synth): starts are espeak's WORD events (to the sample), which for a
+Reference caveats (see jstip.synth): starts are espeak's WORD events (to the sample), which for a
 stop-initial word lie at the start of the closure silence (up to ~50 ms before the burst; TIMIT's word
 labels put stop-initial words there too) and for an unvoiced-fricative- or h-initial word after a pause
 11-14 ms before its first non-zero sample; ends are where espeak's output energy stops, to the sample.
 The reference is exact for the audio it describes, but it is synthetic speech.
 
 Time conventions compared (`--window-start-times`): pocketsphinx boundaries at the midpoint between frame
-centres (jstip.tasks.align._FrameClock, the default) or at window starts (jstip before issue 16).
+centres (jstip.tasks.aligners.pocketsphinx._FrameClock, the default) or at window starts (jstip before issue 16).
 
 Any backend runs (`--aligner whisperx --model DIR`); accuracy means something only for a real model.
 With --write (pocketsphinx only, by design) the figures go into BENCHMARKS.md, section
@@ -68,7 +68,7 @@ def prepare_corpus(out: Path, utterances: int, seed: int):
     from jstip.config import NormalizeConfig
     from jstip.tasks.ingest import ingest_manifest
     from jstip.tasks.normalize import normalize_shard
-    from jstip.tasks.synth import synthesize_corpus
+    from jstip.synth import synthesize_corpus
 
     synth = synthesize_corpus(out / "corpus", utterances=utterances, seed=seed, text_sentences=0)
     ingested = ingest_manifest(synth.nemo_manifest)
@@ -129,7 +129,8 @@ def _one_recording(utterances, audio, reference: dict, out: Path):
 
 
 def measure(utterances: int, seed: int, align_config, long_recording: bool) -> dict:
-    from jstip.tasks.align import align_shard, make_aligner
+    from jstip.tasks.align import align_shard
+    from jstip.tasks.aligners import make_aligner
 
     with tempfile.TemporaryDirectory(prefix="jstip-align-bench-") as tmp:
         with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
@@ -171,7 +172,7 @@ def report(m: dict, command: str, max_chunk_s: float) -> str:
     out = [f"`{command}`\n",
            f"{m['utterances']} synthetic utterances (seed {m['seed']}), {m['audio_s']:.0f} s of audio, {m['ref_words']} "
            f"words; backend {m['backend']}, AlignConfig defaults otherwise; {machine}. Reference: espeak-ng word "
-           "events (starts) and espeak output energy (ends), see jstip.tasks.synth.\n",
+           "events (starts) and espeak output energy (ends), see jstip.synth.\n",
            "\n".join(lines) + "\n"]
     for name, r in runs:
         failures = ", ".join(f"{k}: {v}" for k, v in sorted(r["failures"].items())) or "none"
@@ -204,7 +205,7 @@ def main() -> None:
                              "window-start times)')")
     args = parser.parse_args()
     if args.window_start_times:
-        from jstip.tasks import align
+        from jstip.tasks.aligners import pocketsphinx as align
 
         class WindowStart(align._FrameClock):  # noqa: N801 - the old convention, for comparison only
             def __init__(self, frate, wlen, duration):

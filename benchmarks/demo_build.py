@@ -31,7 +31,7 @@ def main() -> None:
     args = parser.parse_args()
 
     from jstip.flows.build_interleaved import build_interleaved
-    from jstip.tasks.synth import synthesize_corpus
+    from jstip.synth import synthesize_corpus
 
     with tempfile.TemporaryDirectory(prefix="jstip-bench-") as tmp:
         t0 = time.perf_counter()

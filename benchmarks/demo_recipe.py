@@ -5,7 +5,7 @@ time, each variant trained and scored on the same held-out test set (issue #17).
         [--out benchmarks/out/demo_recipe] [--store DIR] [--write]
     .venv/bin/python benchmarks/demo_recipe.py --from-results benchmarks/out/demo_recipe/results.json --write
 
-Data: the demo corpus (jstip.tasks.synth seed 0, with its domain text) at `--utterances`, and at the size
+Data: the demo corpus (jstip.synth seed 0, with its domain text) at `--utterances`, and at the size
 the demo had before (50); the demo's held-out test set (seed 1000, `--test-utterances`). Versions use the
 demo build config (word-level plans).
 
@@ -100,7 +100,7 @@ def main() -> None:
     from jstip.model.config import TrainConfig
     from jstip.tasks.pretrain_lm import pretrain_lm
     from jstip.tasks.stages import build_in_process
-    from jstip.tasks.synth import synthesize_corpus
+    from jstip.synth import synthesize_corpus
 
     steps = args.steps or TrainConfig().steps
     args.out.mkdir(parents=True, exist_ok=True)

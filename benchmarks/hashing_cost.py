@@ -41,7 +41,7 @@ def main() -> None:
     from jstip.storage import DatasetStore
     from jstip.storage.content import FileHashes, sha256_file
     from jstip.tasks.stages import build_in_process
-    from jstip.tasks.synth import synthesize_corpus
+    from jstip.synth import synthesize_corpus
 
     with tempfile.TemporaryDirectory(prefix="jstip-hashing-") as tmp:
         tmp = Path(tmp)

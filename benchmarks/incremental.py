@@ -34,7 +34,7 @@ def main() -> None:
     args = parser.parse_args()
 
     from jstip.flows.build_interleaved import build_interleaved
-    from jstip.tasks.synth import synthesize_corpus
+    from jstip.synth import synthesize_corpus
 
     extra = max(1, round(args.utterances / 100))
     with tempfile.TemporaryDirectory(prefix="jstip-incremental-") as tmp:

@@ -10,7 +10,7 @@ The claims (arXiv 2607.01733, abstract):
   2. for domain adaptation, domain *text* (interleaving-ready transcription text) gives entity recognition
      on par with synthetic TTS speech-text pairs of the same sentences.
 
-Data (jstip.tasks.synth, espeak-ng):
+Data (jstip.synth, espeak-ng):
 - training speech: `--utterances` utterances (seed 0) drawing named entities (drugs, conditions,
   procedures, clinicians, bank products, merchants) from the default lists only;
 - domain text: as many sentences again from the same templates with half of the named-entity slots
@@ -144,7 +144,7 @@ def synthesize_tts_pairs(corpus_dir: Path, sentences: list[dict], seed: int) -> 
     import numpy as np
     import soundfile as sf
 
-    from jstip.tasks.synth import (EDGE_SILENCE_S, PITCH, PITCH_RANGE, RATE_WPM, VOICES, DemoUtterance,
+    from jstip.synth import (EDGE_SILENCE_S, PITCH, PITCH_RANGE, RATE_WPM, VOICES, DemoUtterance,
                                    synthesize_in_fresh_process)
 
     scripts = []
@@ -212,7 +212,7 @@ def main() -> None:
     from jstip.model.config import PretrainConfig
     from jstip.tasks.pretrain_lm import pretrain_lm
     from jstip.tasks.stages import build_in_process
-    from jstip.tasks.synth import synthesize_corpus
+    from jstip.synth import synthesize_corpus
 
     arms = list(ARMS)
     if args.arms:

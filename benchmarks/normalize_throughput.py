@@ -43,8 +43,8 @@ CONFIGS = {
 
 def synthesize_set(out: Path, minutes: float, seed: int = 0) -> list[dict]:
     """Utterance rows (UTTERANCES schema) of about `minutes` of speech audio in mixed layouts."""
-    from jstip.tasks.espeak import synthesize
-    from jstip.tasks.synth import compose_sentence
+    from jstip.tasks.aligners.espeak import synthesize
+    from jstip.synth import compose_sentence
 
     rng = np.random.default_rng(seed)
     rows, total, i = [], 0.0, 0

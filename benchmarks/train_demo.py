@@ -4,7 +4,7 @@ loss curve (issue #9).
     .venv/bin/python benchmarks/train_demo.py [--utterances 400] [--seed 0] [--strategy mixed]
         [--steps N | --minutes M] [--batch-size 8] [--out benchmarks/out/train_demo] [--write]
 
-Steps: synthesise `--utterances` espeak-ng utterances (medical/banking, jstip.tasks.synth) plus their domain
+Steps: synthesise `--utterances` espeak-ng utterances (medical/banking, jstip.synth) plus their domain
 text corpus; build one dataset version in process (jstip.tasks.stages.build_in_process; plan strategy
 `--strategy`, default mixed so that the interleaved, asr and text pools are all non-empty); train the
 default model (jstip.model.config.TrainConfig defaults: conv encoder + character CTC head + tiny
@@ -129,7 +129,7 @@ def main() -> None:
     from jstip.config import load_config
     from jstip.model.config import TrainConfig
     from jstip.tasks.stages import build_in_process
-    from jstip.tasks.synth import synthesize_corpus
+    from jstip.synth import synthesize_corpus
     from jstip.tasks.train import train
 
     args.out.mkdir(parents=True, exist_ok=True)

@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/transcript_verification.py [--utterances 120] [--seed 5] [--write]
 
-1. Sweep (synthetic demo corpus, several voices; `jstip.tasks.synth.demo_utterances`): every utterance
+1. Sweep (synthetic demo corpus, several voices; `jstip.synth.demo_utterances`): every utterance
    aligned with its own transcript (clean), with another utterance's transcript of similar length (one of
    the 5 closest in characters) from the same domain and from the other domain, and with 20% / 40% of its
    words (at least one) cut from the end or from the start. Reported: the share of each kind quarantined,
@@ -38,7 +38,7 @@ from jstip.runtime import apply_offline_defaults
 
 apply_offline_defaults()
 
-from _report import REPO, write_section  # noqa: E402
+from _report import write_section  # noqa: E402
 
 KINDS = ("clean", "swap_same", "swap_cross", "partial20_end", "partial20_start", "partial40_end", "partial40_start")
 OLD_DEFAULTS = dict(beam=1e-120, wbeam=1e-100, pbeam=1e-120, topn=16)
@@ -48,7 +48,7 @@ def make_corpus(utterances: int, seed: int, noisy: bool) -> list[dict]:
     import soxr
     from scipy.signal import fftconvolve, lfilter
 
-    from jstip.tasks.synth import demo_utterances, reference_word_timings, synthesize_in_fresh_process
+    from jstip.synth import demo_utterances, reference_word_timings, synthesize_in_fresh_process
 
     scripts = demo_utterances(utterances, seed)
     rng = np.random.default_rng(seed)
@@ -92,16 +92,29 @@ def cases(items: list[dict], seed: int) -> list[tuple[str, dict, str]]:
     return out
 
 
+def align_checked(aligner, text: str, pcm, config):
+    """One utterance through the aligner and the checks every backend's output goes through (as align_shard)."""
+    from jstip.tasks.aligners.energy import check_against_speech, check_timings, speech_frames
+    from jstip.tasks.text import split_words
+
+    speech = speech_frames(pcm, 16000, config)
+    result = aligner.align(text, pcm, 16000)
+    check_timings(result.words, len(split_words(text)), len(pcm) / 16000)
+    check_against_speech(result.words, speech, config)
+    return result
+
+
 def sweep(items: list[dict], seed: int) -> dict:
     from jstip.config import AlignConfig
-    from jstip.tasks.align import AlignmentFailed, PocketsphinxAligner, align_utterance
+    from jstip.tasks.aligners.base import AlignmentFailed
+    from jstip.tasks.aligners.pocketsphinx import PocketsphinxAligner
 
     config = AlignConfig()
     aligner = PocketsphinxAligner(config)
     verdicts: dict[str, Counter] = defaultdict(Counter)
     for kind, item, text in cases(items, seed):
         try:
-            align_utterance(aligner, text, item["pcm"], 16000, config)
+            align_checked(aligner, text, item["pcm"], config)
             verdicts[kind]["accepted"] += 1
         except AlignmentFailed as e:
             verdicts[kind][e.check] += 1
@@ -113,7 +126,9 @@ _CHILD = """
 import pickle, sys, time
 import numpy as np
 from jstip.config import AlignConfig
-from jstip.tasks.align import AlignmentFailed, PocketsphinxAligner, align_utterance
+from jstip.tasks.aligners.base import AlignmentFailed
+from jstip.tasks.aligners.pocketsphinx import PocketsphinxAligner
+from transcript_verification import align_checked
 items = pickle.load(open(sys.argv[1], "rb"))
 config = AlignConfig(**pickle.loads(bytes.fromhex(sys.argv[2])))
 aligner = PocketsphinxAligner(config)
@@ -121,7 +136,7 @@ t0 = time.process_time()
 errors, failed = [], 0
 for item in items:
     try:
-        words = align_utterance(aligner, item["text"], item["pcm"], 16000, config).words
+        words = align_checked(aligner, item["text"], item["pcm"], config).words
     except AlignmentFailed:
         failed += 1
         continue
@@ -136,7 +151,7 @@ def cost(items: list[dict], overrides: dict) -> dict:
         path = Path(tmp) / "items.pkl"
         path.write_bytes(pickle.dumps([{k: v for k, v in i.items()} for i in items]))
         out = subprocess.run([sys.executable, "-c", _CHILD, str(path), pickle.dumps(overrides).hex()],
-                             check=True, capture_output=True, text=True, cwd=REPO).stdout.strip().splitlines()[-1]
+                             check=True, capture_output=True, text=True, cwd=Path(__file__).resolve().parent).stdout.strip().splitlines()[-1]
     m = pickle.loads(bytes.fromhex(out))
     e = np.array(m["errors"]).reshape(-1, 2) * 1000
     audio = sum(i["duration"] for i in items)

@@ -3,8 +3,9 @@
     ingest -> shards -> normalize -> align -> check -> plan -> plan-text -> publish
                         (one task per shard and stage; results cached by content under <store>/work)
 
-The flow only wires tasks; each stage's logic is a function in jstip.tasks, its caching in
-jstip.storage.work, publishing in jstip.storage.store.
+The flow only wires tasks: the chain itself is defined once, in jstip.tasks.stages (`SHARD_CHAIN`,
+`run_chain`), which `build_in_process` runs too; each stage's logic is a function in jstip.tasks, its caching
+in jstip.storage.work, publishing in jstip.tasks.publish and jstip.storage.store.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from prefect.task_runners import ThreadPoolTaskRunner  # noqa: E402
 from jstip import progress  # noqa: E402
 from jstip.config import BuildConfig, RunnerConfig, load_config  # noqa: E402
 from jstip.tasks import stages  # noqa: E402
+from jstip.tasks.publish import Published  # noqa: E402
 
 # Stage results are cached by content on disk (jstip.storage.work); Prefect's own result cache is off so
 # that there is exactly one cache and its keys are ours.
@@ -43,27 +45,6 @@ def resume(ingested: stages.Ingested, store: str, config: BuildConfig) -> stages
     return resumed
 
 
-@task(name="normalize", task_run_name="normalize-{shard.shard_id}", **_TASK_OPTIONS)
-def normalize(shard: stages.Shard, store: str, config: BuildConfig) -> stages.StageOutput:
-    return stages.normalize(shard, store, config)
-
-
-@task(name="align", task_run_name="align-{shard.shard_id}", **_TASK_OPTIONS)
-def align(shard: stages.Shard, normalized: stages.StageOutput, store: str, config: BuildConfig) -> stages.StageOutput:
-    return stages.align(shard, normalized, store, config)
-
-
-@task(name="check", task_run_name="check-{shard.shard_id}", **_TASK_OPTIONS)
-def check(shard: stages.Shard, normalized: stages.StageOutput, aligned: stages.StageOutput, store: str,
-          config: BuildConfig) -> stages.StageOutput:
-    return stages.check(shard, normalized, aligned, store, config)
-
-
-@task(name="plan", task_run_name="plan-{shard.shard_id}", **_TASK_OPTIONS)
-def plan(shard: stages.Shard, checked: stages.StageOutput, store: str, config: BuildConfig) -> stages.StageOutput:
-    return stages.plan(shard, checked, store, config)
-
-
 @task(name="plan-text", **_TASK_OPTIONS)
 def plan_text(ingested: stages.Ingested, planned: list[stages.StageOutput], store: str,
               config: BuildConfig) -> stages.StageOutput:
@@ -74,7 +55,7 @@ def plan_text(ingested: stages.Ingested, planned: list[stages.StageOutput], stor
 
 @task(name="publish", **_TASK_OPTIONS)
 def publish(ingested: stages.Ingested, checked: list[stages.StageOutput], planned: list[stages.StageOutput],
-            store: str, config: BuildConfig) -> stages.Published:
+            store: str, config: BuildConfig) -> Published:
     published = stages.publish(ingested, checked, planned, store, config)
     get_run_logger().info("published %s/%s: %d accepted + %d quarantined = %d ingested", published.name,
                           published.version_id, published.accepted, published.quarantined, published.ingested)
@@ -99,25 +80,39 @@ def task_runner_for(config: RunnerConfig):
     return ThreadPoolTaskRunner(max_workers=config.max_workers or os.cpu_count() or 1)
 
 
+# The per-shard stages as Prefect tasks, made from the chain's own steps (one task per stage and shard).
+_SHARD_TASKS = {step.name: task(name=step.name, task_run_name=step.name + "-{shard.shard_id}", **_TASK_OPTIONS)(step.run)
+                for step in stages.SHARD_CHAIN}
+# The whole-build steps of the chain, with their log lines.
+_BUILD_TASKS = {"ingest": ingest, "resume": resume, "plan-text": plan_text, "publish": publish}
+
+
+class _PrefectRunner:
+    """Runs jstip.tasks.stages.run_chain as Prefect tasks: whole-build steps as one task each, shard steps
+    mapped over the pending shards (futures passed on, so a shard's align starts when its normalize ends)."""
+
+    def __init__(self):
+        self.logger = get_run_logger()
+
+    def call(self, name: str, function, *args):
+        return _BUILD_TASKS[name](*args)
+
+    def map(self, step: stages.ShardStep, shards: list[stages.Shard], inputs: list, store: str, config: BuildConfig):
+        futures = _SHARD_TASKS[step.name].map(shards, *inputs, unmapped(store), unmapped(config))
+        progress.follow(step.name, futures, self.logger)  # bars and per-shard log lines, from this process
+        return futures
+
+    def results(self, step: stages.ShardStep, futures) -> list[stages.StageOutput]:
+        return futures.result()
+
+    def resumed(self, ingested: stages.Ingested, resumed: stages.Resumed) -> None:
+        progress.shards(len(ingested.shards), len(resumed.finished))
+
+
 @flow(name="build-interleaved-shards", log_prints=True)
-def build_shards(manifest: str, text_corpus: str | None, store: str, config: BuildConfig) -> stages.Published:
-    """The shard DAG, run under the task runner `build_interleaved` chose."""
-    ingested = ingest(manifest, text_corpus, store, config)
-    resumed = resume(ingested, store, config)
-    progress.shards(len(ingested.shards), len(resumed.finished))
-    shards = resumed.pending  # shards whose whole chain is cached are not submitted again
-    store_, config_ = unmapped(store), unmapped(config)
-    normalized = normalize.map(shards, store_, config_)
-    aligned = align.map(shards, normalized, store_, config_)
-    checked = check.map(shards, normalized, aligned, store_, config_)
-    planned = plan.map(shards, checked, store_, config_)
-    for stage, futures in (("normalize", normalized), ("align", aligned), ("check", checked), ("plan", planned)):
-        progress.follow(stage, futures, get_run_logger())  # bars and per-shard log lines, from this process
-    for futures in (normalized, aligned):  # a failed shard raises its own error, not its dependents' "not ready"
-        futures.result()
-    checked, planned = stages.in_shard_order(ingested, resumed, checked.result(), planned.result())
-    text_planned = plan_text(ingested, planned, store, config)  # text-only sequences (strategy mixed)
-    published = publish(ingested, checked, [*planned, text_planned], store, config)
+def build_shards(manifest: str, text_corpus: str | None, store: str, config: BuildConfig) -> Published:
+    """The shard DAG (jstip.tasks.stages.run_chain), run under the task runner `build_interleaved` chose."""
+    published = stages.run_chain(_PrefectRunner(), manifest, text_corpus, store, config)
     progress.published()
     return published
 
@@ -133,7 +128,7 @@ def build_interleaved(
     runner: str | None = None,
     role: str | None = None,
     allow_roots: list[str] | None = None,
-) -> stages.Published:
+) -> Published:
     """Build and publish an interleaved dataset version.
 
     manifest: a Lhotse manifest (cuts, or supervisions beside recordings), a NeMo JSONL manifest or a

@@ -142,7 +142,7 @@ def synth(
     seed: Annotated[int, typer.Option(help="Random seed: the same seed gives the same bytes.")] = 0,
 ):
     """Synthesise a medical/banking demo corpus with espeak-ng (audio, Lhotse + NeMo manifests, word timings)."""
-    from jstip.tasks.synth import synthesize_corpus
+    from jstip.synth import synthesize_corpus
 
     result = synthesize_corpus(out, utterances=utterances, seed=seed)
     console.print(Text(f"synthesised {result.utterances} utterances ({result.audio_seconds / 60:.1f} min of speech) "
@@ -162,8 +162,9 @@ def _run_build(manifest: Path | None, store: Path, config: Path | None = None, n
     from jstip.flows.build_interleaved import build_interleaved
     from jstip.storage import StoreBusyError
     from jstip.tasks.ingest import ManifestError, detect_manifest_format
-    from jstip.tasks.stages import AccountingError, AudioOutsideAllowedRoots
-    from jstip.tasks.suites import QualityGateError
+    from jstip.tasks.publish import AccountingError
+    from jstip.tasks.publish.suites import QualityGateError
+    from jstip.tasks.stages import AudioOutsideAllowedRoots
 
     # Validate at the edge, before Prefect starts: a bad path or config is one line, not a failed flow run.
     try:
@@ -268,8 +269,7 @@ def _nothing_accepted(published, store: Path) -> None:
     from jstip.storage import DatasetStore
     from jstip.storage.views import DERIVED_VIEWS
 
-    with DatasetStore(store).connect(read_only=True) as con:
-        con.execute(f'USE "v_{published.version_id}"')
+    with DatasetStore(store).connect(read_only=True, version=published.version_id) as con:
         reasons = con.execute(f"SELECT stage, check_name, count, example FROM ({DERIVED_VIEWS['quarantine_summary']}) "
                               "LIMIT 5").fetchall()
     _print_relation(["stage", "check", "entries", "example"], reasons,
@@ -413,9 +413,8 @@ def quarantine(
     data_store = DatasetStore(store)
     try:
         v = data_store.version(version)
-        with data_store.connect(read_only=True) as con:
-            # the version's own schema; the view's SQL, so versions registered before the view existed work too
-            con.execute(f'USE "v_{v.version_id}"')
+        # the version's own schema; the view's SQL, so versions registered before the view existed work too
+        with data_store.connect(read_only=True, version=v.version_id) as con:
             summary = con.execute(f"SELECT * FROM ({DERIVED_VIEWS['quarantine_summary']}) "
                                   "WHERE ? IS NULL OR check_name = ?", [check, check]).fetchall()
             items = con.execute(
@@ -470,11 +469,10 @@ def stats(
         v = data_store.version(version)
         if sql is not None:  # sandboxed: see DatasetStore.user_query
             columns, rows = data_store.user_query(sql, [_sql_parameter(p) for p in param or []],
-                                                  schema=f"v_{v.version_id}", timeout_s=timeout)
+                                                  version=v.version_id, timeout_s=timeout)
             _print_relation(columns, rows)
             return
-        with data_store.connect(read_only=True) as con:
-            con.execute(f'USE "v_{v.version_id}"')  # ids are hex: see DatasetStore.version
+        with data_store.connect(read_only=True, version=v.version_id) as con:
             _say((f"{v.name}/{v.version_id}", "bold"), f": {v.row_counts.get('interleave_plans', 0)} plans, "
                           f"{v.row_counts.get('spans', 0)} spans")
             for name, view_sql in PLAN_STATISTICS_VIEWS.items():
@@ -500,7 +498,7 @@ def report(
     """Write an HTML report of a version (span length, speech fraction, duration, quarantine and alignment score
     plots, the statistics tables, a link to the GX Data Docs) to <store>/reports/<version>/index.html."""
     from jstip.storage import StoreError
-    from jstip.tasks.report import write_report
+    from jstip.storage.report import write_report
 
     try:
         index = write_report(store, version)
@@ -564,7 +562,7 @@ def export(
     """Export a version's accepted utterances with their normalised audio, word alignments and interleave
     spans (plus the domain text) for Lhotse/icefall or NeMo trainers."""
     from jstip.storage import StoreError
-    from jstip.tasks.export import ExportError, export_version
+    from jstip.storage.export import ExportError, export_version
 
     try:
         summary = export_version(store, version, format, out, overwrite=overwrite, shard_size=shard_size)
@@ -593,7 +591,7 @@ def align(
     from pydantic import ValidationError
 
     from jstip.config import ConfigError, load_config
-    from jstip.tasks.align_manifest import OUTPUT_FORMATS, align_manifest
+    from jstip.tasks.aligners.align_manifest import OUTPUT_FORMATS, align_manifest
     from jstip.tasks.ingest import ManifestError
 
     if format not in OUTPUT_FORMATS:
@@ -618,8 +616,8 @@ def eval_alignment(
     as_json: Annotated[bool, typer.Option("--json", help="Print the figures as JSON.")] = False,
 ):
     """Word-boundary accuracy: start/end error (ms), share within 20/50/100 ms, share of words aligned."""
-    from jstip.tasks.alignment_io import AlignmentFormatError, read_alignments
-    from jstip.tasks.eval_alignment import evaluate_alignments
+    from jstip.tasks.aligners.alignment_io import AlignmentFormatError, read_alignments
+    from jstip.tasks.aligners.eval_alignment import evaluate_alignments
 
     try:
         errors = evaluate_alignments(read_alignments(reference), read_alignments(hypothesis))
@@ -649,7 +647,8 @@ def catalog_list(
     if not versions:
         console.print(f"no published versions in {data_store.catalog_path}" + (f" named {name}" if name else ""))
         return
-    default = next((v.version_id for v in reversed(versions) if not v.held_out), None) if name is None else None
+    default_version = data_store.default_version() if name is None else None
+    default = None if default_version is None else default_version.version_id
     # fits 80 columns: lineage, config and code version are in `jstip catalog show VERSION`
     _print_relation(
         ["version", "name", "role", "created (UTC)", "utterances", "quarantine"],
@@ -668,6 +667,7 @@ def catalog_show(
 ):
     """Show one version: lineage, config, row counts and where its tables are."""
     from jstip.storage import DatasetStore, StoreError
+    from jstip.storage.layout import version_schema
 
     try:
         v = DatasetStore(store).version(version)
@@ -678,7 +678,7 @@ def catalog_show(
     console.print(f"created: {v.created_at.isoformat()}   code: {v.code_version}")
     console.print(f"path:    {v.path}")
     console.print(f"docs:    {v.data_docs_path or 'none (no Great Expectations suites ran)'}")
-    console.print(f"query:   SELECT * FROM v_{v.version_id}.spans")
+    console.print(f"query:   SELECT * FROM {version_schema(v.version_id)}.spans")
     _print_relation(["table", "rows"], sorted(v.row_counts.items()), title="tables")
     console.print("config:")
     console.print_json(json.dumps(v.config))

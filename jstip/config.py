@@ -189,7 +189,7 @@ class WordScoreFloors(_Section):
 
 
 class CheckConfig(_Section):
-    """Per-utterance quality checks (jstip.tasks.checks) and the publish gate (jstip.tasks.suites).
+    """Per-utterance quality checks (jstip.tasks.checks) and the publish gate (jstip.tasks.publish.suites).
 
     Bounds are inclusive: a value equal to a bound passes. Every default's source is given beside it."""
 
@@ -235,7 +235,7 @@ class CheckConfig(_Section):
     # ZWNJ/ZWJ, which Persian and Indic orthography and emoji use) are always quarantined; the charset
     # check then allows characters of these Unicode scripts/categories (RE2 \p{...} names) plus the listed
     # ones. Default: Latin text as the en-us aligners read it, with the punctuation and the symbols that
-    # jstip.tasks.textnorm speaks, but brackets, < > (which textnorm reads as less/more than), * and _: ASR
+    # jstip.tasks.aligners.textnorm speaks, but brackets, < > (which textnorm reads as less/more than), * and _: ASR
     # corpora use them for non-speech markup ([noise], <unk>, (laughs), **, _). Other languages: e.g.
     # [L, M, N, Zs] (any script); [Any]: no charset check.
     allowed_char_classes: tuple[str, ...] = ("Latin", "M", "N", "Zs")
@@ -243,7 +243,7 @@ class CheckConfig(_Section):
     # The same audio (sha256 of the normalised PCM) under several utterance ids in one build: a copy leaks
     # between splits and weighs double. The lowest utterance id keeps it; the others are quarantined.
     drop_duplicate_audio: bool = True
-    # Great Expectations suites over the staged version before it is published (jstip.tasks.suites):
+    # Great Expectations suites over the staged version before it is published (jstip.tasks.publish.suites):
     # block: a failing suite publishes nothing; warn: publish and log the failures; off: no suites (the
     # accounting invariant is checked whatever this says).
     gx: Literal["block", "warn", "off"] = "block"

@@ -100,9 +100,12 @@ WORD_ALIGNMENTS = _schema("word_alignments", [
 ])
 
 # One row per failed check: an utterance may appear more than once (one row per reason).
+# The quarantine `stage` of domain-text lines (--text-corpus): not speech, so outside the speech accounting.
+TEXT_CORPUS_STAGE = "text_corpus"
+
 QUARANTINE = _schema("quarantine", [
     _req("utterance_id", pa.string()),
-    _req("stage", pa.string()),  # ingest | normalize | align | check | plan
+    _req("stage", pa.string()),  # ingest | normalize | align | check | plan | publish | TEXT_CORPUS_STAGE
     _req("check_name", pa.string()),  # machine-readable name, e.g. "duration_max"
     _opt("value", pa.string()),  # the measured value, as text (checks measure different types)
     _opt("threshold", pa.string()),

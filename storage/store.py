@@ -15,7 +15,7 @@ renamed into datasets/ (atomic on one filesystem), and only then recorded in the
 transaction with the views. Readers go through the catalog, so a crash at any point leaves either the
 previous state or the complete new version visible, never part of one. A `validate` hook runs over the
 staged files before the rename (the accounting invariant and the Great Expectations suites,
-jstip.tasks.stages.publish): if it raises, the staging directory is removed and nothing is published.
+jstip.tasks.publish): if it raises, the staging directory is removed and nothing is published.
 
 Concurrency (docs/RELIABILITY.md). DuckDB admits one writing process per catalog file, and none while
 another process reads it; two mechanisms make several builds, trainers and readers share one store:
@@ -80,12 +80,12 @@ from jstip.schemas import DATASET_TABLES, conform, empty, schema_for
 from jstip.schemas.tables import DATASET_ROLES, HELD_OUT_ROLES
 from jstip.storage.content import sha256_file
 from jstip.storage.lock import LockTimeout, kill_point, lock_timeout_s, remove_stale_temporaries, store_lock, temp_name
+from jstip.storage.layout import PARQUET_OPTIONS, StoreLayout, version_schema
 from jstip.storage.sandbox import QueryFailed, QueryRefused, check_read_only, run_read_only
 from jstip.storage.views import DERIVED_VIEWS
 
 log = logging.getLogger(__name__)
 
-CATALOG_FILE = "catalog.duckdb"
 # DuckDB 1.0's storage format (storage version 64): DuckDB 1.0 to 2.x open it, e.g. the `duckdb` CLI 1.5 of
 # the `duckdb-cli` package, which reads storage versions 64-68 only, while DuckDB 2.0 writes 69 by default.
 CATALOG_STORAGE_VERSION = "v1.0.0"
@@ -94,13 +94,6 @@ VERIFY_ENV = "JSTIP_VERIFY"
 # Audio files whose sha256 a fast verification checks (chosen at random each time; all when fewer).
 FAST_AUDIO_SAMPLE = 64
 WRITE_LOCK_FILE = ".write.lock"
-# Audio being written (jstip.tasks.normalize.write_flac): one directory, so that finding what a killed
-# process left takes one listing, not one of every audio/<xx>/ directory.
-TEMP_DIR = ".tmp"
-
-# Parquet settings for published tables (and stage results, which publishing links as they are): zstd is
-# ~2x smaller than snappy on span text at similar speed.
-PARQUET_OPTIONS = {"compression": "zstd"}
 
 _CATALOG_DDL = """
 CREATE TABLE IF NOT EXISTS dataset_versions_table (
@@ -230,29 +223,23 @@ TableSource = pa.Table | Iterable[Path | pa.Table]
 Validator = Callable[[Path, str], Path | None]
 
 
-class DatasetStore:
+class DatasetStore(StoreLayout):
+    """The catalog of a store (its layout: jstip.storage.layout): versions, their views, publishing."""
+
     def __init__(self, root: str | Path = "./data", lock_timeout_s: float | None = None):
         """`lock_timeout_s`: how long writers wait for the write lock and for the catalog file, and readers
         for the catalog file, before StoreBusyError (None: $JSTIP_STORE_LOCK_TIMEOUT_S, else 600 s)."""
-        self.root = Path(root).resolve()
+        super().__init__(root)
         self.lock_timeout_s = lock_timeout_s
-        self.catalog_path = self.root / CATALOG_FILE
-        self.datasets_dir = self.root / "datasets"
-        self.audio_dir = self.root / "audio"
-        self.work_dir = self.root / "work"
-        self.gx_dir = self.root / "gx"
-        self.staging_dir = self.root / ".staging"
-
-    def data_docs_dir(self, version_id: str) -> Path:
-        return self.gx_dir / "data_docs" / version_id
 
     # -- catalog -------------------------------------------------------------------------------
 
     def _timeout(self) -> float:
         return lock_timeout_s() if self.lock_timeout_s is None else self.lock_timeout_s
 
-    def connect(self, read_only: bool = False) -> duckdb.DuckDBPyConnection:
-        """A connection to the catalog; create it (and the store root) on first use.
+    def connect(self, read_only: bool = False, version: str | None = None) -> duckdb.DuckDBPyConnection:
+        """A connection to the catalog; create it (and the store root) on first use. With `version` (an id), its
+        schema is the current one: unqualified names are that version's tables and views.
 
         Relative paths (the views' Parquet globs) resolve against the store root (`file_search_path`).
         While another process holds the catalog file (DuckDB: one writing process, or any number of
@@ -262,22 +249,14 @@ class DatasetStore:
             if not self.catalog_path.exists():
                 raise StoreError(f"no catalog at {self.catalog_path}: nothing has been published to this store yet "
                                  f"(run `jstip build --store {self.root}`)")
-            return self._open(lambda: duckdb.connect(str(self.catalog_path), read_only=True, config=config))
-        self.root.mkdir(parents=True, exist_ok=True)
-        con = self._open(lambda: duckdb.connect(str(self.catalog_path), config=config))
-        con.execute(_CATALOG_DDL)
+            con = self._open(lambda: duckdb.connect(str(self.catalog_path), read_only=True, config=config))
+        else:
+            self.root.mkdir(parents=True, exist_ok=True)
+            con = self._open(lambda: duckdb.connect(str(self.catalog_path), config=config))
+            con.execute(_CATALOG_DDL)
+        if version is not None:
+            con.execute(f'USE "{version_schema(version)}"')
         return con
-
-    def relative(self, path: str | Path) -> str:
-        """`path` as the catalog records it: relative to the store root (POSIX separators) when it lies in the
-        store, which moves with it; absolute when it lies elsewhere (e.g. a model trained outside it)."""
-        path = Path(os.path.abspath(path))
-        return path.relative_to(self.root).as_posix() if path.is_relative_to(self.root) else str(path)
-
-    def resolve(self, recorded: str | Path) -> Path:
-        """A path the catalog or a table records, on this machine: relative ones (every path written since
-        stores became relocatable) under this store's root; absolute ones (older catalogs) as they are."""
-        return self.root / recorded
 
     def _open(self, opener: Callable[[], duckdb.DuckDBPyConnection]) -> duckdb.DuckDBPyConnection:
         timeout, started, pause = self._timeout(), time.monotonic(), 0.01
@@ -303,19 +282,20 @@ class DatasetStore:
         Re-entrant; waits up to the lock timeout, then raises StoreBusyError naming the holder."""
         return store_lock(self.root / WRITE_LOCK_FILE, self._timeout(), purpose, error=StoreBusyError)
 
-    def user_query(self, sql: str, params: Sequence = (), schema: str | None = None,
+    def user_query(self, sql: str, params: Sequence = (), version: str | None = None,
                    timeout_s: float | None = None) -> tuple[list[str], list[tuple]]:
         """Run one read-only SQL statement from a user; return (column names, rows).
 
         Exactly one SELECT (by DuckDB's parser), run in a child process over a read-only attachment of the
         catalog that can read no file outside datasets/ and write none, killed after `timeout_s` (None:
-        $JSTIP_QUERY_TIMEOUT_S, else 60 s): jstip.storage.sandbox. `schema` is made current first (e.g. a
-        version's `v_<id>`). Parameters are bound, never formatted into the SQL."""
+        $JSTIP_QUERY_TIMEOUT_S, else 60 s): jstip.storage.sandbox. With `version` (an id), that version's
+        schema is made current first. Parameters are bound, never formatted into the SQL."""
         try:
             if not self.catalog_path.exists():
                 check_read_only(sql)  # a writing statement is refused before "the store is empty"
                 self.connect(read_only=True)  # raises the "nothing published yet" error
-            return run_read_only(self.root, self.catalog_path, sql, params, schema=schema, timeout_s=timeout_s,
+            return run_read_only(self.root, self.catalog_path, sql, params,
+                                 schema=None if version is None else version_schema(version), timeout_s=timeout_s,
                                  lock_timeout_s=self._timeout())
         except (QueryRefused, QueryFailed) as e:
             raise StoreError(str(e)) from None
@@ -335,6 +315,10 @@ class DatasetStore:
     def latest(self, name: str | None = None, role: str | None = None) -> DatasetVersion | None:
         versions = self.versions(name, role)
         return versions[-1] if versions else None
+
+    def default_version(self) -> DatasetVersion | None:
+        """The version every command uses unless told: the newest *training* version (None: there is none)."""
+        return self.latest(role="train")
 
     def version(self, spec: str | None = None) -> DatasetVersion:
         """The version a command means. `spec` is a version id, a dataset name (its newest version, whatever
@@ -358,7 +342,7 @@ class DatasetStore:
     def _default_version(self) -> DatasetVersion:
         if not self.catalog_path.exists():
             self.connect(read_only=True)  # raises: nothing has been published to this store yet
-        default = self.latest(role="train")
+        default = self.default_version()
         if default is not None:
             return default
         held_out = self.versions()
@@ -579,7 +563,7 @@ class DatasetStore:
         """Delete the temporary files and directories that killed processes left in the store (staging
         directories, stage results and shards being written, audio and Data Docs being written); return them. Those of
         live processes, and of other hosts, are left alone (jstip.storage.lock)."""
-        places = [self.staging_dir, self.audio_dir / TEMP_DIR, self.gx_dir / "data_docs"]
+        places = [self.staging_dir, self.audio_pool.temp_dir, self.gx_dir / "data_docs"]
         if self.work_dir.is_dir():
             places += [p for p in self.work_dir.iterdir() if p.is_dir()]
         return [path for place in places for path in remove_stale_temporaries(place)]
@@ -631,13 +615,13 @@ class DatasetStore:
             )
             con.executemany("INSERT INTO dataset_files (version_id, path, bytes, sha256) VALUES (?, ?, ?, ?)",
                             [[version.version_id, path, size, digest] for path, size, digest in files])
-            self._create_views(con, f"v_{version.version_id}", self.relative(version.path))
+            self._create_views(con, version_schema(version.version_id), self.relative(version.path))
             if not version.held_out:  # the unqualified views are the newest training version, never a test set
                 self._create_views(con, "main", self.relative(version.path))
             # views added by newer code reach older versions too
             for (older,) in con.execute("SELECT version_id FROM dataset_versions_table WHERE version_id <> ?",
                                         [version.version_id]).fetchall():
-                self._create_derived_views(con, f"v_{older}")
+                self._create_derived_views(con, version_schema(older))
             con.execute("COMMIT")
         except Exception:
             con.execute("ROLLBACK")

@@ -21,7 +21,7 @@ import pyarrow.parquet as pq
 
 from jstip.schemas import conform
 from jstip.storage.lock import kill_point, temp_name
-from jstip.storage.store import PARQUET_OPTIONS
+from jstip.storage.layout import PARQUET_OPTIONS
 
 
 def stage_key(stage: str, *parts: str) -> str:

@@ -87,7 +87,7 @@ def _spoken_word_counts(tokens: pa.ChunkedArray | pa.Array) -> np.ndarray:
     counts = np.ones(len(tokens))
     plain = pc.match_substring_regex(tokens, pattern=_PLAIN_WORD).to_numpy(zero_copy_only=False)
     if not plain.all():
-        from jstip.tasks.textnorm import spoken_forms
+        from jstip.tasks.aligners.textnorm import spoken_forms
 
         for k in np.flatnonzero(~plain).tolist():
             counts[k] = max((len(form) for form in spoken_forms(tokens[k].as_py())), default=1) or 1

@@ -63,8 +63,7 @@ from scipy.signal import sosfilt
 from jstip.config import NormalizeConfig
 from jstip.schemas import from_rows
 from jstip.storage.content import ConfinementError, FileIdentity, open_confined, sha256_fd, sha256_file
-from jstip.storage.lock import temp_name
-from jstip.storage.store import TEMP_DIR
+from jstip.storage.audio_pool import AudioPool
 
 log = logging.getLogger(__name__)
 
@@ -473,23 +472,14 @@ def speech_segments(audios: list[np.ndarray], sample_rate: int, threshold: float
 def write_flac(pcm16: np.ndarray, sample_rate: int, audio_dir: Path) -> tuple[str, Path]:
     """Write 16-bit PCM into the content-addressed pool (once per content); return (hash, path)."""
     audio_hash = hashlib.sha256(memoryview(np.ascontiguousarray(pcm16))).hexdigest()
-    path = Path(audio_dir) / audio_hash[:2] / f"{audio_hash}.flac"
+    pool = AudioPool(audio_dir)
+    path = pool.path(audio_hash)
     if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        # written in one directory of temporaries, named after this process: what a killed build leaves
-        # there is found with one listing and deleted by the next publish (DatasetStore.remove_stale_temporaries)
-        tmp = Path(audio_dir) / TEMP_DIR / temp_name(path.name)
-        tmp.parent.mkdir(exist_ok=True)
-        # encoded in memory, written by Python: a full disk is an OSError (ENOSPC) that says so, where libsndfile
-        # writing the file itself reports only "System error"
+        # encoded in memory, written by Python (AudioPool.put): a full disk is an OSError (ENOSPC) that says so,
+        # where libsndfile writing the file itself reports only "System error"
         encoded = io.BytesIO()
         sf.write(encoded, pcm16, sample_rate, subtype="PCM_16", format="FLAC")
-        try:
-            tmp.write_bytes(encoded.getbuffer())
-            os.replace(tmp, path)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
+        pool.put(audio_hash, encoded.getbuffer())
     return audio_hash, path
 
 

@@ -1,8 +1,12 @@
-"""Shard-level entry points of every stage, as the flows call them.
+"""The build's stage chain: the shard-level entry point of every stage, and the one definition of the order
+they run in (`SHARD_CHAIN`, `run_chain`), which the `build-interleaved` flow (as Prefect tasks) and
+`build_in_process` (sequentially, here) both run.
 
-Each function takes and returns small, serialisable descriptions (paths, keys, counts), reads its shard's
+Each entry point takes and returns small, serialisable descriptions (paths, keys, counts), reads its shard's
 Parquet inputs, runs the stage's pure function (jstip.tasks.<stage>) and stores the result in the stage
-cache under a content key, so that a rerun with unchanged inputs, config and code does no stage work.
+cache under a content key, so that a rerun with unchanged inputs, config and code does no stage work. A key
+chains the upstream key, the stage's config section and the stage's own code identity
+(jstip.version.stage_code_version: the modules that stage runs, by import graph).
 """
 
 from __future__ import annotations
@@ -10,32 +14,32 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Protocol
 
-import duckdb
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from jstip.config import BuildConfig
 from jstip.schemas import conform, empty
-from jstip.storage import DatasetStore
+from jstip.schemas.tables import TEXT_CORPUS_STAGE
 from jstip.storage.content import FileHashes
+from jstip.storage.layout import StoreLayout
 from jstip.storage.lock import temp_name
 from jstip.storage.work import cached_stage, result_dir, stage_key
-from jstip.tasks.align import align_shard
-from jstip.tasks.checks import check_shard, duplicate_audio, fill_durations
+from jstip.tasks.align import align_shard, backend_module
+from jstip.tasks.checks import check_shard, fill_durations
 from jstip.tasks.ingest import ManifestError, ingest_manifest, ingest_text_corpus
 from jstip.tasks.normalize import normalize_shard
 from jstip.tasks.plan import plan_shard, plan_text_corpus
+from jstip.tasks.publish import Published, publish
 from jstip.tasks.shard import shard_key, split_shards
-from jstip.version import code_version
+from jstip.version import stage_code_version
 
 log = logging.getLogger(__name__)
-
-# Quarantine rows of the text-only corpus: not speech utterances, so not part of the speech accounting.
-TEXT_CORPUS_STAGE = "text_corpus"
 
 DEMO_UTTERANCES = 400  # enough speech for the demo model to transcribe (BENCHMARKS.md "demo recipe")
 DEMO_SEED = 0
@@ -83,22 +87,8 @@ class Ingested:
     shards: list[Shard] = field(default_factory=list)
 
 
-@dataclass(frozen=True)
-class Published:
-    version_id: str
-    name: str
-    path: str
-    parent_version: str | None
-    row_counts: dict[str, int]
-    accepted: int
-    quarantined: int
-    ingested: int
-    data_docs_path: str | None = None  # Great Expectations Data Docs of the version's suites
-    suite_failures: tuple[str, ...] = ()  # failed expectations published anyway (checks.gx: warn)
-
-
 def _work_dir(store: str) -> Path:
-    return DatasetStore(store).work_dir
+    return StoreLayout(store).work_dir
 
 
 def _output(stage: str, shard_id: str, key: str, paths: dict[str, Path], cached: bool) -> StageOutput:
@@ -196,39 +186,41 @@ def ingest(manifest: str, text_corpus: str | None, store: str, config: BuildConf
         with pa.ipc.new_stream(sink, table.schema) as writer:
             writer.write_table(table)
         digest.update(sink.getvalue().to_pybytes())
-    key = stage_key("ingest", digest.hexdigest(), code_version())
+    key = stage_key("ingest", digest.hexdigest(), stage_code_version("ingest"))
     paths, _ = cached_stage(work, "ingest", key, lambda: tables)
     return Ingested(manifest=str(manifest), format=result.format, num_entries=result.num_entries, key=key,
                     tables={n: str(p) for n, p in paths.items()}, shards=shards)
 
 
 def _normalize_key(shard: Shard, config: BuildConfig) -> str:
-    return stage_key("normalize", shard.key, config.normalize.fingerprint(), code_version())
+    return stage_key("normalize", shard.key, config.normalize.fingerprint(), stage_code_version("normalize"))
 
 
 def _align_key(normalize_key: str, config: BuildConfig) -> str:
     # the checks too: align skips what fails a check needing no alignment (checks.precheck_shard)
-    return stage_key("align", normalize_key, config.align.fingerprint(), config.checks.fingerprint(), code_version())
+    # and the code of the backend the config chooses (loaded by name: no import graph sees it)
+    code = stage_code_version("align", (backend_module(config.align.aligner),))
+    return stage_key("align", normalize_key, config.align.fingerprint(), config.checks.fingerprint(), code)
 
 
 def _check_key(align_key: str, config: BuildConfig) -> str:
-    return stage_key("check", align_key, config.checks.fingerprint(), code_version())
+    return stage_key("check", align_key, config.checks.fingerprint(), stage_code_version("check"))
 
 
 def _plan_key(check_key: str, config: BuildConfig) -> str:
-    return stage_key("plan", check_key, config.plan.fingerprint(), code_version())
+    return stage_key("plan", check_key, config.plan.fingerprint(), stage_code_version("plan"))
 
 
 def normalize(shard: Shard, store: str, config: BuildConfig) -> StageOutput:
     key = _normalize_key(shard, config)
-    dataset_store = DatasetStore(store)
-    audio_dir = dataset_store.audio_dir
+    layout = StoreLayout(store)
+    audio_dir = layout.audio_dir
 
     def compute():
         result = normalize_shard(pq.read_table(shard.path), audio_dir, config.normalize,
                                  corpus_root=shard.corpus_root, roots=shard.roots)
         audio = result.normalized_audio  # flac_path relative to the store root: the store is relocatable
-        relative = pa.array([dataset_store.relative(p) for p in audio.column("flac_path").to_pylist()], pa.string())
+        relative = pa.array([layout.relative(p) for p in audio.column("flac_path").to_pylist()], pa.string())
         audio = audio.set_column(audio.schema.get_field_index("flac_path"), "flac_path", relative)
         return {"normalized_audio": audio, "quarantine": result.quarantine}
 
@@ -241,7 +233,7 @@ def align(shard: Shard, normalized: StageOutput, store: str, config: BuildConfig
     def compute():
         # flac_path is relative to the store root (relocatable stores); the aligner opens the files here
         audio = normalized.read("normalized_audio")
-        root = DatasetStore(store).root
+        root = StoreLayout(store).root
         absolute = pa.array([str(root / p) for p in audio.column("flac_path").to_pylist()], pa.string())
         audio = audio.set_column(audio.schema.get_field_index("flac_path"), "flac_path", absolute)
         result = align_shard(pq.read_table(shard.path), audio, config.align, precheck=config.checks)
@@ -332,7 +324,8 @@ def plan_text(ingested: Ingested, planned: list[StageOutput], store: str, config
     """Text-only sequences of a `mixed` plan (jstip.tasks.plan.plan_text_corpus; none otherwise). Planned
     once per build, after the shards: their number follows the number of utterance plans of all shards."""
     num_plans = sum(o.row_counts["interleave_plans"] for o in planned)
-    key = stage_key("plan_text", ingested.key, str(num_plans), config.plan.fingerprint(), code_version())
+    key = stage_key("plan_text", ingested.key, str(num_plans), config.plan.fingerprint(),
+                    stage_code_version("plan_text"))
 
     def compute():
         result = plan_text_corpus(pq.read_table(ingested.tables["text_corpus"]), num_plans, config.plan)
@@ -341,162 +334,82 @@ def plan_text(ingested: Ingested, planned: list[StageOutput], store: str, config
     return _output("plan_text", "text", key, *cached_stage(_work_dir(store), "plan_text", key, compute))
 
 
-class AccountingError(RuntimeError):
-    pass
+# --------------------------------------------------------------------------------------------------
+# The chain: one definition of the build DAG
 
 
-def _scan(files: list[str], columns: list[str]) -> tuple[str, list]:
-    """SQL (and its parameters) for the given columns of a set of Parquet files; no files, no rows."""
-    if files:
-        return f"SELECT {', '.join(columns)} FROM read_parquet(?)", [files]
-    return "SELECT " + ", ".join(f"NULL::VARCHAR AS {c}" for c in columns) + " WHERE false", []
+@dataclass(frozen=True)
+class ShardStep:
+    """A stage run over every pending shard: `run(shard, *outputs of the steps in `after` for that shard, store,
+    config)`."""
+
+    name: str
+    run: Callable[..., StageOutput]
+    after: tuple[str, ...] = ()
 
 
-def _account(ingested: Ingested, utterance_files: list[str], quarantine_files: list[str],
-             plan_files: list[str]) -> tuple[int, int]:
-    """Every ingested entry is accepted or quarantined, never both, never neither; every accepted one
-    has a plan. Counted in SQL over the staged version's files (the publish gate), so what is checked is
-    what would be published: entries are identified by their `source` (file:line)."""
-    accepted_sql, accepted_args = _scan(utterance_files, ["utterance_id", "source"])
-    planned_sql, planned_args = _scan(plan_files, ["utterance_id"])
-    with duckdb.connect() as con:
-        accepted, quarantined, both, unplanned = con.execute(
-            f"""
-            WITH a AS ({accepted_sql}),
-                 q AS (SELECT DISTINCT source FROM read_parquet(?) WHERE stage <> ?),
-                 p AS (SELECT DISTINCT utterance_id FROM ({planned_sql}))
-            SELECT (SELECT count(*) FROM a), (SELECT count(*) FROM q),
-                   (SELECT count(*) FROM a JOIN q USING (source)),
-                   (SELECT count(*) FROM a ANTI JOIN p USING (utterance_id))
-            """,
-            [*accepted_args, quarantine_files, TEXT_CORPUS_STAGE, *planned_args],
-        ).fetchone()
-    problems = []
-    if both:
-        problems.append(f"{both} entr(y/ies) are both accepted and quarantined")
-    if accepted + quarantined - both != ingested.num_entries:
-        problems.append(f"accepted ({accepted}) + quarantined ({quarantined}) != ingested ({ingested.num_entries})")
-    if unplanned:
-        problems.append(f"{unplanned} accepted utterance(s) have no interleave plan")
-    if problems:
-        raise AccountingError(f"accounting failed for {ingested.manifest}; nothing was published: " + "; ".join(problems))
-    return accepted, quarantined
+SHARD_CHAIN: tuple[ShardStep, ...] = (
+    ShardStep("normalize", normalize),
+    ShardStep("align", align, ("normalize",)),
+    ShardStep("check", check, ("normalize", "align")),
+    ShardStep("plan", plan, ("check",)),
+)
 
 
-def publish(ingested: Ingested, checked: list[StageOutput], planned: list[StageOutput], store: str,
-            config: BuildConfig) -> Published:
-    """Quarantine duplicate audio across shards, then publish the version atomically. Over the staged
-    files, before the rename that makes the version visible, the gate checks the accounting invariant and
-    runs the Great Expectations suites (config.checks.gx): either failing publishes nothing."""
-    def files(outputs: list[StageOutput], table: str) -> list[str]:
-        return [o.tables[table] for o in outputs]
+class ChainRunner(Protocol):
+    """Who runs the chain's steps: here, one after the other (`InProcess`); in the flow, Prefect tasks under the
+    configured task runner (jstip.flows.build_interleaved)."""
 
-    duplicates = _duplicate_audio(checked, store, config)
-    quarantine_files = [ingested.tables["quarantine"], *files(checked, "quarantine"), duplicates]
-    utterance_files = files(checked, "utterances")
+    def call(self, name: str, function: Callable, *args) -> Any:
+        """Run one whole-build step (ingest, resume, plan-text, publish) and return its result."""
 
-    def paths(items: list[str]) -> list[Path]:
-        return [Path(p) for p in items]
+    def map(self, step: ShardStep, shards: list[Shard], inputs: list, store: str, config: BuildConfig) -> Any:
+        """Start `step` over `shards` (inputs: the handles of `step.after`, in order); return a handle."""
 
-    tables = {
-        "recordings": paths([ingested.tables["recordings"]]),
-        "utterances": paths(utterance_files),
-        "normalized_audio": paths(files(checked, "normalized_audio")),
-        "word_alignments": paths(files(checked, "word_alignments")),
-        "quarantine": paths(quarantine_files),
-        "interleave_plans": paths(files(planned, "interleave_plans")),
-        "spans": paths(files(planned, "spans")),
-        "text_corpus": paths([ingested.tables["text_corpus"]]),
-    }
-    dropped = pq.read_table(duplicates, columns=["utterance_id"]).column("utterance_id")
-    for name in ("utterances", "normalized_audio", "word_alignments", "interleave_plans", "spans"):
-        tables[name] = _without(tables[name], dropped)
-    input_hash = stage_key("inputs", ingested.key, *(o.key for o in checked), *(o.key for o in planned))
-    dataset_store = DatasetStore(store)
-    gate = _PublishGate(ingested, dataset_store, config)
-    version = dataset_store.publish(config.name, tables, input_hash=input_hash,
-                                    config_json=config.version_config_json(), code_version=code_version(),
-                                    validate=gate, role=config.role)
-    if gate.counts is None:  # published before with the same inputs: count that version's files again
-        gate.account(version.path)
-    accepted, quarantined = gate.counts
-    return Published(version.version_id, version.name, str(version.path), version.parent_version,
-                     version.row_counts, accepted, quarantined, ingested.num_entries,
-                     None if version.data_docs_path is None else str(version.data_docs_path),
-                     tuple(gate.suite_failures))
+    def results(self, step: ShardStep, handle: Any) -> list[StageOutput]:
+        """The step's outputs, one per shard in order; raises the first failed shard's error."""
+
+    def resumed(self, ingested: Ingested, resumed: Resumed) -> None:
+        """Told how many shards are already complete, before any shard work starts."""
 
 
-def _duplicate_audio(checked: list[StageOutput], store: str, config: BuildConfig) -> str:
-    """Parquet file of the build's duplicate_audio quarantine rows (cached by the checked shards' keys)."""
-    key = stage_key("dedupe", *(o.key for o in checked), config.checks.fingerprint(), code_version())
-
-    def compute():
-        if not config.checks.drop_duplicate_audio:
-            return {"quarantine": empty("quarantine")}
-        return {"quarantine": duplicate_audio([o.tables["normalized_audio"] for o in checked],
-                                              [o.tables["utterances"] for o in checked])}
-
-    paths, _ = cached_stage(_work_dir(store), "dedupe", key, compute)
-    return str(paths["quarantine"])
-
-
-def _without(parts: list[Path], dropped: pa.ChunkedArray):
-    """The parts, minus rows of the dropped utterance ids; read lazily, one part at a time."""
-    if len(dropped) == 0:
-        return parts
-
-    def filtered():
-        for part in parts:
-            table = pq.read_table(part)
-            yield table.filter(pc.invert(pc.is_in(table.column("utterance_id"), value_set=dropped)))
-    return filtered()
+def run_chain(runner: ChainRunner, manifest: str, text_corpus: str | None, store: str,
+              config: BuildConfig) -> Published:
+    """The build-interleaved DAG: ingest -> resume -> SHARD_CHAIN over the pending shards -> plan-text -> publish.
+    The version id does not depend on the runner: the same input publishes the same version."""
+    ingested = runner.call("ingest", ingest, manifest, text_corpus, store, config)
+    resumed = runner.call("resume", resume, ingested, store, config)
+    runner.resumed(ingested, resumed)
+    handles: dict[str, Any] = {}
+    for step in SHARD_CHAIN:  # shards whose whole chain is cached are not submitted again
+        handles[step.name] = runner.map(step, resumed.pending, [handles[name] for name in step.after], store, config)
+    # in chain order: a failed shard raises its own error, not its dependents' "not ready"
+    outputs = {step.name: runner.results(step, handles[step.name]) for step in SHARD_CHAIN}
+    checked, planned = in_shard_order(ingested, resumed, outputs["check"], outputs["plan"])
+    text_planned = runner.call("plan-text", plan_text, ingested, planned, store, config)  # strategy mixed
+    return runner.call("publish", publish, ingested, checked, [*planned, text_planned], store, config)
 
 
-class _PublishGate:
-    """DatasetStore.publish's `validate` hook: over the staged version, the accounting invariant (always)
-    and the Great Expectations suites (checks.gx: block raises, warn records the failures, off skips)."""
+class InProcess:
+    """The chain run sequentially in this process, without an orchestrator."""
 
-    def __init__(self, ingested: Ingested, dataset_store: DatasetStore, config: BuildConfig):
-        self.ingested, self.dataset_store, self.config = ingested, dataset_store, config
-        self.counts: tuple[int, int] | None = None
-        self.suite_failures: list[str] = []
+    def call(self, name: str, function: Callable, *args) -> Any:
+        return function(*args)
 
-    def account(self, version_dir: Path) -> None:
-        def parts(table: str) -> list[str]:
-            return sorted(str(p) for p in (Path(version_dir) / table).glob("*.parquet"))
+    def map(self, step: ShardStep, shards: list[Shard], inputs: list, store: str, config: BuildConfig) -> list:
+        return [step.run(shard, *(outputs[i] for outputs in inputs), store, config) for i, shard in enumerate(shards)]
 
-        self.counts = _account(self.ingested, parts("utterances"), parts("quarantine"), parts("spans"))
+    def results(self, step: ShardStep, handle: list) -> list[StageOutput]:
+        return handle
 
-    def __call__(self, staged: Path, version_id: str) -> Path | None:
-        self.account(staged)
-        if self.config.checks.gx == "off":
-            return None
-        from jstip.tasks.suites import QualityGateError, validate_version
-
-        report = validate_version(staged, self.dataset_store.data_docs_dir(version_id), self.config)
-        if not report.success:
-            message = report.message(f"{self.config.name}/{version_id}")
-            if self.config.checks.gx == "block":
-                raise QualityGateError(f"{message}\nNothing was published (checks.gx: warn publishes anyway).")
-            log.warning("%s\nPublished anyway (checks.gx: warn).", message)
-            self.suite_failures = report.failures
-        return report.data_docs_path
+    def resumed(self, ingested: Ingested, resumed: Resumed) -> None:
+        log.info(resumed.summary())
 
 
 def build_in_process(manifest: str, text_corpus: str | None, store: str, config: BuildConfig) -> Published:
-    """The build-interleaved DAG run sequentially in this process, without an orchestrator.
+    """The build-interleaved DAG (`run_chain`) run sequentially in this process, without an orchestrator.
 
-    Same stage functions, same cache and the same published version as the flow (the version id does
-    not depend on who ran the stages). For test fixtures, benchmarks and notebooks; production builds
-    go through the `build-interleaved` flow, which adds retries, parallelism and run history."""
-    ingested = ingest(manifest, text_corpus, store, config)
-    resumed = resume(ingested, store, config)
-    checked, planned = [], []
-    for shard in resumed.pending:
-        normalized = normalize(shard, store, config)
-        aligned = align(shard, normalized, store, config)
-        checked.append(check(shard, normalized, aligned, store, config))
-        planned.append(plan(shard, checked[-1], store, config))
-    checked, planned = in_shard_order(ingested, resumed, checked, planned)
-    text_planned = plan_text(ingested, planned, store, config)
-    return publish(ingested, checked, [*planned, text_planned], store, config)
+    Same chain, same cache and the same published version as the flow (the version id does not depend on
+    who ran the stages). For test fixtures, benchmarks, notebooks and `jstip align`-like tools; production
+    builds go through the `build-interleaved` flow, which adds retries, parallelism and run history."""
+    return run_chain(InProcess(), manifest, text_corpus, store, config)

@@ -21,11 +21,13 @@ import soundfile as sf
 import soxr
 
 from jstip.config import AlignConfig
-from jstip.tasks import g2p
-from jstip.tasks.align import (ALIGN_STATUS, PHONE_ALIGNMENTS, PhoneTiming, PocketsphinxAligner, WordTiming,
-                               _extend_ends, _match_forms, align_shard, spoken_forms)
-from jstip.tasks.espeak import synthesize
-from jstip.tasks.synth import demo_utterances, reference_word_timings
+from jstip.synth import demo_utterances, reference_word_timings
+from jstip.tasks.align import ALIGN_STATUS, PHONE_ALIGNMENTS, align_shard
+from jstip.tasks.aligners import g2p
+from jstip.tasks.aligners.base import PhoneTiming, WordTiming
+from jstip.tasks.aligners.espeak import synthesize
+from jstip.tasks.aligners.pocketsphinx import PocketsphinxAligner, _extend_ends, _match_forms
+from jstip.tasks.aligners.textnorm import spoken_forms
 from jstip.tasks.text import split_words, word_char_spans
 
 RATE = 16000
@@ -101,7 +103,7 @@ def test_ipa_to_arpabet(ipa, word, expected):
 
 
 def test_unknown_ipa_symbol_is_dropped_and_logged(caplog):
-    with caplog.at_level(logging.WARNING, logger="jstip.tasks.g2p"):
+    with caplog.at_level(logging.WARNING, logger="jstip.tasks.aligners.g2p"):
         assert g2p.ipa_to_arpabet("kʘæt", "click") == ["K", "AE", "T"]
     assert "ʘ" in caplog.text
 

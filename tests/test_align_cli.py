@@ -8,9 +8,9 @@ import pytest
 from typer.testing import CliRunner
 
 from jstip.cli import app
-from jstip.tasks.alignment_io import AlignedWord, read_alignments, textgrid_text, write_ctm
-from jstip.tasks.eval_alignment import evaluate_alignments
-from jstip.tasks.synth import synthesize_corpus
+from jstip.tasks.aligners.alignment_io import AlignedWord, read_alignments, textgrid_text, write_ctm
+from jstip.tasks.aligners.eval_alignment import evaluate_alignments
+from jstip.synth import synthesize_corpus
 from jstip.tasks.text import split_words
 
 runner = CliRunner(env={"COLUMNS": "160"})
@@ -117,7 +117,7 @@ def test_bad_input_each_ends_ok_or_failed_with_a_specific_reason(tmp_path):
 
     import dataclasses
 
-    from jstip.tasks.synth import demo_utterances, synthesize_in_fresh_process
+    from jstip.synth import demo_utterances, synthesize_in_fresh_process
 
     text = "Please refill the lisinopril prescription today."
     # in a fresh process: libespeak-ng's output depends on what the process spoke before, and transcript

@@ -18,8 +18,9 @@ import soundfile as sf
 import soxr
 
 from jstip.config import AlignConfig
-from jstip.tasks.align import ALIGN_STATUS, AlignmentFailed, align_shard
-from jstip.tasks.espeak import synthesize
+from jstip.tasks.align import ALIGN_STATUS, align_shard
+from jstip.tasks.aligners.base import AlignmentFailed
+from jstip.tasks.aligners.espeak import synthesize
 from jstip.tasks.text import split_words
 
 pytest.importorskip("nemo.collections.asr")
@@ -117,7 +118,7 @@ def hybrid_model(tmp_path_factory, tokenizer_dir) -> str:
 
 @pytest.fixture(scope="module")
 def aligner(char_model):
-    from jstip.tasks.align_nemo import NemoAligner
+    from jstip.tasks.aligners.nemo import NemoAligner
 
     return NemoAligner(AlignConfig(aligner="nemo", model=char_model, batch_size=2))
 
@@ -189,7 +190,7 @@ def test_failures_are_named_and_do_not_sink_the_batch(aligner, speech):
 
 @pytest.mark.parametrize("model, frame_s", [("bpe_model", 0.04), ("hybrid_model", 0.02)])
 def test_bpe_and_hybrid_models(model, frame_s, request, speech):
-    from jstip.tasks.align_nemo import NemoAligner
+    from jstip.tasks.aligners.nemo import NemoAligner
 
     aligner = NemoAligner(AlignConfig(aligner="nemo", model=request.getfixturevalue(model), batch_size=3))
     assert aligner.frame_s == pytest.approx(frame_s)
@@ -217,7 +218,7 @@ def test_align_shard_end_to_end(tmp_path, char_model, speech):
     # pocketsphinx in test_align.py) are opened wide here; what is under test is the nemo plumbing.
     config = AlignConfig(aligner="nemo", model=char_model, max_untranscribed_speech_s=1e9,
                          max_silent_word_fraction=1.0, batch_size=2)
-    from jstip.tasks.align_nemo import NemoAligner
+    from jstip.tasks.aligners.nemo import NemoAligner
 
     aligner = NemoAligner(config)
     batches = []
@@ -241,7 +242,7 @@ def test_align_shard_end_to_end(tmp_path, char_model, speech):
 
 
 def test_missing_model_file_is_named(tmp_path):
-    from jstip.tasks.align import make_aligner
+    from jstip.tasks.aligners import make_aligner
 
     missing = tmp_path / "no_such_model.nemo"
     with pytest.raises(FileNotFoundError, match="no_such_model.nemo"):
@@ -249,7 +250,7 @@ def test_missing_model_file_is_named(tmp_path):
 
 
 def test_pretrained_name_offline_names_the_model():
-    from jstip.tasks.align_nemo import NemoAligner
+    from jstip.tasks.aligners.nemo import NemoAligner
 
     with pytest.raises(RuntimeError, match="stt_xx_no_such_model_ctc"):
         NemoAligner(AlignConfig(aligner="nemo", model="stt_xx_no_such_model_ctc"))
@@ -258,7 +259,7 @@ def test_pretrained_name_offline_names_the_model():
 def test_transcript_verification_compares_the_models_greedy_transcript(char_model, speech):
     """align.verify.max_ctc_cer on the CTC log-probs the alignment computes anyway: a random model's greedy
     transcript is nothing like the text, so a limit of 0 quarantines (with the CER), no limit aligns."""
-    from jstip.tasks.align_nemo import NemoAligner
+    from jstip.tasks.aligners.nemo import NemoAligner
 
     strict = NemoAligner(AlignConfig(aligner="nemo", model=char_model, verify={"max_ctc_cer": 0.0}))
     with pytest.raises(AlignmentFailed) as info:
@@ -269,7 +270,7 @@ def test_transcript_verification_compares_the_models_greedy_transcript(char_mode
 
 
 def test_ctc_greedy_text_merges_repeats_and_drops_blanks():
-    from jstip.tasks.align import ctc_greedy_text
+    from jstip.tasks.aligners.verify import ctc_greedy_text
 
     letters = {0: "a", 1: "b", 2: " "}
     frames = [3, 0, 0, 3, 0, 1, 1, 2, 1, 3]  # blank = 3: "a", "a" again after a blank, "b", " ", "b"

@@ -22,9 +22,10 @@ import soundfile as sf
 import soxr
 
 from jstip.config import AlignConfig
-from jstip.tasks.align import AlignmentFailed, align_shard
-from jstip.tasks.align_whisperx import (AlignModelError, WhisperXAligner, _token_timings, spoken_words)
-from jstip.tasks.espeak import synthesize
+from jstip.tasks.align import align_shard
+from jstip.tasks.aligners.base import AlignmentFailed
+from jstip.tasks.aligners.whisperx import (AlignModelError, WhisperXAligner, _token_timings, spoken_words)
+from jstip.tasks.aligners.espeak import synthesize
 from jstip.tasks.text import split_words
 
 RATE = 16000
@@ -158,7 +159,7 @@ def test_words_whisperx_cannot_place_fail_with_its_reason(aligner, no_nltk_downl
 
 
 def test_a_token_left_without_words_fails(aligner, monkeypatch):
-    from jstip.tasks import align_whisperx
+    from jstip.tasks.aligners import whisperx as align_whisperx
 
     monkeypatch.setattr(align_whisperx, "preferred_words", lambda text: (["hello", "|"], [0, 1]))
     with pytest.raises(AlignmentFailed) as e:  # "|" is the model's word delimiter, never a character to align
@@ -219,7 +220,7 @@ def test_transcript_verification_compares_the_models_greedy_transcript(model_dir
 
 
 def test_frame_times_sit_between_wav2vec2_frame_centres():
-    from jstip.tasks.align_whisperx import _FrameGeometry
+    from jstip.tasks.aligners.whisperx import _FrameGeometry
 
     class Config:  # wav2vec2 base: 400-sample receptive field, 320-sample stride
         conv_kernel, conv_stride = (10, 3, 3, 3, 3, 2, 2), (5, 2, 2, 2, 2, 2, 2)

@@ -10,7 +10,7 @@ import soundfile as sf
 from typer.testing import CliRunner
 
 from jstip.storage import DatasetStore
-from jstip.tasks.synth import synthesize_corpus
+from jstip.synth import synthesize_corpus
 from jstip.tasks.text import split_words
 
 pytestmark = pytest.mark.slow
@@ -199,3 +199,20 @@ def test_a_build_killed_mid_alignment_resumes_and_publishes_the_same_version(pre
         ours = DatasetStore(store).read_table(resumed.version_id, table).sort_by(order)
         theirs = DatasetStore(tmp_path / "clean").read_table(uninterrupted.version_id, table).sort_by(order)
         assert ours.equals(theirs), table
+
+
+def test_the_flow_and_build_in_process_publish_the_same_version(prefect_server, corpus, tmp_path):
+    """One definition of the stage chain (jstip.tasks.stages.run_chain): the Prefect flow and the in-process
+    path publish the same version id, with the same bytes, from the same input."""
+    from jstip.config import load_config
+    from jstip.flows.build_interleaved import build_interleaved
+    from jstip.tasks.stages import build_in_process
+
+    kwargs = dict(manifest=str(corpus["manifest"]), text_corpus=str(corpus["text_corpus"]))
+    by_flow = build_interleaved(store=str(tmp_path / "flow"), shard_size=2, **kwargs)
+    in_process = build_in_process(store=str(tmp_path / "in_process"), config=load_config(None, shard_size=2), **kwargs)
+
+    assert in_process.version_id == by_flow.version_id
+    assert (in_process.accepted, in_process.quarantined, in_process.row_counts) == \
+        (by_flow.accepted, by_flow.quarantined, by_flow.row_counts)
+    assert _digests(Path(in_process.path)) == _digests(Path(by_flow.path))

@@ -24,6 +24,7 @@ from jstip.config import BuildConfig, CheckConfig
 from jstip.schemas import from_rows
 from jstip.storage import DatasetStore
 from jstip.tasks.checks import check_shard, count_words, duplicate_audio, fill_durations
+from jstip.tasks.publish import AccountingError, publish
 from jstip.tasks.text import split_words
 
 # -- crafted shards ---------------------------------------------------------------------------------------
@@ -208,7 +209,7 @@ def built(tmp_path_factory):
     transcript with a tab for a space, a malformed line, a missing file; the longest utterance is over
     max_duration. Run through ingest/normalize/align/check/plan, not yet published."""
     from jstip.tasks import stages
-    from jstip.tasks.synth import synthesize_corpus
+    from jstip.synth import synthesize_corpus
 
     root = tmp_path_factory.mktemp("qc")
     synth = synthesize_corpus(root / "synth", utterances=4, seed=6)
@@ -242,9 +243,8 @@ def built(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def published(built):
-    from jstip.tasks import stages
 
-    return stages.publish(built["ingested"], built["checked"], built["planned"], built["store"], built["config"])
+    return publish(built["ingested"], built["checked"], built["planned"], built["store"], built["config"])
 
 
 def test_accounting_holds_under_a_mix_of_good_and_bad_items(built, published):
@@ -321,16 +321,15 @@ def test_data_docs_read_offline_and_the_index_lists_every_validation(published):
 
 
 def test_a_lost_entry_fails_the_accounting_and_publishes_nothing(built, tmp_path):
-    from jstip.tasks import stages
 
     store = tmp_path / "data"
     kept = built["checked"][:1]  # the other shards' utterances and quarantine rows go missing
     accepted = kept[0].row_counts["utterances"]
     quarantined = 2 + len(set(pq.read_table(kept[0].tables["quarantine"])["source"].to_pylist()))  # + ingest's 2
-    with pytest.raises(stages.AccountingError, match=re.escape(
+    with pytest.raises(AccountingError, match=re.escape(
             f"accounting failed for {built['manifest']}; nothing was published: accepted ({accepted}) + "
             f"quarantined ({quarantined}) != ingested (8)")):
-        stages.publish(built["ingested"], kept, built["planned"][:1], str(store), built["config"])
+        publish(built["ingested"], kept, built["planned"][:1], str(store), built["config"])
     assert DatasetStore(store).versions() == []
     assert not (store / "datasets").exists() or not any((store / "datasets").rglob("*.parquet"))
     assert not any((store / ".staging").iterdir())
@@ -350,13 +349,12 @@ def _tampered(planned, directory: Path):
 
 
 def test_a_failing_suite_blocks_publishing_unless_configured_to_warn(built, tmp_path):
-    from jstip.tasks import stages
-    from jstip.tasks.suites import QualityGateError
+    from jstip.tasks.publish.suites import QualityGateError
 
     planned = _tampered(built["planned"], tmp_path)
     store = tmp_path / "data"
     with pytest.raises(QualityGateError) as info:
-        stages.publish(built["ingested"], built["checked"], planned, str(store), built["config"])
+        publish(built["ingested"], built["checked"], planned, str(store), built["config"])
     message = str(info.value)
     assert "integrity: speech_spans_outside_audio = 1 (speech spans have audio bounds inside the audio" in message
     assert "spans: expect_column_values_to_be_between" not in message  # audio_end has no row-level upper bound
@@ -366,7 +364,7 @@ def test_a_failing_suite_blocks_publishing_unless_configured_to_warn(built, tmp_
     assert docs.is_file() and docs.parent.parent == store / "gx" / "data_docs"
 
     warn = built["config"].model_copy(update={"checks": built["config"].checks.model_copy(update={"gx": "warn"})})
-    published = stages.publish(built["ingested"], built["checked"], planned, str(store), warn)
+    published = publish(built["ingested"], built["checked"], planned, str(store), warn)
     assert [v.version_id for v in DatasetStore(store).versions()] == [published.version_id]
     assert [f.split(" = ")[0] for f in published.suite_failures] == ["integrity: speech_spans_outside_audio"]
     assert DatasetStore(store).version(published.version_id).data_docs_path == Path(published.data_docs_path)
@@ -374,7 +372,7 @@ def test_a_failing_suite_blocks_publishing_unless_configured_to_warn(built, tmp_
 
 def test_suites_name_each_broken_rule(built, tmp_path):
     """Crafted breakage in a copy of a good version: row-level and exact cross-table rules."""
-    from jstip.tasks.suites import validate_version
+    from jstip.tasks.publish.suites import validate_version
 
     version = DatasetStore(built["store"]).latest()
     staged = tmp_path / "version"
@@ -439,7 +437,7 @@ def test_catalogs_from_before_data_docs_gain_the_column(tmp_path):
 
 
 def test_big_tables_are_validated_on_a_sample_and_cross_table_rules_on_every_row(built, published, tmp_path):
-    from jstip.tasks.suites import validate_version
+    from jstip.tasks.publish.suites import validate_version
 
     config = built["config"].model_copy(update={"checks": built["config"].checks.model_copy(update={"gx_max_rows": 5})})
     report = validate_version(Path(published.path), tmp_path / "docs", config)

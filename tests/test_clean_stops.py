@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from jstip.tasks.synth import synthesize_corpus
+from jstip.synth import synthesize_corpus
 
 pytestmark = pytest.mark.slow
 

@@ -15,11 +15,11 @@ from typer.testing import CliRunner
 from jstip.cli import app
 from jstip.config import load_config
 from jstip.storage import DatasetStore, StoreError
-from jstip.tasks import export as export_module
-from jstip.tasks.export import ExportError, export_version
+from jstip.storage import export as export_module
+from jstip.storage.export import ExportError, export_version
 from jstip.tasks.ingest import ingest_manifest
 from jstip.tasks.stages import build_in_process
-from jstip.tasks.synth import synthesize_corpus
+from jstip.synth import synthesize_corpus
 
 runner = CliRunner(env={"COLUMNS": "160"})
 TOLERANCE = 1e-6

@@ -29,7 +29,7 @@ from jstip.storage import DatasetStore, ModelBusyError, StoreError, VersionInteg
 from jstip.storage.content import ConfinementError, FileHashes, open_confined
 from jstip.tasks import stages
 from jstip.tasks.ingest import ingest_manifest
-from jstip.tasks.synth import synthesize_corpus
+from jstip.synth import synthesize_corpus
 
 pytestmark = pytest.mark.slow
 
@@ -225,7 +225,7 @@ def _flip_byte(path: Path, offset: int | None = None) -> None:
 
 
 def test_a_tampered_version_is_reported_and_never_used(sandbox):
-    from jstip.tasks.export import export_version
+    from jstip.storage.export import export_version
     from jstip.tasks.train import train
 
     store, version_id, tmp_path, values = sandbox

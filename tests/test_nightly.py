@@ -8,7 +8,7 @@ import json
 import pytest
 
 from jstip.storage.registry import ModelRegistry, decide_promotion
-from jstip.tasks.synth import synthesize_corpus
+from jstip.synth import synthesize_corpus
 
 pytestmark = pytest.mark.slow
 

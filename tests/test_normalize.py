@@ -12,7 +12,7 @@ import soxr
 
 from jstip.config import NormalizeConfig
 from jstip.schemas import from_rows
-from jstip.tasks.espeak import synthesize
+from jstip.tasks.aligners.espeak import synthesize
 from jstip.tasks.normalize import (_k_weighting, integrated_loudness, normalize_shard, speech_probabilities,
                                    speech_segments)
 

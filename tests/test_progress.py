@@ -16,7 +16,7 @@ from pathlib import Path
 import pyte
 import pytest
 
-from jstip.tasks.synth import synthesize_corpus
+from jstip.synth import synthesize_corpus
 
 pytestmark = pytest.mark.slow
 

@@ -28,7 +28,7 @@ from jstip.config import load_config
 from jstip.storage import DatasetStore, StoreBusyError
 from jstip.storage.lock import KILL_ENV, TIMEOUT_ENV
 from jstip.tasks.stages import build_in_process
-from jstip.tasks.synth import demo_utterances, synthesize_corpus, synthesize_in_fresh_process
+from jstip.synth import demo_utterances, synthesize_corpus, synthesize_in_fresh_process
 
 pytestmark = pytest.mark.slow
 

@@ -144,7 +144,7 @@ def test_derived_views_exist_for_the_latest_and_every_version(tmp_path, monkeypa
 
 
 def test_stage_results_in_published_form_are_linked_not_rewritten(tmp_path):
-    from jstip.storage.store import PARQUET_OPTIONS
+    from jstip.storage.layout import PARQUET_OPTIONS
 
     part = tmp_path / "spans.parquet"
     pq.write_table(_spans(4), part, **PARQUET_OPTIONS)

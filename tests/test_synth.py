@@ -11,11 +11,9 @@ import pytest
 import soundfile as sf
 from lhotse import CutSet, RecordingSet, SupervisionSet, load_manifest
 
-from jstip.tasks.espeak import Synthesis, WordEvent, synthesize
-from jstip.tasks.synth import (
-    DOMAINS, EDGE_SILENCE_S, TEMPLATES, VOICES, WordTiming, fill_template, reference_word_timings,
-    synthesize_corpus,
-)
+from jstip.synth.corpus import WordTiming, reference_word_timings, synthesize_corpus
+from jstip.synth.sentences import DOMAINS, EDGE_SILENCE_S, TEMPLATES, VOICES, fill_template
+from jstip.tasks.aligners.espeak import Synthesis, WordEvent, synthesize
 from jstip.tasks.text import split_words
 
 N = 6
@@ -189,7 +187,7 @@ def test_a_word_without_an_espeak_event_is_an_error():
 
 
 def test_novel_entities_appear_only_where_asked():
-    from jstip.tasks.synth import NOVEL_FILLERS, demo_utterances, text_corpus_sentences
+    from jstip.synth import NOVEL_FILLERS, demo_utterances, text_corpus_sentences
 
     novel = {v for values in NOVEL_FILLERS.values() for v in values}
     plain = demo_utterances(60, seed=5)
@@ -198,7 +196,7 @@ def test_novel_entities_appear_only_where_asked():
     mixed = demo_utterances(60, seed=5, novel_entities=0.5)
     drawn = [e for u in mixed for e in u.entities]
     assert 10 < sum(e in novel for e in drawn) < len(drawn)
-    from jstip.tasks import synth
+    from jstip.synth import sentences as synth
 
     base_named = {*synth._DRUGS, *synth._CONDITIONS, *synth._PROCEDURES, *synth._DOCTORS, *synth._PRODUCTS,
                   *synth._MERCHANTS}

@@ -7,7 +7,7 @@ import re
 import pytest
 
 from jstip.tasks.text import split_words
-from jstip.tasks.textnorm import MAX_ALTERNATIVES, normalize_for_alignment, preferred_words, spoken_forms
+from jstip.tasks.aligners.textnorm import MAX_ALTERNATIVES, normalize_for_alignment, preferred_words, spoken_forms
 
 
 def _w(spec: str) -> tuple[str, ...]:
@@ -205,9 +205,3 @@ def test_upper_case_transcripts_read_words_as_words():
     assert words == "the strength of the m r i is in us".split()
     assert token_index == [0, 1, 2, 3, 4, 4, 4, 5, 6, 7]
     assert preferred_words("The MRI and US tests")[0] == "the m r i and u s tests".split()  # not upper case
-
-
-def test_align_keeps_spoken_forms_importable():
-    from jstip.tasks import align, textnorm
-
-    assert align.spoken_forms is textnorm.spoken_forms

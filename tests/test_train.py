@@ -22,7 +22,7 @@ from jstip.storage.registry import ModelRegistry
 from jstip.storage.store import DatasetStore
 from jstip.tasks.sequences import BucketSampler, DatasetError, build_sequences
 from jstip.tasks.stages import build_in_process
-from jstip.tasks.synth import synthesize_corpus
+from jstip.synth import synthesize_corpus
 from jstip.tasks.train import loss_and_backward, train
 
 REPO = Path(__file__).resolve().parents[1]

@@ -9,7 +9,7 @@ from jstip.cli import app
 from jstip.config import load_config
 from jstip.storage.registry import ModelRegistry
 from jstip.tasks.stages import build_in_process
-from jstip.tasks.synth import synthesize_corpus
+from jstip.synth import synthesize_corpus
 
 pytestmark = pytest.mark.slow
 

@@ -17,9 +17,10 @@ import soxr
 
 from jstip.config import AlignConfig, CheckConfig, NormalizeConfig
 from jstip.schemas import from_rows
-from jstip.tasks.align import _FrameClock, align_shard
+from jstip.tasks.align import align_shard
+from jstip.tasks.aligners.pocketsphinx import _FrameClock
 from jstip.tasks.checks import check_shard
-from jstip.tasks.synth import demo_utterances, synthesize_in_fresh_process
+from jstip.synth import demo_utterances, synthesize_in_fresh_process
 from jstip.tasks.normalize import normalize_shard
 from jstip.tasks.text import split_words
 

@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from jstip.tasks.alignment_io import Alignments
+from jstip.tasks.aligners.alignment_io import Alignments
 
 TOLERANCES_MS = (20, 50, 100)
 _PUNCT = re.compile(r"^[^\w']+|[^\w']+$")

@@ -24,7 +24,8 @@ import yaml
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from jstip.storage import DatasetStore, StoreError
+from jstip.storage.layout import version_schema
+from jstip.storage.store import DatasetStore
 from jstip.storage.views import PLAN_STATISTICS_VIEWS
 
 SUMMARY_VIEWS = ("stats_speech_fraction", "stats_spans_per_utterance", "stats_span_lengths",
@@ -194,9 +195,8 @@ def write_report(store: str | Path, version: str | None = None) -> Path:
     v = data_store.version(version)
     out = data_store.root / "reports" / v.version_id
     out.mkdir(parents=True, exist_ok=True)
-    with data_store.connect(read_only=True) as con:
+    with data_store.connect(read_only=True, version=v.version_id) as con:
         docs = _data_docs(v, out)
-        con.execute(f'USE "v_{v.version_id}"')
         plots = [
             ("Span lengths in words", _span_length_plot(con, out, "words"),
              "Speech and text spans (transcripts repeat speech spans and are left out), per strategy."),
@@ -223,7 +223,7 @@ def write_report(store: str | Path, version: str | None = None) -> Path:
         (f"<p><a href='{html.escape(docs)}'>Great Expectations Data Docs</a> of this version.</p>" if docs
          else "<p>No Great Expectations Data Docs are recorded for this version.</p>"),
         "<p>Query the same numbers with <code>jstip stats " + v.version_id + "</code> or "
-        f"<code>SELECT * FROM v_{v.version_id}.stats_span_lengths</code>.</p>",
+        f"<code>SELECT * FROM {version_schema(v.version_id)}.stats_span_lengths</code>.</p>",
     ]
     for title, png, caption in plots:
         parts.append(f"<h2>{html.escape(title)}</h2><p>{html.escape(caption)}</p><img src='{png}' alt='{png}'>")

@@ -20,7 +20,7 @@ an ephemeral context on pandas frames that DuckDB reads from the Parquet files:
 
 Data Docs (static HTML: every suite, every expectation, observed values) are built into `docs_dir`
 (the store keeps them at <store>/gx/data_docs/<version>/index.html) whether the suites pass or not, so a
-blocked publish can be read there; they read offline (jstip.tasks.data_docs: our index of every validation,
+blocked publish can be read there; they read offline (jstip.tasks.publish.data_docs: our index of every validation,
 no CDN assets). GX is imported here only: it costs ~2 s.
 """
 
@@ -37,7 +37,7 @@ from jstip.schemas import DATASET_TABLES, schema_for
 from jstip.storage.lock import temp_name
 from jstip.storage.work import install_directory
 from jstip.tasks.checks import WORD_PATTERN
-from jstip.tasks.data_docs import SuiteOutcome, write_offline_docs
+from jstip.tasks.publish.data_docs import SuiteOutcome, write_offline_docs
 
 # Stages that write quarantine rows (text_corpus: rows of the domain text, jstip.tasks.stages).
 QUARANTINE_STAGES = ["ingest", "normalize", "align", "check", "plan", "text_corpus"]

@@ -7,8 +7,7 @@ and returns one WordTiming per word of split_words(text).
 
 Text handed to whisperx. A wav2vec2 character vocabulary holds letters (and maybe an apostrophe), so each
 transcript token is replaced by its preferred spoken words (`textnorm.preferred_words`, which applies
-textnorm's context rules: "$250" -> two hundred fifty dollars; while textnorm is absent,
-`align.spoken_forms(token)[0]`), then fitted to the model's vocabulary: lowercased, accents folded to its
+textnorm's context rules: "$250" -> two hundred fifty dollars), then fitted to the model's vocabulary: lowercased, accents folded to its
 letters where NFKD gives one ("façade" -> facade), characters it lacks that are not letters (an apostrophe,
 for some vocabularies) dropped; a letter with no counterpart in the vocabulary is kept and whisperx aligns
 it to its wildcard column. The spoken words are joined by single spaces (whisperx splits words on " "),
@@ -80,23 +79,10 @@ from typing import ClassVar
 import numpy as np
 
 from jstip.config import AlignConfig
-from jstip.tasks.align import (AlignmentFailed, UtteranceAlignment, WordTiming, check_ctc_transcript,
-                               ctc_greedy_text)
+from jstip.tasks.aligners.base import AlignmentFailed, UtteranceAlignment, WordTiming
+from jstip.tasks.aligners.textnorm import preferred_words
+from jstip.tasks.aligners.verify import check_ctc_transcript, ctc_greedy_text
 from jstip.tasks.text import split_words
-
-try:
-    from jstip.tasks.textnorm import preferred_words
-except ImportError:  # before textnorm: align.py's spoken_forms, first form of each token, no context rules
-    from jstip.tasks.align import spoken_forms
-
-    def preferred_words(text: str) -> tuple[list[str], list[int]]:
-        words: list[str] = []
-        token_index: list[int] = []
-        for i, token in enumerate(split_words(text)):
-            form = next(iter(spoken_forms(token)), ())
-            words.extend(form)
-            token_index.extend([i] * len(form))
-        return words, token_index
 
 log = logging.getLogger(__name__)
 

@@ -51,17 +51,11 @@ from typing import ClassVar
 import numpy as np
 
 from jstip.config import AlignConfig
-from jstip.tasks.align import (AlignmentFailed, UtteranceAlignment, WordTiming, check_ctc_transcript,
-                               ctc_greedy_text)
+from jstip.tasks.aligners.base import AlignmentFailed, UtteranceAlignment, WordTiming
+# the shared text normaliser: spoken forms per token, reordered by context ("No. 5" -> number five)
+from jstip.tasks.aligners.textnorm import normalize_for_alignment as _token_forms
+from jstip.tasks.aligners.verify import check_ctc_transcript, ctc_greedy_text
 from jstip.tasks.text import split_words
-
-try:  # the shared text normaliser: spoken forms per token, reordered by context ("No. 5" -> number five)
-    from jstip.tasks.textnorm import normalize_for_alignment as _token_forms
-except ImportError:  # pragma: no cover - older trees: the pocketsphinx aligner's spoken_forms, no context
-    from jstip.tasks.align import spoken_forms
-
-    def _token_forms(text: str) -> list[list[tuple[str, ...]]]:
-        return [spoken_forms(token) for token in split_words(text)]
 
 log = logging.getLogger(__name__)
 

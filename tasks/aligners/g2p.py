@@ -14,7 +14,7 @@ import logging
 import re
 import unicodedata
 
-from jstip.tasks.espeak import phonemize
+from jstip.tasks.aligners.espeak import phonemize
 
 log = logging.getLogger(__name__)
 

@@ -109,7 +109,7 @@ def synthesize(text: str, voice: str = "en-us", rate: int = 175, pitch: int = 50
 
     rate is words per minute (espeak-ng accepts 80-450), pitch and pitch_range are 0-100. rand_seed
     reseeds espeak-ng's noise generator (otherwise seeded from the clock at initialisation); even so,
-    output also depends on what the process spoke before (see jstip.tasks.synth).
+    output also depends on what the process spoke before (see jstip.synth).
     """
     chunks: list[np.ndarray] = []
     events: list[WordEvent] = []

@@ -27,7 +27,7 @@ from pathlib import Path
 import pyarrow as pa
 
 from jstip.config import AlignConfig, NormalizeConfig
-from jstip.tasks.alignment_io import AlignedWord, textgrid_text, write_ctm
+from jstip.tasks.aligners.alignment_io import AlignedWord, textgrid_text, write_ctm
 from jstip.tasks.ingest import ingest_manifest
 
 log = logging.getLogger(__name__)
