@@ -76,6 +76,30 @@ class Role(str, Enum):
     test = "test"
 
 
+class AlignerName(str, Enum):
+    """Word-alignment backends (jstip.tasks.aligners.ALIGNERS)."""
+
+    pocketsphinx = "pocketsphinx"
+    whisperx = "whisperx"
+    nemo = "nemo"
+
+
+class AlignmentFormat(str, Enum):
+    """What `jstip align` writes (jstip.tasks.aligners.align_manifest.OUTPUT_FORMATS)."""
+
+    jsonl = "jsonl"
+    ctm = "ctm"
+    textgrid = "textgrid"
+
+
+class ExportFormat(str, Enum):
+    """What `jstip export` writes (jstip.storage.export.EXPORT_FORMATS)."""
+
+    lhotse = "lhotse"
+    lhotse_shar = "lhotse-shar"
+    nemo = "nemo"
+
+
 VersionArgument = Annotated[Optional[str], typer.Argument(
     help="Version id, unique id prefix, or dataset name (its newest version). Default: the newest training version "
          "(a held-out test set is never a default).", show_default=False)]
@@ -550,8 +574,8 @@ def verify(
 
 @app.command()
 def export(
-    format: Annotated[str, typer.Option("--format", help="lhotse (cuts.jsonl.gz) | lhotse-shar (tar shards with "
-                                                         "the audio) | nemo (manifest.jsonl)")],
+    format: Annotated[ExportFormat, typer.Option("--format", help="lhotse: cuts.jsonl.gz; lhotse-shar: tar shards "
+                                                                  "with the audio; nemo: manifest.jsonl")],
     out: Annotated[Path, typer.Option(help="Output directory (must be empty or absent, unless --overwrite).")],
     store: StoreOption = Path("data"),
     overwrite: Annotated[bool, typer.Option(help="Replace a non-empty --out (only once the export is "
@@ -565,7 +589,7 @@ def export(
     from jstip.storage.export import ExportError, export_version
 
     try:
-        summary = export_version(store, version, format, out, overwrite=overwrite, shard_size=shard_size)
+        summary = export_version(store, version, format.value, out, overwrite=overwrite, shard_size=shard_size)
     except (StoreError, ExportError, OSError) as e:
         _fail(str(e))
     console.print(f"{summary.name}/{summary.version_id}: exported {summary.utterances} utterances "
@@ -579,11 +603,13 @@ def align(
     manifest: Annotated[Path, typer.Argument(help="NeMo-style JSONL manifest (audio_filepath, text, optional id, "
                                                   "duration, offset).")],
     out: Annotated[Path, typer.Option(help="Output: a .jsonl / .ctm file, or a directory for textgrid.")],
-    aligner: Annotated[str, typer.Option(help="pocketsphinx | whisperx | nemo")] = "pocketsphinx",
+    aligner: Annotated[AlignerName, typer.Option(help="Word-alignment backend.")] = AlignerName.pocketsphinx,
     model: Annotated[Optional[str], typer.Option(help="whisperx: hub id or local Wav2Vec2ForCTC dir; "
                                                       "nemo: .nemo file or pretrained name.")] = None,
     workers: Annotated[int, typer.Option(min=1, help="Worker processes.")] = 1,
-    format: Annotated[str, typer.Option("--format", help="jsonl | ctm | textgrid")] = "jsonl",
+    format: Annotated[AlignmentFormat, typer.Option("--format", help="Output format (a JSONL status file is "
+                                                                     "written beside ctm and textgrid).")
+                      ] = AlignmentFormat.jsonl,
     config: Annotated[Optional[Path], typer.Option(help="YAML build config whose align/normalize sections to "
                                                         "use (--aligner/--model override it).")] = None,
 ):
@@ -591,16 +617,14 @@ def align(
     from pydantic import ValidationError
 
     from jstip.config import ConfigError, load_config
-    from jstip.tasks.aligners.align_manifest import OUTPUT_FORMATS, align_manifest
+    from jstip.tasks.aligners.align_manifest import align_manifest
     from jstip.tasks.ingest import ManifestError
 
-    if format not in OUTPUT_FORMATS:
-        _fail(f"--format must be one of {', '.join(OUTPUT_FORMATS)}, not {format!r}")
     try:
         build_config = load_config(config)
         align_config = build_config.align.model_validate(
-            {**build_config.align.model_dump(), "aligner": aligner, "model": model or build_config.align.model})
-        summary = align_manifest(manifest, align_config, out, format, workers, build_config.normalize)
+            {**build_config.align.model_dump(), "aligner": aligner.value, "model": model or build_config.align.model})
+        summary = align_manifest(manifest, align_config, out, format.value, workers, build_config.normalize)
     except (ConfigError, ManifestError, ValidationError, OSError) as e:
         _fail(str(e))
     console.print(f"{summary.entries} entries: {summary.aligned} aligned, {summary.failed} failed "
@@ -919,10 +943,6 @@ def evaluate(
     _print_relation(["decoding", *metrics], rows,
                     title=f"model {record.model_id} on {test_set or version.name} ({version.version_id})")
     console.print(f"per domain: {_command_name()} evals --model {record.model_id} --store {store}")
-
-
-def main() -> None:  # pragma: no cover - console entry point
-    app()
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -8,7 +8,7 @@ import pytest
 from typer.testing import CliRunner
 
 from jstip.cli import app
-from jstip.tasks.aligners.alignment_io import AlignedWord, read_alignments, textgrid_text, write_ctm
+from jstip.tasks.aligners.alignment_io import AlignedWord, read_alignments, write_ctm, write_textgrid
 from jstip.tasks.aligners.eval_alignment import evaluate_alignments
 from jstip.synth import synthesize_corpus
 from jstip.tasks.text import split_words
@@ -85,7 +85,7 @@ def test_format_readers_exact(tmp_path):
     words = [AlignedWord("Take", 0.25, 0.5, 0.9), AlignedWord("metformin,", 0.6, 1.25, None)]
     write_ctm({"u1": words}, tmp_path / "x.ctm")
     assert (tmp_path / "x.ctm").read_text() == "u1 1 0.250 0.250 Take 0.9000\nu1 1 0.600 0.650 metformin,\n"
-    (tmp_path / "u2.TextGrid").write_text(textgrid_text(words, 2.0))
+    write_textgrid(words, 2.0, tmp_path / "u2.TextGrid")
     assert read_alignments(tmp_path / "u2.TextGrid")["u2"] == [AlignedWord("Take", 0.25, 0.5),
                                                                AlignedWord("metformin,", 0.6, 1.25)]
     (tmp_path / "si1.wrd").write_text("3050 5723 she\n5723 10337 had\n")
@@ -162,3 +162,13 @@ def test_bad_input_each_ends_ok_or_failed_with_a_specific_reason(tmp_path):
     assert "nan.wav holds NaN/inf samples" in reasons[2]
     assert "pocketsphinx alignment failed" in reasons[3]  # a transcript of other words
     assert "m.jsonl:8: line is not UTF-8: 'utf-8' codec can't decode" in reasons[4]
+
+
+def test_help_lists_the_choices_and_a_wrong_one_is_refused(tmp_path):
+    shown = runner.invoke(app, ["align", "--help"], env={"COLUMNS": "200"})
+    assert shown.exit_code == 0
+    assert all(choice in shown.output for choice in ("pocketsphinx", "whisperx", "nemo", "jsonl", "ctm", "textgrid"))
+    refused = runner.invoke(app, ["align", str(tmp_path / "m.jsonl"), "--out", str(tmp_path / "o.jsonl"),
+                                  "--aligner", "kaldi"])
+    assert refused.exit_code == 2 and "'kaldi' is not one of" in refused.output
+    assert not (tmp_path / "o.jsonl").exists()

@@ -19,9 +19,6 @@ from jstip.version import stage_code_version, stage_modules
 pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[1]
-# The installed package maps these folders of the repository into `jstip` (pyproject.toml).
-PACKAGE_FOLDERS = {"jstip": "jstip", "flows": "jstip/flows", "tasks": "jstip/tasks", "schemas": "jstip/schemas",
-                   "model": "jstip/model", "storage": "jstip/storage"}
 STAGES = ("ingest", "normalize", "align", "check", "plan", "plan_text", "dedupe")
 
 # A build in a fresh interpreter that imports jstip from the copy on PYTHONPATH (which comes before the
@@ -40,15 +37,16 @@ print(json.dumps({"package": jstip.__file__, "version_id": published.version_id,
 
 
 def _copy_package(into: Path) -> Path:
-    for folder, target in PACKAGE_FOLDERS.items():
-        shutil.copytree(REPO / folder, into / target, ignore=shutil.ignore_patterns("__pycache__"))
+    # jstip/ links the top-level folders (jstip/tasks -> ../tasks): the copy holds their files
+    shutil.copytree(REPO / "jstip", into / "jstip", ignore=shutil.ignore_patterns("__pycache__"))
+    assert not (into / "jstip" / "tasks").is_symlink() and (into / "jstip" / "tasks" / "stages.py").is_file()
     return into
 
 
 def _build(src: Path, corpus: dict, store: Path) -> dict:
     env = {**os.environ, "PYTHONPATH": str(src)}
     out = subprocess.run([sys.executable, "-c", _BUILD, corpus["manifest"], corpus["text"], str(store),
-                          corpus["config"]], env=env, capture_output=True, text=True, timeout=600)
+                          corpus["config"]], env=env, cwd=src.parent, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     result = json.loads(out.stdout.strip().splitlines()[-1])
     assert Path(result["package"]).is_relative_to(src), result["package"]  # the copy ran, not the install

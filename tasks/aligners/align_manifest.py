@@ -27,7 +27,7 @@ from pathlib import Path
 import pyarrow as pa
 
 from jstip.config import AlignConfig, NormalizeConfig
-from jstip.tasks.aligners.alignment_io import AlignedWord, textgrid_text, write_ctm
+from jstip.tasks.aligners.alignment_io import AlignedWord, write_ctm, write_textgrid
 from jstip.tasks.ingest import ingest_manifest
 
 log = logging.getLogger(__name__)
@@ -151,6 +151,6 @@ def align_manifest(manifest: str | Path, config: AlignConfig, out: str | Path, f
     elif fmt == "textgrid":
         for uid, ws in aligned_words.items():
             safe = re.sub(r"[^\w.-]", "_", uid)
-            (out / f"{safe}.TextGrid").write_text(textgrid_text(ws, durations.get(uid, 0.0)), encoding="utf-8")
+            write_textgrid(ws, durations.get(uid, 0.0), out / f"{safe}.TextGrid")
     return AlignSummary(entries=len(entries), aligned=len(ok_entries), failed=len(entries) - len(ok_entries),
                         audio_seconds=float(sum(durations.values())), out=out, status_file=status_file)

@@ -5,8 +5,8 @@ Readers return {utterance id: [AlignedWord, ...]} in time order; writers take th
   "score"}] ("status" other than "ok" means no words); "utterance_id" is accepted for "id", so the
   reference timings `jstip synth` writes (word_timings.jsonl) read directly.
 - CTM (NIST): `<utterance> <channel> <start> <duration> <word> [<confidence>]`; `;;` comments.
-- TextGrid (Praat, long or short text format): the first interval tier named "words" (else the first
-  interval tier); empty intervals are pauses. The utterance id is the file stem.
+- TextGrid (Praat, long or short text format; read and written by praatio): the first interval tier named
+  "words" (else the first interval tier); empty intervals are pauses. The utterance id is the file stem.
 - TIMIT `.wrd`: `<start sample> <end sample> <word>` at 16 kHz. The utterance id is the file stem.
 A directory argument reads every file of its format inside it (recursively).
 """
@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import math
-import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -108,26 +107,20 @@ def _read_ctm(path: Path) -> Alignments:
     return out
 
 
-_TG_TIER = re.compile(r'(?:class\s*=\s*)?"IntervalTier"\s*(?:name\s*=\s*)?"([^"]*)"', re.S)
-_TG_NUMBER = r"(-?[\d.]+(?:[eE][-+]?\d+)?)"
-_TG_INTERVAL = re.compile(rf'(?:xmin\s*=\s*)?{_TG_NUMBER}\s*(?:xmax\s*=\s*)?{_TG_NUMBER}\s*(?:text\s*=\s*)?"((?:[^"]|"")*)"')
-
-
 def _read_textgrid(path: Path) -> Alignments:
-    text = path.read_text(encoding="utf-8-sig", errors="strict")
-    tiers = list(_TG_TIER.finditer(text))
+    from praatio import textgrid
+    from praatio.utilities.errors import PraatioException
+
+    try:
+        grid = textgrid.openTextgrid(str(path), includeEmptyIntervals=False, reportingMode="silence")
+    except (PraatioException, ValueError, IndexError, UnicodeDecodeError) as e:
+        raise AlignmentFormatError(f"{path}: not a Praat TextGrid: {e}") from None
+    tiers = [grid.getTier(name) for name in grid.tierNames]
+    tiers = [t for t in tiers if isinstance(t, textgrid.IntervalTier)]
     if not tiers:
         raise AlignmentFormatError(f"{path}: no IntervalTier found (is it a Praat TextGrid?)")
-    chosen = next((i for i, t in enumerate(tiers) if t.group(1).lower() in ("words", "word")), 0)
-    body_start = tiers[chosen].end()
-    body_end = tiers[chosen + 1].start() if chosen + 1 < len(tiers) else len(text)
-    body = text[body_start:body_end]
-    # skip the tier's own xmin/xmax/size header: intervals are (xmin, xmax, "text") triples
-    header = re.match(rf"\s*(?:xmin\s*=\s*)?{_TG_NUMBER}\s*(?:xmax\s*=\s*)?{_TG_NUMBER}\s*(?:intervals:\s*size\s*=\s*)?\d+",
-                      body)
-    body = body[header.end():] if header else body
-    words = [AlignedWord(label.replace('""', '"').strip(), float(a), float(b))
-             for a, b, label in _TG_INTERVAL.findall(body)]
+    tier = next((t for t in tiers if t.name.lower() in ("words", "word")), tiers[0])
+    words = [AlignedWord(label.strip(), float(start), float(end)) for start, end, label in tier.entries]
     return {path.stem: [w for w in words if w.word]}
 
 
@@ -155,27 +148,12 @@ def write_ctm(alignments: Mapping[str, Iterable[AlignedWord]], path: Path) -> No
                 f.write(f"{utt} 1 {w.start:.3f} {w.end - w.start:.3f} {w.word}{score}\n")
 
 
-def _tg_quote(text: str) -> str:
-    return '"' + text.replace('"', '""') + '"'
+def write_textgrid(words: list[AlignedWord], duration: float, path: Path) -> None:
+    """A Praat TextGrid (long text format, praatio) with one "words" tier; gaps become empty intervals."""
+    from praatio import textgrid
+    from praatio.utilities.constants import Interval
 
-
-def textgrid_text(words: list[AlignedWord], duration: float) -> str:
-    """A Praat TextGrid (long text format) with one "words" tier; gaps become empty intervals."""
-    intervals: list[tuple[float, float, str]] = []
-    cursor = 0.0
-    for w in words:
-        if w.start > cursor + 1e-9:
-            intervals.append((cursor, w.start, ""))
-        intervals.append((w.start, w.end, w.word))
-        cursor = w.end
-    duration = max(duration, cursor)
-    if duration > cursor + 1e-9:
-        intervals.append((cursor, duration, ""))
-    lines = ['File type = "ooTextFile"', 'Object class = "TextGrid"', "", "xmin = 0", f"xmax = {duration:.6f}",
-             "tiers? <exists>", "size = 1", "item []:", "    item [1]:", '        class = "IntervalTier"',
-             '        name = "words"', "        xmin = 0", f"        xmax = {duration:.6f}",
-             f"        intervals: size = {len(intervals)}"]
-    for k, (a, b, label) in enumerate(intervals, 1):
-        lines += [f"        intervals [{k}]:", f"            xmin = {a:.6f}", f"            xmax = {b:.6f}",
-                  f"            text = {_tg_quote(label)}"]
-    return "\n".join(lines) + "\n"
+    duration = max([duration, *(w.end for w in words)])
+    grid = textgrid.Textgrid()
+    grid.addTier(textgrid.IntervalTier("words", [Interval(w.start, w.end, w.word) for w in words], 0.0, duration))
+    grid.save(str(path), format="long_textgrid", includeBlankSpaces=True)
