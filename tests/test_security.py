@@ -148,7 +148,7 @@ def test_user_select_reads_the_catalog_and_nothing_outside_the_datasets(store, t
     assert result.exit_code == 0 and "3" in result.output, result.output
     version = store.latest()
     assert store.user_query("SELECT count(*) FROM spans WHERE num_words = ?", [2],
-                            schema=f"v_{version.version_id}")[1] == [(3,)]
+                            version=version.version_id)[1] == [(3,)]
     # the store's own Parquet files may be read directly; any other file may not
     assert store.user_query(f"SELECT count(*) FROM read_parquet('{version.path}/spans/*.parquet')")[1] == [(3,)]
     (tmp_path / "secret.csv").write_text("a\n1\n")
