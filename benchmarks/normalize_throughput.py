@@ -90,7 +90,8 @@ def _measure(rows: list[dict], pool: str, config: dict, repeats: int, queue) -> 
     torch.set_num_threads(1)
     from jstip.config import NormalizeConfig
     from jstip.schemas import from_rows
-    from jstip.tasks.normalize import normalize_shard, speech_probabilities
+    from jstip.tasks.normalize import normalize_shard
+    from jstip.tasks.normalize.vad import speech_probabilities
 
     normalize_config = NormalizeConfig(**config)
     t0 = time.perf_counter()

@@ -13,8 +13,9 @@ import soxr
 from jstip.config import NormalizeConfig
 from jstip.schemas import from_rows
 from jstip.tasks.aligners.espeak import synthesize
-from jstip.tasks.normalize import (_k_weighting, integrated_loudness, normalize_shard, speech_probabilities,
-                                   speech_segments)
+from jstip.tasks.normalize import normalize_shard
+from jstip.tasks.normalize.loudness import _k_weighting, integrated_loudness
+from jstip.tasks.normalize.vad import speech_probabilities, speech_segments
 
 RATE = 16000
 
@@ -266,7 +267,7 @@ def test_batched_speech_detection_matches_silero_one_window_at_a_time(rate):
 
 
 def test_speech_probabilities_are_the_same_when_time_is_cut_into_chunks(monkeypatch):
-    from jstip.tasks import normalize
+    from jstip.tasks.normalize import vad as normalize
 
     audios = [soxr.resample(_speech(t).astype(np.float32) / 32768, 22050, RATE)
               for t in ("Hello there, how are you today?", "Fine, thanks.")]
@@ -308,7 +309,7 @@ def test_voice_activity_detection_leaves_torch_thread_count_alone():
     import sys
 
     code = ("import torch, numpy as np\ntorch.set_num_threads(2)\n"
-            "from jstip.tasks.normalize import speech_segments\n"
+            "from jstip.tasks.normalize.vad import speech_segments\n"
             "speech_segments([np.zeros(16000, np.float32)], 16000)\nprint(torch.get_num_threads())")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip().splitlines()[-1] == "2"
