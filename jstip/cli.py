@@ -185,10 +185,9 @@ def _run_build(manifest: Path | None, store: Path, config: Path | None = None, n
     from jstip.config import ConfigError, load_config
     from jstip.flows.build_interleaved import build_interleaved
     from jstip.storage import StoreBusyError
-    from jstip.tasks.ingest import ManifestError, detect_manifest_format
+    from jstip.tasks.ingest import AudioOutsideAllowedRoots, ManifestError, detect_manifest_format
     from jstip.tasks.publish import AccountingError
     from jstip.tasks.publish.suites import QualityGateError
-    from jstip.tasks.stages import AudioOutsideAllowedRoots
 
     # Validate at the edge, before Prefect starts: a bad path or config is one line, not a failed flow run.
     try:

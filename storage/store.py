@@ -1,5 +1,10 @@
 """The versioned dataset store: immutable Parquet versions plus a DuckDB catalog.
 
+Why one module of ~650 lines: it is one class, the catalog (`DatasetStore`), whose parts (opening under the
+lock discipline, version resolution, verification, the atomic publish and its views) share the connection, the
+write lock and the catalog schema; this account of them is a sixth of it. What stages need of a store (its
+layout, the audio pool, the stage cache) is apart, in `layout`, `audio_pool` and `work`.
+
 Layout under the store root (default ./data):
 
     catalog.duckdb                          versions, views over the newest training version, a schema per version

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,7 +31,7 @@ from jstip.storage.lock import temp_name
 from jstip.storage.work import cached_stage, result_dir, stage_key
 from jstip.tasks.align import align_shard, backend_module
 from jstip.tasks.checks import check_shard, fill_durations
-from jstip.tasks.ingest import ManifestError, ingest_manifest, ingest_text_corpus
+from jstip.tasks.ingest import ingest_manifest, ingest_text_corpus, stop_if_all_audio_is_outside_the_roots
 from jstip.tasks.normalize import normalize_shard
 from jstip.tasks.plan import plan_shard, plan_text_corpus
 from jstip.tasks.publish import Published, publish
@@ -121,38 +120,13 @@ def demo_test_corpus(store: str) -> str:
     return str(manifest)
 
 
-class AudioOutsideAllowedRoots(ManifestError):
-    """Every entry of a manifest points outside the directories audio may come from: a missing --allow-root, not
-    bad data. The build stops at ingest, before any audio work."""
-
-
-def _stop_if_all_audio_is_outside_the_roots(manifest: str, result) -> None:
-    quarantine = result.quarantine
-    if result.utterances.num_rows or not quarantine.num_rows:
-        return
-    checks = quarantine.column("check_name").to_pylist()
-    if any(check != "path_outside_allowed_roots" for check in checks):
-        return
-    paths = [os.path.join(result.corpus_root, v) for v in quarantine.column("value").to_pylist() if v]
-    try:
-        common = os.path.commonpath(paths) if paths else None
-    except ValueError:
-        common = None
-    where = f" The audio lies under {common}: if that is right, rerun with `--allow-root {common}`" if common else (
-        " Rerun with `--allow-root DIR` for the directory that holds it")
-    raise AudioOutsideAllowedRoots(
-        f"every audio path in {manifest} ({len(checks)} entries) lies outside the directories audio may come from "
-        f"({', '.join(result.roots or ())}).{where} (or add it to ingest.allowed_roots in the build config). "
-        f"Nothing was built.")
-
-
 def ingest(manifest: str, text_corpus: str | None, store: str, config: BuildConfig) -> Ingested:
     """Read the manifest (and domain text), cut the utterances into content-keyed shards."""
     # file hashes cached by stat (a cache of this manifest's audio; jstip.storage.content.FileHashes)
     manifest_key = hashlib.sha256(str(Path(manifest).absolute()).encode()).hexdigest()[:16]
     hashes = FileHashes(_work_dir(store) / "file_hashes" / f"{manifest_key}.parquet")
     result = ingest_manifest(manifest, allowed_roots=config.ingest.allowed_roots, hashes=hashes)
-    _stop_if_all_audio_is_outside_the_roots(manifest, result)
+    stop_if_all_audio_is_outside_the_roots(manifest, result)
     hashes.save()
     log.info("ingest: hashed %d audio file(s), %.1f MB; %d unchanged since the last build (cached hashes)",
              hashes.hashed_files, hashes.hashed_bytes / 1e6, hashes.reused)

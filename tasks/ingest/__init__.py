@@ -62,6 +62,7 @@ is quarantined as `path_outside_allowed_roots` before its file is even probed. D
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -109,6 +110,32 @@ def ingest_manifest(path: str | Path, allowed_roots: Sequence[str | Path] | None
     elif format_ == "audio_dir":
         ingest.audio_dir(path)
     return ingest.result(format_, hashes or FileHashes())
+
+
+class AudioOutsideAllowedRoots(ManifestError):
+    """Every entry of a manifest points outside the directories audio may come from: a missing --allow-root, not
+    bad data. The build stops at ingest, before any audio work."""
+
+
+def stop_if_all_audio_is_outside_the_roots(manifest: str | Path, result: IngestResult) -> None:
+    """Raise AudioOutsideAllowedRoots when no entry was accepted and every one lies outside the allowed roots."""
+    quarantine = result.quarantine
+    if result.utterances.num_rows or not quarantine.num_rows:
+        return
+    checks = quarantine.column("check_name").to_pylist()
+    if any(check != "path_outside_allowed_roots" for check in checks):
+        return
+    paths = [os.path.join(result.corpus_root, v) for v in quarantine.column("value").to_pylist() if v]
+    try:
+        common = os.path.commonpath(paths) if paths else None
+    except ValueError:
+        common = None
+    where = f" The audio lies under {common}: if that is right, rerun with `--allow-root {common}`" if common else (
+        " Rerun with `--allow-root DIR` for the directory that holds it")
+    raise AudioOutsideAllowedRoots(
+        f"every audio path in {manifest} ({len(checks)} entries) lies outside the directories audio may come from "
+        f"({', '.join(result.roots or ())}).{where} (or add it to ingest.allowed_roots in the build config). "
+        f"Nothing was built.")
 
 
 def ingest_text_corpus(path: str | Path, domain: str | None = None) -> TextIngestResult:

@@ -1,7 +1,7 @@
 """The four manifest readers (NeMo, Lhotse supervisions + recordings, Lhotse cuts, audio directory) and the state
 they share: output rows, id claims, confinement, the per-line guard (`_Ingest.entry`).
 
-Why one module of ~420 lines: the readers are methods of one class (`_Ingest`), which holds what every reader
+Why one module of ~450 lines: the readers are methods of one class (`_Ingest`), which holds what every reader
 updates together (rows, claims, counts) so that one line's failure rolls back exactly what that line added.
 """
 
