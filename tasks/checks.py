@@ -55,7 +55,7 @@ STAGE = "check"
 
 # Python's str whitespace and `\w`, in RE2 (which pyarrow and DuckDB use, and whose own \s and \w are
 # ASCII-only), so that counting words here agrees with jstip.tasks.text.split_words: it does on every code
-# point Python's Unicode tables assign (tests/test_checks.py); RE2's tables are newer, so a letter assigned
+# point Python's Unicode tables assign (tests/tasks/test_checks.py); RE2's tables are newer, so a letter assigned
 # since counts as a word here and not there (words_aligned then fails loudly; text_charset too by default).
 _SPACE = r"\p{Z}\t\n\x0b\f\r\x1c-\x1f\x{85}"
 WORD_PATTERN = rf"[^{_SPACE}]*[\p{{L}}\p{{N}}_][^{_SPACE}]*"

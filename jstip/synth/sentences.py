@@ -47,7 +47,7 @@ WORDS_PER_UTTERANCE = (6, 16)  # with 140-190 wpm and the edge silences: roughly
 # {slot}s are filled by _FILLERS; a slot named like another plus a digit ({drug2}) takes a different
 # value of the same filler. Article-sensitive slots follow "the"/"my"/"your", never "a".
 # espeak-ng speaks "for the" and "of the" as one dictionary entry with ONE word event, which leaves
-# "the" without a start time: templates avoid those pairs (tests/test_synth.py checks every template).
+# "the" without a start time: templates avoid those pairs (tests/synth/test_synth.py checks every template).
 
 TEMPLATES: dict[str, tuple[str, ...]] = {
     "medical": (

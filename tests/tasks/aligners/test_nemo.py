@@ -215,7 +215,7 @@ def test_align_shard_end_to_end(tmp_path, char_model, speech):
     audio_rows.append(dict(utterance_id="short", flac_path=str(tmp_path / "short.flac"), sampling_rate=RATE,
                            num_samples=RATE // 10, duration=0.1))
     # Random weights put words anywhere, so the aligner-independent energy checks (tested with
-    # pocketsphinx in test_align.py) are opened wide here; what is under test is the nemo plumbing.
+    # pocketsphinx in tests/tasks/aligners/test_pocketsphinx.py) are opened wide here; what is under test is the nemo plumbing.
     config = AlignConfig(aligner="nemo", model=char_model, max_untranscribed_speech_s=1e9,
                          max_silent_word_fraction=1.0, batch_size=2)
     from jstip.tasks.aligners.nemo import NemoAligner

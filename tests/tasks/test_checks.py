@@ -2,7 +2,7 @@
 
 Per-utterance checks run on crafted shards (no audio needed): for each check, one utterance just past its
 threshold and one exactly at it (or just inside). The gate and the accounting run on real speech through
-the real stages (no Prefect: tests/test_build_flow.py covers the flow).
+the real stages (no Prefect: tests/flows/test_build_interleaved.py covers the flow).
 """
 
 from __future__ import annotations

@@ -181,7 +181,7 @@ def test_align_shard_through_the_registry(model_dir, tmp_path, no_nltk_download)
         utterances.append(dict(utterance_id=utt_id, text=text, source=f"test.jsonl:{utt_id[1]}"))
         audio.append(dict(utterance_id=utt_id, flac_path=str(path)))
     # Random weights put every word near the start, so the speech-coverage checks (tested with real
-    # alignments in test_align.py) are switched off: this test is about the path, not the times.
+    # alignments in tests/tasks/aligners/test_pocketsphinx.py) are switched off: this test is about the path, not the times.
     config = AlignConfig(aligner="whisperx", model=str(model_dir), max_untranscribed_speech_fraction=1.0,
                          max_silent_word_fraction=1.0)
     result = align_shard(pa.Table.from_pylist(utterances), pa.Table.from_pylist(audio), config)

@@ -4,7 +4,7 @@ espeak-ng reports where each word starts in the audio it synthesizes, so alignme
 not guessed. The corpus-scale figures come from benchmarks/align_accuracy.py (BENCHMARKS.md, "align
 accuracy (pocketsphinx)"): with AlignConfig defaults, 100 synthetic utterances of random voices and rates,
 |start error| mean 14 ms, |end error| mean 13 ms, ~50x real time per core; the same 463 s as one recording
-(aligned in 30 s windows) 15 and 16 ms. Run `pytest tests/test_align.py -q -s` to see this file's own
+(aligned in 30 s windows) 15 and 16 ms. Run `pytest tests/tasks/aligners/test_pocketsphinx.py -q -s` to see this file's own
 numbers printed (short sentences, and ~160 s of sentences as one utterance).
 """
 
@@ -111,7 +111,7 @@ def test_unknown_ipa_symbol_is_dropped_and_logged(caplog):
 # ------------------------------------------------------------------------------- transcript tokens
 
 
-# spoken_forms itself (numbers, abbreviations, compounds) is tested in tests/test_textnorm.py.
+# spoken_forms itself (numbers, abbreviations, compounds) is tested in tests/tasks/aligners/test_textnorm.py.
 
 
 def test_match_forms_maps_expansions_back_to_tokens():
