@@ -4,7 +4,10 @@ Readers return {utterance id: [AlignedWord, ...]} in time order; writers take th
 - JSONL (what `jstip align` writes): one object per line with "id" and "words": [{"word", "start", "end",
   "score"}] ("status" other than "ok" means no words); "utterance_id" is accepted for "id", so the
   reference timings `jstip synth` writes (word_timings.jsonl) read directly.
-- CTM (NIST): `<utterance> <channel> <start> <duration> <word> [<confidence>]`; `;;` comments.
+- CTM (NIST): `<utterance> <channel> <start> <duration> <word> [<confidence>]`; `;;` comments. Not through
+  lhotse's `SupervisionSet.write_alignment_to_ctm`/`with_alignment_from_ctm`: they write times to 10 ms
+  (`:.02f`), which the boundary errors measured here (a few ms) cannot afford, and key lines by recording, not
+  utterance.
 - TextGrid (Praat, long or short text format; read and written by praatio): the first interval tier named
   "words" (else the first interval tier); empty intervals are pauses. The utterance id is the file stem.
 - TIMIT `.wrd`: `<start sample> <end sample> <word>` at 16 kHz. The utterance id is the file stem.
