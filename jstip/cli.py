@@ -21,6 +21,8 @@ from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 from rich.text import Text  # noqa: E402
 
+from jstip.tasks.aligners import ALIGNERS  # noqa: E402 - the registry only; no backend is imported
+
 # The machine refuses, not the input: errno -> what to do. Printed as one line by every command (_App).
 _MACHINE_ERRORS = {
     errno.ENOSPC: "free some space, or point --store (or --out) at a file system with room; a rerun resumes",
@@ -76,12 +78,8 @@ class Role(str, Enum):
     test = "test"
 
 
-class AlignerName(str, Enum):
-    """Word-alignment backends (jstip.tasks.aligners.ALIGNERS)."""
-
-    pocketsphinx = "pocketsphinx"
-    whisperx = "whisperx"
-    nemo = "nemo"
+# Word-alignment backends, as the registry names them: a new backend is a new choice of --aligner.
+AlignerName = Enum("AlignerName", {name: name for name in ALIGNERS}, type=str)
 
 
 class AlignmentFormat(str, Enum):
@@ -602,7 +600,7 @@ def align(
     manifest: Annotated[Path, typer.Argument(help="NeMo-style JSONL manifest (audio_filepath, text, optional id, "
                                                   "duration, offset).")],
     out: Annotated[Path, typer.Option(help="Output: a .jsonl / .ctm file, or a directory for textgrid.")],
-    aligner: Annotated[AlignerName, typer.Option(help="Word-alignment backend.")] = AlignerName.pocketsphinx,
+    aligner: Annotated[AlignerName, typer.Option(help="Word-alignment backend.")] = AlignerName["pocketsphinx"],
     model: Annotated[Optional[str], typer.Option(help="whisperx: hub id or local Wav2Vec2ForCTC dir; "
                                                       "nemo: .nemo file or pretrained name.")] = None,
     workers: Annotated[int, typer.Option(min=1, help="Worker processes.")] = 1,

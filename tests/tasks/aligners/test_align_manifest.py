@@ -172,3 +172,14 @@ def test_help_lists_the_choices_and_a_wrong_one_is_refused(tmp_path):
                                   "--aligner", "kaldi"])
     assert refused.exit_code == 2 and "'kaldi' is not one of" in refused.output
     assert not (tmp_path / "o.jsonl").exists()
+
+
+def test_the_command_line_choices_are_the_modules_own():
+    from jstip import cli
+    from jstip.storage.export import EXPORT_FORMATS
+    from jstip.tasks.aligners import ALIGNERS
+    from jstip.tasks.aligners.align_manifest import OUTPUT_FORMATS
+
+    assert [a.value for a in cli.AlignerName] == list(ALIGNERS)
+    assert [f.value for f in cli.AlignmentFormat] == list(OUTPUT_FORMATS)
+    assert [f.value for f in cli.ExportFormat] == list(EXPORT_FORMATS)
