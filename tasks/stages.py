@@ -98,7 +98,7 @@ def _output(stage: str, shard_id: str, key: str, paths: dict[str, Path], cached:
 def demo_corpus(store: str, text_corpus: str | None = None) -> tuple[str, str]:
     """Synthesise the embedded demo corpus into the store (once; it is deterministic) and return
     (manifest, text corpus) paths."""
-    from jstip.tasks.synth import synthesize_corpus
+    from jstip.synth.corpus import synthesize_corpus
 
     out = Path(store).resolve() / "demo_corpus"
     cuts = out / "lhotse" / "demo_cuts_all.jsonl.gz"
@@ -110,7 +110,7 @@ def demo_corpus(store: str, text_corpus: str | None = None) -> tuple[str, str]:
 def demo_test_corpus(store: str) -> str:
     """The demo's held-out test set: DEMO_TEST_UTTERANCES more synthetic utterances of the same domains,
     drawn with another seed (other voices, fillers and entities), synthesised into the store once."""
-    from jstip.tasks.synth import synthesize_corpus
+    from jstip.synth.corpus import synthesize_corpus
 
     out = Path(store).resolve() / "demo_corpus_test"
     manifest = out / "nemo_manifest.jsonl"  # NeMo JSONL beside the audio: inside the default allowed root

@@ -21,11 +21,10 @@ import soundfile as sf
 import soxr
 
 from jstip.config import AlignConfig
-from jstip.synth import demo_utterances, reference_word_timings
+from jstip.synth import DemoUtterance, demo_utterances, reference_word_timings, synthesize_in_fresh_process
 from jstip.tasks.align import ALIGN_STATUS, PHONE_ALIGNMENTS, align_shard
 from jstip.tasks.aligners import g2p
 from jstip.tasks.aligners.base import PhoneTiming, WordTiming
-from jstip.tasks.aligners.espeak import synthesize
 from jstip.tasks.aligners.pocketsphinx import PocketsphinxAligner, _extend_ends, _match_forms
 from jstip.tasks.aligners.textnorm import spoken_forms
 from jstip.tasks.text import split_words, word_char_spans
@@ -47,18 +46,29 @@ SENTENCES = [
 MEAN_START_ERROR_BOUND_S = 0.040  # measured 0.014 s on this set (printed by the test)
 
 
+def _speeches(texts: list[str], voice: str = "en-us") -> list[tuple[np.ndarray, list[float]]]:
+    """16 kHz int16 speech for each text and the true start (s) of each split_words() word. Spoken in a fresh
+    process (jstip.synth.synthesize_in_fresh_process): espeak-ng's output depends on what its process spoke
+    before, so speech made here would depend on which tests ran first."""
+    scripts = [DemoUtterance(id=f"t{i}", domain="medical", text=text, entities=(), voice=voice, rate=175, pitch=50,
+                             pitch_range=50, lead_silence_s=0.0, trail_silence_s=0.0, noise_seed=1)
+               for i, text in enumerate(texts)]
+    out = []
+    for text, syn in zip(texts, synthesize_in_fresh_process(scripts)):
+        audio = soxr.resample(syn.samples.astype(np.float32) / 32768.0, syn.sample_rate, RATE)
+        pcm = (np.clip(audio, -1.0, 1.0) * 32767).astype(np.int16)
+        starts: list[float | None] = [None] * len(split_words(text))
+        for event in syn.words:  # espeak may report several events for one token ("250"): keep the first
+            for i, (a, b) in enumerate(word_char_spans(text)):
+                if a <= event.char_start < b and starts[i] is None:
+                    starts[i] = event.start_sample / syn.sample_rate
+        assert None not in starts, f"espeak-ng reported no start for some word of {text!r}"
+        out.append((pcm, starts))
+    return out
+
+
 def _speech(text: str, voice: str = "en-us") -> tuple[np.ndarray, list[float]]:
-    """16 kHz int16 speech for `text` and the true start (s) of each split_words() word."""
-    syn = synthesize(text, voice=voice)
-    audio = soxr.resample(syn.samples.astype(np.float32) / 32768.0, syn.sample_rate, RATE)
-    pcm = (np.clip(audio, -1.0, 1.0) * 32767).astype(np.int16)
-    starts: list[float | None] = [None] * len(split_words(text))
-    for event in syn.words:  # espeak may report several events for one token ("250"): keep the first
-        for i, (a, b) in enumerate(word_char_spans(text)):
-            if a <= event.char_start < b and starts[i] is None:
-                starts[i] = event.start_sample / syn.sample_rate
-    assert None not in starts, f"espeak-ng reported no start for some word of {text!r}"
-    return pcm, starts
+    return _speeches([text], voice)[0]
 
 
 def _shard(tmp_path, items: list[tuple[str, str, np.ndarray]]) -> tuple[pa.Table, pa.Table]:
@@ -131,7 +141,7 @@ def test_match_forms_maps_expansions_back_to_tokens():
 @pytest.fixture(scope="module")
 def good_shard(tmp_path_factory):
     tmp_path = tmp_path_factory.mktemp("good")
-    speech = [_speech(text) for text in SENTENCES]
+    speech = _speeches(SENTENCES)
     utterances, audio = _shard(tmp_path, [(f"utt{i}", text, pcm) for i, (text, (pcm, _)) in
                                           enumerate(zip(SENTENCES, speech))])
     config = AlignConfig()
@@ -256,7 +266,7 @@ def test_word_ends_are_extended_over_a_final_release_never_into_the_next_word():
 @pytest.mark.parametrize("max_chunk_s", [30, 5])  # one pass; windows (set_alignment needs a second pass)
 def test_phone_alignments_on_request(tmp_path, max_chunk_s):
     text = " ".join(SENTENCES[:2])
-    (first, _), (second, _) = _speech(SENTENCES[0]), _speech(SENTENCES[1])
+    (first, _), (second, _) = _speeches(SENTENCES[:2])
     pcm = np.concatenate([first, np.zeros(RATE // 2, np.int16), second])
     utterances, audio = _shard(tmp_path, [("u0", text, pcm)])
     plain = align_shard(utterances, audio, AlignConfig(max_chunk_s=max_chunk_s))
@@ -289,9 +299,8 @@ def long_speech():
     """~150 s of 32 demo sentences (random voices and rates) with 0.3-0.9 s pauses: (text, pcm, refs)."""
     rng = np.random.default_rng(0)
     pieces, texts, starts, ends, offset = [], [], [], [], 0
-    for script in demo_utterances(32, seed=7):
-        syn = synthesize(script.text, script.voice, script.rate, script.pitch, script.pitch_range,
-                         rand_seed=script.noise_seed)
+    scripts = demo_utterances(32, seed=7)
+    for script, syn in zip(scripts, synthesize_in_fresh_process(scripts)):  # speech of the scripts alone
         pieces.append(np.zeros(int(rng.uniform(0.3, 0.9) * syn.sample_rate), np.int16))
         offset += len(pieces[-1])
         for ref in reference_word_timings(script.text, syn, offset_samples=offset):
