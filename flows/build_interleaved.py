@@ -116,7 +116,7 @@ def build_shards(manifest: str, text_corpus: str | None, store: str, config: Bui
     for futures in (normalized, aligned):  # a failed shard raises its own error, not its dependents' "not ready"
         futures.result()
     checked, planned = stages.in_shard_order(ingested, resumed, checked.result(), planned.result())
-    text_planned = plan_text(ingested, planned, store, config)  # text-only sequences (strategy mixed)
+    text_planned = plan_text(ingested, planned, store, config)  # text-only sequences of the text corpus
     published = publish(ingested, checked, [*planned, text_planned], store, config)
     progress.published()
     return published
