@@ -359,7 +359,8 @@ class PlanConfig(_Section):
     mixed: MixedConfig = MixedConfig()
     # Domain sentences from text_corpus, each one text-only sequence; the number is set so that they are
     # this share of all of the version's sequences (capped by the corpus).
-    text_share: float = Field(0.1, ge=0, lt=1, description="strategy mixed: share of text-only sequences")
+    text_share: float = Field(0.1, ge=0, lt=1, description="share of all sequences that are text-only domain sentences "
+                                                           "(any strategy; needs a text corpus)")
     seed: int = 0
 
 

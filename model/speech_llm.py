@@ -140,6 +140,11 @@ class SpeechLLM(nn.Module):
         log_probs = self.ctc_log_probs(frames).transpose(0, 1)  # (T, spans, vocab + 1)
         flat = torch.tensor([t for target in targets for t in target], dtype=torch.long, device=frames.device)
         target_lengths = torch.tensor([len(t) for t in targets], dtype=torch.long, device=frames.device)
+        if flat.numel() and (int(flat.min()) < 0 or int(flat.max()) >= self.token_units.blank):
+            # out-of-range targets make ctc_loss read past its inputs (NaN losses, aborts): refuse them
+            raise ValueError(f"CTC targets outside the head's {self.token_units.size} {self.token_units.kind} units: "
+                             "the batch was laid out without this model's ctc_targets (lay_out(..., "
+                             "ctc_targets=model.ctc_targets))")
         # zero_infinity: a short span can have fewer frames than units; its loss is dropped, not inf
         return nn.functional.ctc_loss(log_probs, flat, lengths, target_lengths, blank=self.token_units.blank,
                                       zero_infinity=True)

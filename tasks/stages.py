@@ -295,7 +295,7 @@ def in_shard_order(ingested: Ingested, resumed: Resumed, checked: list[StageOutp
 
 
 def plan_text(ingested: Ingested, planned: list[StageOutput], store: str, config: BuildConfig) -> StageOutput:
-    """Text-only sequences of a `mixed` plan (jstip.tasks.plan.plan_text_corpus; none otherwise). Planned
+    """Text-only sequences of the text corpus (jstip.tasks.plan.plan_text_corpus, any strategy). Planned
     once per build, after the shards: their number follows the number of utterance plans of all shards."""
     num_plans = sum(o.row_counts["interleave_plans"] for o in planned)
     key = stage_key("plan_text", ingested.key, str(num_plans), config.plan.fingerprint(),
@@ -360,7 +360,7 @@ def run_chain(runner: ChainRunner, manifest: str, text_corpus: str | None, store
     # in chain order: a failed shard raises its own error, not its dependents' "not ready"
     outputs = {step.name: runner.results(step, handles[step.name]) for step in SHARD_CHAIN}
     checked, planned = in_shard_order(ingested, resumed, outputs["check"], outputs["plan"])
-    text_planned = runner.call("plan-text", plan_text, ingested, planned, store, config)  # strategy mixed
+    text_planned = runner.call("plan-text", plan_text, ingested, planned, store, config)  # the text corpus
     return runner.call("publish", publish, ingested, checked, [*planned, text_planned], store, config)
 
 

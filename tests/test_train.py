@@ -93,7 +93,8 @@ def test_frame_arithmetic_matches_what_the_encoders_produce(tiny_llm):
 def test_sequence_builder_cuts_speech_spans_at_the_plans_sample_offsets(dataset):
     store, version = dataset
     pools = build_sequences(DatasetStore(store), version, TrainConfig().mix, "Transcribe the speech.")
-    assert pools.version_id == version and pools.counts() == {"interleaved": 6, "asr": 6, "text": 0}
+    # text: the one domain sentence the word-strategy build planned from its text corpus (0.1 / 0.9 x 6 plans)
+    assert pools.version_id == version and pools.counts() == {"interleaved": 6, "asr": 6, "text": 1}
     spans = DatasetStore(store).read_table(version, "spans").to_pylist()
     speech_spans = {(s["utterance_id"], s["text"], s["start_sample"]): s for s in spans if s["modality"] == "speech"}
     utterances = {u["utterance_id"]: u["text"] for u in DatasetStore(store).read_table(version, "utterances").to_pylist()}
@@ -127,7 +128,7 @@ def test_sampler_is_a_function_of_seed_and_step_and_respects_pool_weights(datase
     assert [s.sequence_id for s in a.batch(7)] == [s.sequence_id for s in b.batch(7)]
     assert all(s.pool == "interleaved" for step in range(20) for s in a.batch(step))
     with pytest.raises(DatasetError, match="pools with a positive mix weight are empty"):
-        BucketSampler(pools, {"interleaved": 0, "asr": 0, "text": 1}, 3, 2, seed=5)
+        BucketSampler({**pools, "text": []}, {"interleaved": 0, "asr": 0, "text": 1}, 3, 2, seed=5)
 
 
 def test_one_backward_pass_reaches_the_projector_encoder_markers_and_ctc_head(dataset, tiny_llm):
@@ -145,8 +146,9 @@ def test_one_backward_pass_reaches_the_projector_encoder_markers_and_ctc_head(da
 def test_frozen_llm_and_lora_train_only_what_they_should(tiny_llm):
     frozen = build_speech_llm(SpeechLLMConfig(freeze_llm=True, freeze_encoder=True), tiny_llm)
     trainable = {n for n, p in frozen.named_parameters() if p.requires_grad}
+    # the new parts train: the span markers, the projector and the CTC head (on by default)
     assert trainable == {"speech_start", "speech_end", "projector.0.weight", "projector.0.bias",
-                         "projector.2.weight", "projector.2.bias"}
+                         "projector.2.weight", "projector.2.bias", "ctc_head.weight", "ctc_head.bias"}
     lora = build_speech_llm(SpeechLLMConfig(llm={"lora": {"r": 2}}), tiny_llm)
     llm_trainable = {n for n, p in lora.named_parameters() if p.requires_grad and n.startswith("llm.")}
     assert llm_trainable and all("lora_" in n for n in llm_trainable)
@@ -167,7 +169,7 @@ def test_training_learns_resumes_exactly_and_registers_the_model(dataset, tmp_pa
     straight = train(store, version, config)
     assert straight.resumed_from_step is None and straight.dataset_version == version
     assert straight.metrics["final_loss"] < straight.metrics["first_loss"] - 0.5  # it learns
-    assert straight.metrics["sequences_per_pool"] == {"interleaved": 6, "asr": 6, "text": 0}
+    assert straight.metrics["sequences_per_pool"] == {"interleaved": 6, "asr": 6, "text": 1}
 
     stopped = train(resumed_store, version, config, stop_after=12)
     assert stopped.steps == 12 and stopped.model_id == straight.model_id
@@ -215,7 +217,7 @@ def test_unknown_or_unfinished_version_and_missing_audio_are_clear_errors(datase
             build_sequences(DatasetStore(store), version, TrainConfig().mix, "p")
         skipped = build_sequences(DatasetStore(store), version, TrainConfig().mix, "p", on_missing_audio="skip")
         assert skipped.skipped == {"missing_audio": 2}
-        assert skipped.counts() == {"interleaved": 5, "asr": 5, "text": 0}
+        assert skipped.counts() == {"interleaved": 5, "asr": 5, "text": 1}
     finally:
         hidden.rename(victim)
 
@@ -244,7 +246,12 @@ def test_pretrained_whisper_encoder_and_a_qwen_style_llm_load_from_local_directo
     sequence = TrainingSequence("s", "asr", "u", None, (
         Segment("speech", "two tablets", loss=False, audio=AudioSlice("x", 0, 24000)),
         Segment("text", "two tablets")), prompt="Transcribe the speech.")
-    layout = lay_out(sequence, model.tokenizer, model.embeddings_for_samples)
+    # laid out without the model's CTC units (the LLM's token ids as CTC targets): refused, not read out of range
+    wrong = collate([lay_out(sequence, model.tokenizer, model.embeddings_for_samples)], model.tokenizer,
+                    load=lambda a: torch.randn(a.num_samples) * 0.1)
+    with pytest.raises(ValueError, match="CTC targets outside the head's"):
+        model(wrong)
+    layout = lay_out(sequence, model.tokenizer, model.embeddings_for_samples, ctc_targets=model.ctc_targets)
     batch = collate([layout], model.tokenizer, load=lambda a: torch.randn(a.num_samples) * 0.1)
     losses = model(batch)
     losses["loss"].backward()

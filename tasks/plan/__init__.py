@@ -15,8 +15,8 @@ Strategies (`config.strategy`; with `mixed`, drawn per utterance with `config.mi
   span; in F2 neighbouring speech segments merge too, so F2 spans always alternate.
 - asr: the whole utterance as one speech span followed by its transcript: a plain ASR pair, which is
   the F1 sequence with one span.
-- text (mixed only): a domain sentence of text_corpus as one text span; its plan's utterance_id is the
-  sentence's text_id (plan_text_corpus, run once per dataset version).
+- text (any strategy, when the build has a text corpus): a domain sentence of text_corpus as one text
+  span; its plan's utterance_id is the sentence's text_id (plan_text_corpus, run once per dataset version).
 The first span is `start_modality`, or speech with probability eta when that is `random`.
 
 Formats:
@@ -316,13 +316,14 @@ def plan_shard(utterances: pa.Table, word_alignments: pa.Table, audio: pa.Table,
 
 def text_sequence_count(num_utterance_plans: int, config: PlanConfig) -> int:
     """How many text-only sequences make them `text_share` of all sequences (before the corpus cap)."""
-    if config.strategy != "mixed" or config.text_share <= 0:
+    # any strategy: a text corpus the user passed is planned, never silently dropped
+    if config.text_share <= 0:
         return 0
     return int(round(config.text_share / (1.0 - config.text_share) * num_utterance_plans))
 
 
 def plan_text_corpus(text_corpus: pa.Table, num_utterance_plans: int, config: PlanConfig) -> PlanResult:
-    """Text-only sequences of a `mixed` plan: the domain sentences with the smallest draws, as many as make
+    """Text-only sequences of the domain text (any strategy): the domain sentences with the smallest draws, as many as make
     them `text_share` of all sequences (all sentences if the corpus is smaller). Each is one plan of
     strategy `text` (format F2) with one text span; its utterance_id is the sentence's text_id."""
     wanted = min(text_sequence_count(num_utterance_plans, config), text_corpus.num_rows)

@@ -80,6 +80,9 @@ def test_build_publishes_with_exact_accounting_then_rebuilds_with_lineage(prefec
         assert con.execute("SELECT count(*) FROM spans WHERE role = 'speech'").fetchone() == \
             con.execute("SELECT count(*) FROM spans WHERE role = 'transcript'").fetchone()
         assert con.execute("SELECT count(*) FROM text_corpus").fetchone()[0] > 0
+        # the default strategy is word: the text corpus is planned all the same (text_share 0.1 of all
+        # sequences: round(0.1 / 0.9 * 5 utterance plans) = 1), never silently dropped
+        assert con.execute("SELECT count(*) FROM interleave_plans WHERE strategy = 'text'").fetchone() == (1,)
         [(version_id, parent, counts)] = con.execute(
             "SELECT version_id, parent_version, row_counts_json FROM dataset_versions").fetchall()
     assert version_id == published.version_id and parent is None

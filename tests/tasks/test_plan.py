@@ -282,7 +282,10 @@ def test_text_only_sequences_are_a_share_of_all_sequences():
     reversed_corpus = _text_corpus(40).take(pa.array(range(39, -1, -1)))
     assert plan_text_corpus(reversed_corpus, 20, config).spans.equals(result.spans)
     assert plan_text_corpus(_text_corpus(3), 20, config).interleave_plans.num_rows == 3  # capped by the corpus
-    assert plan_text_corpus(_text_corpus(40), 20, config.model_copy(update={"strategy": "word"})).spans.num_rows == 0
+    # the strategy of the utterance plans does not matter: a given text corpus is planned (issue 14)
+    as_word = plan_text_corpus(_text_corpus(40), 20, config.model_copy(update={"strategy": "word"})).spans
+    assert as_word.select(["utterance_id", "text"]).equals(result.spans.select(["utterance_id", "text"]))
+    assert plan_text_corpus(_text_corpus(40), 20, config.model_copy(update={"text_share": 0.0})).spans.num_rows == 0
     assert check_plan_invariants(result.spans, from_rows("word_alignments", []), from_rows("normalized_audio", [])
                                  ).num_rows == 0
 
