@@ -22,6 +22,7 @@ from prefect.task_runners import ThreadPoolTaskRunner  # noqa: E402
 
 from jstip import progress  # noqa: E402
 from jstip.config import BuildConfig, RunnerConfig, load_config  # noqa: E402
+from jstip.synth.demo import demo_corpus  # noqa: E402
 from jstip.tasks import stages  # noqa: E402
 from jstip.tasks.publish import Published  # noqa: E402
 
@@ -148,7 +149,7 @@ def build_interleaved(
         config = config.model_copy(update={"runner": config.runner.model_copy(update={"kind": runner})})
         config = type(config).model_validate(config.model_dump())  # re-validate the override
     if manifest is None:
-        manifest, text_corpus = stages.demo_corpus(store, text_corpus)
+        manifest, text_corpus = demo_corpus(store, text_corpus)
         # the demo corpus keeps its Lhotse manifests in lhotse/, beside its audio/
         ingest = config.ingest.model_copy(update={"allowed_roots": (*config.ingest.allowed_roots, "../audio")})
         config = config.model_copy(update={"ingest": ingest})

@@ -26,7 +26,7 @@ from jstip.flows.evaluate import evaluate  # noqa: E402
 from jstip.flows.train import train  # noqa: E402
 from jstip.model.decode import DecodeOptions  # noqa: E402
 from jstip.storage.registry import ModelRegistry, PromotionDecision, PromotionPolicy  # noqa: E402
-from jstip.tasks import stages  # noqa: E402
+from jstip.synth.demo import demo_test_corpus  # noqa: E402
 
 _TASK_OPTIONS = dict(cache_policy=NONE, persist_result=False)
 
@@ -100,7 +100,7 @@ def nightly_retrain(
     logger = get_run_logger()
     published = build_interleaved(manifest=manifest, store=store, config_path=build_config, text_corpus=text_corpus)
     if test_manifest is None:
-        test_manifest = stages.demo_test_corpus(store)
+        test_manifest = demo_test_corpus(store)
     test = build_interleaved(manifest=test_manifest, store=store, config_path=build_config,
                              name=f"{published.name}-test", role="test")
     incumbent = incumbent_model(store, channel)

@@ -40,12 +40,6 @@ from jstip.version import stage_code_version
 
 log = logging.getLogger(__name__)
 
-DEMO_UTTERANCES = 400  # enough speech for the demo model to transcribe (BENCHMARKS.md "demo recipe")
-DEMO_SEED = 0
-DEMO_TEST_UTTERANCES = 40
-DEMO_TEST_SEED = 1000  # far from DEMO_SEED: no utterance of the test set repeats a training one
-
-
 @dataclass(frozen=True)
 class Shard:
     shard_id: str  # human-readable position, e.g. "s0003"
@@ -93,31 +87,6 @@ def _work_dir(store: str) -> Path:
 def _output(stage: str, shard_id: str, key: str, paths: dict[str, Path], cached: bool) -> StageOutput:
     counts = {name: pq.ParquetFile(path).metadata.num_rows for name, path in paths.items()}
     return StageOutput(stage, shard_id, key, {n: str(p) for n, p in paths.items()}, counts, cached)
-
-
-def demo_corpus(store: str, text_corpus: str | None = None) -> tuple[str, str]:
-    """Synthesise the embedded demo corpus into the store (once; it is deterministic) and return
-    (manifest, text corpus) paths."""
-    from jstip.synth.corpus import synthesize_corpus
-
-    out = Path(store).resolve() / "demo_corpus"
-    cuts = out / "lhotse" / "demo_cuts_all.jsonl.gz"
-    if not cuts.exists():
-        synthesize_corpus(out, utterances=DEMO_UTTERANCES, seed=DEMO_SEED)
-    return str(cuts), text_corpus or str(out / "text_corpus.tsv")
-
-
-def demo_test_corpus(store: str) -> str:
-    """The demo's held-out test set: DEMO_TEST_UTTERANCES more synthetic utterances of the same domains,
-    drawn with another seed (other voices, fillers and entities), synthesised into the store once."""
-    from jstip.synth.corpus import synthesize_corpus
-
-    out = Path(store).resolve() / "demo_corpus_test"
-    manifest = out / "nemo_manifest.jsonl"  # NeMo JSONL beside the audio: inside the default allowed root
-    if not manifest.exists():
-        result = synthesize_corpus(out, utterances=DEMO_TEST_UTTERANCES, seed=DEMO_TEST_SEED)
-        assert result.nemo_manifest == manifest, result.nemo_manifest
-    return str(manifest)
 
 
 def ingest(manifest: str, text_corpus: str | None, store: str, config: BuildConfig) -> Ingested:

@@ -2,7 +2,8 @@
 espeak-ng, with ground-truth word timings, Lhotse and NeMo manifests and a domain text corpus.
 
 Not a build stage: it makes input for builds (the embedded demo corpus, test fixtures, benchmarks).
-`sentences`: the scripts (templates, entities, voice settings); `corpus`: synthesis and the files written.
+`sentences`: the scripts (templates, entities, voice settings); `corpus`: synthesis and the files written;
+`demo`: the embedded demo corpus and the demo's held-out test set, synthesised into a store once.
 """
 
 from jstip.synth.corpus import (SynthResult, WordTiming, reference_word_timings, synthesize_corpus,
