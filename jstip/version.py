@@ -15,7 +15,7 @@ NOT_DATA_SHAPING = frozenset({
     "tasks/train.py", "tasks/sequences.py", "tasks/metrics.py", "tasks/export.py", "tasks/evaluate.py",
     "tasks/decode.py", "tasks/promote.py", "flows/train.py", "flows/evaluate.py", "flows/nightly_retrain.py",
     "storage/registry.py", "schemas/sequences.py", "tasks/pretrain_lm.py", "tasks/general_text.py",
-    "flows/pretrain_lm.py",
+    "flows/pretrain_lm.py", "tasks/distributed.py", "tasks/loader.py",
 })
 
 
@@ -49,5 +49,5 @@ def model_code_version() -> str:
     """`<package version>+<hash of the model and training sources>`: part of every model id."""
     roots = _package_roots("model", "schemas", "tasks")
     training = {"tasks/train.py", "tasks/sequences.py", "schemas/sequences.py", "tasks/pretrain_lm.py",
-                "tasks/general_text.py"}
+                "tasks/general_text.py", "tasks/distributed.py", "tasks/loader.py"}
     return f"{__version__}+{_digest(roots, lambda rel: rel.startswith('model/') or rel in training)}"
