@@ -187,6 +187,14 @@ class TrainConfigError(ValueError):
     pass
 
 
+def with_base_llm(config: TrainConfig, base_llm: str | None) -> TrainConfig:
+    """The config with model.llm.path set to `base_llm` (an LM prior's model id, a hub id or a directory)."""
+    if base_llm is None:
+        return config
+    return TrainConfig.model_validate({**config.model_dump(), "model": {
+        **config.model.model_dump(), "llm": {**config.model.llm.model_dump(), "path": base_llm}}})
+
+
 def load_train_config(path: str | Path | None = None, **overrides) -> TrainConfig:
     """Read a YAML training config (None: the defaults), apply top-level overrides, validate."""
     return load_yaml_config(path, TrainConfig, TrainConfigError, "training config", **overrides)

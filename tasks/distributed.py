@@ -28,6 +28,7 @@ in both cases (gathered to rank 0), so a run can resume under either, and on any
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import subprocess
@@ -42,8 +43,12 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+log = logging.getLogger(__name__)
+
 # torchrun sets these in every worker's environment
 _ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK")
+# set to 1 in torchrun's environment: no rendezvous store shared between restarts (see launch_environment)
+UNSHARED_STORE_VARIABLE = "TORCH_DISABLE_SHARE_RDZV_TCP_STORE"
 
 
 class DistributedTrainingError(RuntimeError):
@@ -109,6 +114,11 @@ def init_from_env(device_type: str, timeout_minutes: float) -> DistributedContex
         torch.cuda.set_device(local_rank)
     if dist.is_initialized():  # the caller made one: use it, leave it to them
         return DistributedContext(dist.get_rank(), dist.get_world_size(), local_rank, dist.get_backend(), False)
+    if rank == 0 and int(os.environ.get("TORCHELASTIC_MAX_RESTARTS", "0")) > 0 \
+            and os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True":
+        log.warning("torchrun restarts this job after a failure (--max-restarts) but shares its rendezvous store "
+                    "with the workers: a restarted group may fail to connect (pytorch#135712). Run torchrun with "
+                    "%s=1 in its environment (jstip train --nproc-per-node does).", UNSHARED_STORE_VARIABLE)
     backend = "nccl" if device_type == "cuda" else "gloo"
     dist.init_process_group(backend, timeout=timedelta(minutes=timeout_minutes))
     return DistributedContext(rank, world_size, local_rank, backend, True)
@@ -147,10 +157,11 @@ def wrap_model(model: nn.Module, ctx: DistributedContext, device: torch.device, 
     if sharding == "ddp":
         from torch.nn.parallel import DistributedDataParallel
 
-        # find_unused_parameters: a step of the text pool uses no speech module, and a rank's share of an
-        # interleaved batch may have no speech span; DDP must not wait for their gradients
+        # find_unused_parameters: a step of the text pool uses no speech module (their gradients stay None
+        # on every rank, as on one process, so AdamW leaves them alone). No buffer syncing per step: the
+        # model's buffers (mel filters, windows) are constants.
         return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
-                                       find_unused_parameters=True, broadcast_buffers=False)
+                                       find_unused_parameters=True, forward_sync_buffers=False)
     if sharding == "fsdp":
         from torch.distributed.fsdp import fully_shard
 
@@ -213,6 +224,17 @@ class LaunchSpec:
         return args
 
 
+def launch_environment(base: dict | None = None) -> dict[str, str]:
+    """The environment torchrun runs in: `base` (default: ours) with torchrun's rendezvous store not shared
+    with the workers' process group. Shared (torch's default), a restarted group (`max_restarts`) can read
+    the keys its killed predecessor left in the same store and connect to ports nobody listens on any more
+    (gloo: "connectFullMesh failed ... Connection refused"; NCCL likewise: pytorch#135712, #167288); unshared,
+    every rendezvous round gets a fresh store."""
+    env = dict(os.environ if base is None else base)
+    env.setdefault(UNSHARED_STORE_VARIABLE, "1")
+    return env
+
+
 def launch_command(spec: LaunchSpec, jstip_args: Sequence[str]) -> list[str]:
     """`python -m torch.distributed.run <spec> -m jstip <jstip_args>`: torchrun running the jstip CLI in
     each worker (the same entry point a user runs under torchrun by hand)."""
@@ -221,14 +243,15 @@ def launch_command(spec: LaunchSpec, jstip_args: Sequence[str]) -> list[str]:
 
 def run_launcher(command: Sequence[str], on_line: Callable[[str], None] = print, env: dict | None = None,
                  started: Callable[[subprocess.Popen], None] | None = None) -> None:
-    """Run torchrun and wait for it, passing every line it and its workers print to `on_line`.
+    """Run torchrun (in `launch_environment(env)`) and wait for it, passing every line it and its workers
+    print to `on_line`.
 
     A failure raises DistributedTrainingError with torchrun's account of it (the failing rank, its exit code
     or signal, its traceback). If we are interrupted (Ctrl-C, a cancelled flow run) torchrun is asked to stop
     its workers (SIGTERM: its agent forwards it to every worker's process group) and reaped."""
     tail: deque[str] = deque(maxlen=60)
     process = subprocess.Popen(list(command), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                               bufsize=1, env=env, start_new_session=True)
+                               bufsize=1, env=launch_environment(env), start_new_session=True)
     if started is not None:
         started(process)
     try:

@@ -13,6 +13,9 @@ memory-mapped sequence index, so they add no copy of it; each holds at most `pre
 
 from __future__ import annotations
 
+import signal
+import sys
+
 from torch.utils.data import DataLoader, Dataset
 
 from jstip.model.batching import BatchLayout
@@ -40,9 +43,20 @@ def _as_is(batch: Batch) -> Batch:
     return batch
 
 
+def _die_with_parent(worker_id: int) -> None:
+    """A worker whose training process is killed exits at once (Linux: PR_SET_PDEATHSIG), instead of at
+    DataLoader's next watchdog check (up to 5 s later), so a killed rank leaves nothing running."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    PR_SET_PDEATHSIG = 1
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
 def batch_loader(batches: RankBatches, start_step: int, end_step: int, workers: int, prefetch: int,
                  pin_memory: bool = False) -> DataLoader:
     """Batches of steps [start_step, end_step), in order, made by `workers` processes (0: in this one)."""
     return DataLoader(batches, batch_size=None, sampler=range(start_step, end_step), num_workers=workers,
-                      collate_fn=_as_is, pin_memory=pin_memory,
+                      collate_fn=_as_is, pin_memory=pin_memory, worker_init_fn=_die_with_parent,
                       prefetch_factor=prefetch if workers > 0 else None, persistent_workers=False)

@@ -487,3 +487,32 @@ def _metrics(log_path: Path, pools: SequencePools, elapsed: float, sequences_see
         "processes": ctx.world_size,
         "sharding": config.distributed.sharding if ctx.world_size > 1 else None,
     }
+
+
+def launch_training(store: str | Path, dataset_version: str, launch: distributed.LaunchSpec, *,
+                    config_path: str | Path | None = None, steps: int | None = None, init_model: str | None = None,
+                    name: str = "jstip", base_llm: str | None = None,
+                    on_line: Callable[[str], None] = print) -> TrainResult:
+    """Run `train` as a distributed job under torchrun (`launch`) and wait for it: the workers run
+    `jstip train` with these arguments (the entry point a user runs under torchrun by hand), and each
+    machine's local rank 0 writes the result, read back here. A failed job raises DistributedTrainingError;
+    running this again resumes from the job's last checkpoint."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="jstip-train-") as tmp:
+        result_file = Path(tmp) / "result.json"
+        args = ["train", "--store", str(Path(store).resolve()), "--version", dataset_version, "--name", name,
+                "--result-file", str(result_file)]
+        if config_path is not None:
+            args += ["--config", str(Path(config_path).resolve())]
+        if steps is not None:
+            args += ["--steps", str(steps)]
+        if init_model is not None:
+            args += ["--init-model", init_model]
+        if base_llm is not None:
+            args += ["--base-llm", base_llm]
+        distributed.run_launcher(distributed.launch_command(launch, args), on_line)
+        if not result_file.is_file():
+            raise distributed.DistributedTrainingError(f"torchrun finished but wrote no result ({result_file})")
+        return TrainResult.from_json(result_file.read_text())
+
