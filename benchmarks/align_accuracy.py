@@ -15,9 +15,14 @@ it with `align_shard` and compares every aligned word with its reference:
 - peak RSS of this process, which imports jstip, reads the FLACs and aligns (resource.getrusage);
   synthesis and normalisation (silero-vad, torch) run in a child process and are not counted.
 
-Reference caveats (see jstip.tasks.synth): starts are espeak's WORD events, which for a stop-initial word
-lie at the start of the closure silence (up to ~50 ms before the burst); ends are derived from espeak's
-own output energy. The reference is exact for the audio it describes, but it is synthetic speech.
+Reference caveats (see jstip.tasks.synth): starts are espeak's WORD events (to the sample), which for a
+stop-initial word lie at the start of the closure silence (up to ~50 ms before the burst; TIMIT's word
+labels put stop-initial words there too) and for an unvoiced-fricative- or h-initial word after a pause
+11-14 ms before its first non-zero sample; ends are where espeak's output energy stops, to the sample.
+The reference is exact for the audio it describes, but it is synthetic speech.
+
+Time conventions compared (`--window-start-times`): pocketsphinx boundaries at the midpoint between frame
+centres (jstip.tasks.align._FrameClock, the default) or at window starts (jstip before issue 16).
 
 Any backend runs (`--aligner whisperx --model DIR`); accuracy means something only for a real model.
 With --write (pocketsphinx only, by design) the figures go into BENCHMARKS.md, section
@@ -193,7 +198,20 @@ def main() -> None:
                         help="also align all utterances as one recording (default: pocketsphinx only)")
     parser.add_argument("--write", action="store_true",
                         help="record the figures in BENCHMARKS.md (pocketsphinx only)")
+    parser.add_argument("--window-start-times", action="store_true",
+                        help="pocketsphinx: read frame times at the analysis window's start, as jstip did before "
+                             "the frame-time convention was worked out (section 'align accuracy (pocketsphinx, "
+                             "window-start times)')")
     args = parser.parse_args()
+    if args.window_start_times:
+        from jstip.tasks import align
+
+        class WindowStart(align._FrameClock):  # noqa: N801 - the old convention, for comparison only
+            def __init__(self, frate, wlen, duration):
+                super().__init__(frate, wlen, duration)
+                self.offset = 0.0
+
+        align._FrameClock = WindowStart
     if args.write and args.aligner != "pocketsphinx":
         parser.error("--write records the pocketsphinx section only; accuracy of other backends depends on "
                      "the model given, so record it by hand with the model named")
@@ -208,11 +226,13 @@ def main() -> None:
                f"{f' --aligner {args.aligner} --model {args.model}' if args.aligner != 'pocketsphinx' else ''}"
                f"{' --long' if args.long and args.aligner != 'pocketsphinx' else ''}"
                f"{' --no-long' if args.long is False else ''}"
+               f"{' --window-start-times' if args.window_start_times else ''}"
                f"{' --write' if args.write else ''}")
     body = report(m, command, config.max_chunk_s)
     print(body)
     if args.write:
-        write_section("align accuracy (pocketsphinx)", body)
+        write_section("align accuracy (pocketsphinx" + (", window-start times)" if args.window_start_times else ")"),
+                      body)
         print(f"wrote {REPO / 'BENCHMARKS.md'}", file=sys.stderr)
 
 

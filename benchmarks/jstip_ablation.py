@@ -15,8 +15,9 @@ Data (jstip.tasks.synth, espeak-ng):
   procedures, clinicians, bank products, merchants) from the default lists only;
 - domain text: as many sentences again from the same templates with half of the named-entity slots
   filled from NOVEL_FILLERS: entities that occur in this text but in no training audio;
-- test set: `--test-utterances` utterances (seed 1000: other voices, fillers, amounts) with the same novel
-  share, built as its own dataset version ("ablation-test"); it never overlaps the training audio;
+- test set: `--test-utterances` utterances (seed 1000: other voices, fillers, amounts) with 30% of the
+  named-entity slots novel, built as its own dataset version ("ablation-test"); it never overlaps the
+  training audio;
 - TTS pairs: the domain sentences spoken by espeak-ng (voices, rates, pitches drawn as for the corpus).
 
 Model: the default CPU speech-LLM (jstip.model.config: conv encoder, character CTC head, tiny Llama-style LM)
@@ -80,7 +81,10 @@ from _report import REPO, write_section  # noqa: E402  (benchmarks/ is the scrip
 SECTION = "JSTIP ablation"
 DEFAULT_OUT = REPO / "benchmarks" / "out" / "jstip_ablation"
 TRAIN_SEED, TEST_SEED, TTS_SEED_STREAM = 0, 1000, 7
-NOVEL_SHARE = 0.5
+# Share of the named-entity slots drawn from NOVEL_FILLERS: in the domain text (so every novel entity occurs
+# there several times) and in the test set (enough novel occurrences for an interval, few enough that the
+# arms that cannot know them still transcribe the rest: a model that never heard or read a name misses it)
+DOMAIN_NOVEL_SHARE, TEST_NOVEL_SHARE = 0.5, 0.3
 VERDICT_DECODING = "joint-ctc0.3-beam4"
 DECODINGS = ("greedy", "ctc-greedy", VERDICT_DECODING)
 WER_TARGET = 0.25
@@ -182,8 +186,8 @@ def run_arm(store: str, version_id: str, test_version: str, arm: dict, seed: int
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--utterances", type=int, default=400)
-    parser.add_argument("--test-utterances", type=int, default=100)
-    parser.add_argument("--steps", type=int, default=1000, help="training steps of every run")
+    parser.add_argument("--test-utterances", type=int, default=120)
+    parser.add_argument("--steps", type=int, default=1500, help="training steps of every run")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--seeds", type=int, default=3, help="train each arm with TrainConfig.seed 0..K-1")
     parser.add_argument("--workers", type=int, default=2, help="training runs in parallel (one core each)")
@@ -228,9 +232,9 @@ def main() -> None:
         # -- data ------------------------------------------------------------------------------------
         t0 = time.perf_counter()
         synth = synthesize_corpus(root / "corpus", utterances=args.utterances, seed=TRAIN_SEED,
-                                  novel_entities=0.0, text_novel_entities=NOVEL_SHARE)
+                                  novel_entities=0.0, text_novel_entities=DOMAIN_NOVEL_SHARE)
         test = synthesize_corpus(root / "test_corpus", utterances=args.test_utterances, seed=TEST_SEED,
-                                 novel_entities=NOVEL_SHARE, text_sentences=0)
+                                 novel_entities=TEST_NOVEL_SHARE, text_sentences=0)
         train_rows = read_jsonl(synth.nemo_manifest)
         test_rows = read_jsonl(test.nemo_manifest)
         domain_rows = read_jsonl(synth.out_dir / "text_corpus.jsonl")
@@ -494,7 +498,7 @@ def render(results: dict) -> str:
     load = ", ".join(f"{x:.1f}" for x in meta["load_average_end"])
     return f"""`{meta['command']}`
 
-Data: {meta['utterances']} synthetic medical/banking training utterances ({meta['train_audio_s'] / 60:.1f} min of audio, default entity lists only); domain text: {meta['domain_sentences']} sentences from the same templates, half of their named-entity slots drawn from a list no training utterance draws from; novel entities, those with a word no training transcript has: {len(meta['novel_entities'])} ({', '.join(meta['novel_entities'])}); TTS pairs: those sentences spoken by espeak-ng ({meta['tts_audio_s'] / 60:.1f} min). Test set: {meta['test_utterances']} held-out utterances (seed {TEST_SEED}, {meta['test_audio_s'] / 60:.1f} min) with {meta['test_entity_occurrences']} entity occurrences, {meta['test_novel_occurrences']} of them novel (in the domain text, in no training audio); test transcripts also among the training transcripts: {meta['test_in_training']}, in the domain text: {meta['test_in_domain_text']}.
+Data: {meta['utterances']} synthetic medical/banking training utterances ({meta['train_audio_s'] / 60:.1f} min of audio, default entity lists only); domain text: {meta['domain_sentences']} sentences from the same templates, {DOMAIN_NOVEL_SHARE:.0%} of their named-entity slots drawn from a list no training utterance draws from ({TEST_NOVEL_SHARE:.0%} in the test set); novel entities, those with a word no training transcript has: {len(meta['novel_entities'])} ({', '.join(meta['novel_entities'])}); TTS pairs: those sentences spoken by espeak-ng ({meta['tts_audio_s'] / 60:.1f} min). Test set: {meta['test_utterances']} held-out utterances (seed {TEST_SEED}, {meta['test_audio_s'] / 60:.1f} min) with {meta['test_entity_occurrences']} entity occurrences, {meta['test_novel_occurrences']} of them novel (in the domain text, in no training audio); test transcripts also among the training transcripts: {meta['test_in_training']}, in the domain text: {meta['test_in_domain_text']}.
 
 Model: the default CPU speech-LLM (conv encoder, character CTC head with ctc_weight 1.0, tiny Llama-style LM), every run started from one LM prior (`jstip pretrain-lm`: {prior['parameters']:,} parameters, vocabulary {prior['vocab_size']}, pretrained on the {prior['domain_sentences']} distinct training transcripts + {prior['general_sentences']} general English sentences sampled from the pocketsphinx trigram LM; no domain text, no novel entity); {meta['steps']} steps x batch {meta['batch_size']}, training seeds 0..{meta['seeds'] - 1} per arm. Mix weights (interleaved / asr / text): {'; '.join(f"{a} {m.get('interleaved', 0)}/{m.get('asr', 0)}/{m.get('text', 0)}" + (' (text = transcripts)' if m.get('transcripts_as_text') else '') for a, m in meta['mixes'].items())}. Sequences per pool: {pools}.
 

@@ -1,23 +1,23 @@
 """Benchmark: train the default CPU speech-LLM on a larger synthetic corpus for a time budget, and plot its
 loss curve (issue #9).
 
-    .venv/bin/python benchmarks/train_demo.py [--utterances 300] [--seed 0] [--strategy mixed]
-        [--steps 2000 | --minutes M] [--batch-size 8] [--out benchmarks/out/train_demo] [--write]
+    .venv/bin/python benchmarks/train_demo.py [--utterances 400] [--seed 0] [--strategy mixed]
+        [--steps N | --minutes M] [--batch-size 8] [--out benchmarks/out/train_demo] [--write]
 
 Steps: synthesise `--utterances` espeak-ng utterances (medical/banking, jstip.tasks.synth) plus their domain
 text corpus; build one dataset version in process (jstip.tasks.stages.build_in_process; plan strategy
 `--strategy`, default mixed so that the interleaved, asr and text pools are all non-empty); train the
-default model (jstip.model.config.TrainConfig defaults: conv encoder + tiny Llama-style LM, mix
-interleaved 0.5 / asr 0.3 / text 0.2, batch 8) for `--steps` (default 2000: about 4 minutes on 2 idle
-cores), or, with `--minutes M`, for as many steps as fit M minutes at the rate of a short calibration run
+default model (jstip.model.config.TrainConfig defaults: conv encoder + character CTC head + tiny
+Llama-style LM built from the version's text, batch 8) for `--steps` (default: TrainConfig's, the demo's),
+or, with `--minutes M`, for as many steps as fit M minutes at the rate of a short calibration run
 (`--calibration-steps`, a separate model whose steps are not counted). The learning-rate schedule needs
 the step count up front, hence the calibration rather than stopping on the clock; the steps chosen are
 printed, and `--steps N` reproduces that model. On a shared machine the calibration is only as good as the
 load during its few seconds, which is why a fixed step count is the default.
 
 Writes to `--out`: loss_curve.csv (the train_log.csv rows plus moving averages of loss and llm_loss),
-loss_curve.png (raw and smoothed loss and llm_loss vs step; with the default ctc_weight 0 they are the
-same curve) and summary.json. The dataset store is a temporary directory unless `--store` names one.
+loss_curve.png (raw and smoothed loss and llm_loss vs step; loss = llm_loss + ctc_weight x ctc_loss) and
+summary.json. The dataset store is a temporary directory unless `--store` names one.
 
 Peak RSS is this process's maximum resident set (resource.getrusage; the espeak-ng synthesis runs in a
 child process and is not included); it is read after the build and again after training.
@@ -108,10 +108,11 @@ def write_curve(rows: list[dict], out: Path, window: int, title: str) -> tuple[P
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--utterances", type=int, default=300)
+    parser.add_argument("--utterances", type=int, default=400)
     parser.add_argument("--seed", type=int, default=0, help="corpus seed (the training seed is TrainConfig's, 0)")
     parser.add_argument("--strategy", default="mixed", choices=["word", "segment", "asr", "mixed"])
-    parser.add_argument("--steps", type=int, default=2000, help="training steps (ignored with --minutes)")
+    parser.add_argument("--steps", type=int, default=None, help="training steps (default: TrainConfig's; "
+                                                                 "ignored with --minutes)")
     parser.add_argument("--minutes", type=float, default=None,
                         help="train for about this long instead: the step count from a calibration run")
     parser.add_argument("--calibration-steps", type=int, default=40)
@@ -168,7 +169,7 @@ def main() -> None:
             print(f"calibration: {per_step * 1000:.0f} ms per step over {len(probe_log)} steps -> {steps} steps "
                   f"for {args.minutes:g} min", flush=True)
         else:
-            steps = args.steps
+            steps = args.steps or base.steps
         config_t = base.model_copy(update={"steps": steps})
         config_t = TrainConfig.model_validate(config_t.model_dump())
 
@@ -233,8 +234,9 @@ def main() -> None:
         ("peak RSS", f"{rss_train:.0f} MiB ({rss_build:.0f} MiB after the build, before training)"),
     ]
     table = "| measure | value |\n|---|---|\n" + "\n".join(f"| {a} | {b} |" for a, b in table_rows)
-    body = (f"`{command}`\n\nThe default CPU speech-LLM (jstip.model.config defaults: conv encoder, tiny "
-            f"Llama-style LM with a BPE tokenizer built from the version's text) trained from scratch; {how}; "
+    body = (f"`{command}`\n\nThe default CPU speech-LLM (jstip.model.config defaults: conv encoder, character CTC "
+            f"head, tiny Llama-style LM with a BPE tokenizer built from the version's text) trained from scratch "
+            f"(no LM prior); {how}; "
             f"{machine}. Loss curve: `{png_path.relative_to(REPO) if png_path.is_relative_to(REPO) else png_path}` "
             f"and `loss_curve.csv` beside it (not in git; rerun the command).\n\n{table}\n\n"
             "Wall times are of a shared 2-core machine: other processes running at the same time slow the step "

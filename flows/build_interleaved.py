@@ -19,6 +19,7 @@ from prefect import flow, get_run_logger, task, unmapped  # noqa: E402
 from prefect.cache_policies import NONE  # noqa: E402
 from prefect.task_runners import ThreadPoolTaskRunner  # noqa: E402
 
+from jstip import progress  # noqa: E402
 from jstip.config import BuildConfig, RunnerConfig, load_config  # noqa: E402
 from jstip.tasks import stages  # noqa: E402
 
@@ -35,11 +36,6 @@ def ingest(manifest: str, text_corpus: str | None, store: str, config: BuildConf
     return ingested
 
 
-def _logged(output: stages.StageOutput) -> stages.StageOutput:
-    get_run_logger().info(output.summary())
-    return output
-
-
 @task(name="resume", **_TASK_OPTIONS)
 def resume(ingested: stages.Ingested, store: str, config: BuildConfig) -> stages.Resumed:
     resumed = stages.resume(ingested, store, config)
@@ -49,29 +45,31 @@ def resume(ingested: stages.Ingested, store: str, config: BuildConfig) -> stages
 
 @task(name="normalize", task_run_name="normalize-{shard.shard_id}", **_TASK_OPTIONS)
 def normalize(shard: stages.Shard, store: str, config: BuildConfig) -> stages.StageOutput:
-    return _logged(stages.normalize(shard, store, config))
+    return stages.normalize(shard, store, config)
 
 
 @task(name="align", task_run_name="align-{shard.shard_id}", **_TASK_OPTIONS)
 def align(shard: stages.Shard, normalized: stages.StageOutput, store: str, config: BuildConfig) -> stages.StageOutput:
-    return _logged(stages.align(shard, normalized, store, config))
+    return stages.align(shard, normalized, store, config)
 
 
 @task(name="check", task_run_name="check-{shard.shard_id}", **_TASK_OPTIONS)
 def check(shard: stages.Shard, normalized: stages.StageOutput, aligned: stages.StageOutput, store: str,
           config: BuildConfig) -> stages.StageOutput:
-    return _logged(stages.check(shard, normalized, aligned, store, config))
+    return stages.check(shard, normalized, aligned, store, config)
 
 
 @task(name="plan", task_run_name="plan-{shard.shard_id}", **_TASK_OPTIONS)
 def plan(shard: stages.Shard, checked: stages.StageOutput, store: str, config: BuildConfig) -> stages.StageOutput:
-    return _logged(stages.plan(shard, checked, store, config))
+    return stages.plan(shard, checked, store, config)
 
 
 @task(name="plan-text", **_TASK_OPTIONS)
 def plan_text(ingested: stages.Ingested, planned: list[stages.StageOutput], store: str,
               config: BuildConfig) -> stages.StageOutput:
-    return _logged(stages.plan_text(ingested, planned, store, config))
+    text_planned = stages.plan_text(ingested, planned, store, config)
+    get_run_logger().info(text_planned.summary())
+    return text_planned
 
 
 @task(name="publish", **_TASK_OPTIONS)
@@ -106,15 +104,22 @@ def build_shards(manifest: str, text_corpus: str | None, store: str, config: Bui
     """The shard DAG, run under the task runner `build_interleaved` chose."""
     ingested = ingest(manifest, text_corpus, store, config)
     resumed = resume(ingested, store, config)
+    progress.shards(len(ingested.shards), len(resumed.finished))
     shards = resumed.pending  # shards whose whole chain is cached are not submitted again
     store_, config_ = unmapped(store), unmapped(config)
     normalized = normalize.map(shards, store_, config_)
     aligned = align.map(shards, normalized, store_, config_)
     checked = check.map(shards, normalized, aligned, store_, config_)
     planned = plan.map(shards, checked, store_, config_)
+    for stage, futures in (("normalize", normalized), ("align", aligned), ("check", checked), ("plan", planned)):
+        progress.follow(stage, futures, get_run_logger())  # bars and per-shard log lines, from this process
+    for futures in (normalized, aligned):  # a failed shard raises its own error, not its dependents' "not ready"
+        futures.result()
     checked, planned = stages.in_shard_order(ingested, resumed, checked.result(), planned.result())
     text_planned = plan_text(ingested, planned, store, config)  # text-only sequences (strategy mixed)
-    return publish(ingested, checked, [*planned, text_planned], store, config)
+    published = publish(ingested, checked, [*planned, text_planned], store, config)
+    progress.published()
+    return published
 
 
 @flow(name="build-interleaved", log_prints=True)
@@ -126,6 +131,8 @@ def build_interleaved(
     text_corpus: str | None = None,
     shard_size: int | None = None,
     runner: str | None = None,
+    role: str | None = None,
+    allow_roots: list[str] | None = None,
 ) -> stages.Published:
     """Build and publish an interleaved dataset version.
 
@@ -134,9 +141,14 @@ def build_interleaved(
     store: root of the versioned dataset store.  config_path: YAML build config (None: the demo config).
     name: dataset name (overrides the config's).  text_corpus: domain text, `domain<TAB>sentence` lines.
     shard_size: utterances per shard task (overrides the config's).  runner: local | dask (overrides
-      the config's runner.kind).
+      the config's runner.kind).  role: train | dev | test (overrides the config's; held-out versions are
+      never a default of any command).  allow_roots: more directories audio may come from (added to the
+      config's ingest.allowed_roots; absolute, or relative to the manifest's directory).
     """
-    config = load_config(config_path, name=name, shard_size=shard_size)
+    config = load_config(config_path, name=name, shard_size=shard_size, role=role)
+    if allow_roots:
+        roots = (*config.ingest.allowed_roots, *allow_roots)
+        config = config.model_copy(update={"ingest": config.ingest.model_copy(update={"allowed_roots": roots})})
     if runner is not None:
         config = config.model_copy(update={"runner": config.runner.model_copy(update={"kind": runner})})
         config = type(config).model_validate(config.model_dump())  # re-validate the override

@@ -24,7 +24,8 @@ _TASK_OPTIONS = dict(cache_policy=NONE, persist_result=False)
 
 @task(name="resolve-test-version", **_TASK_OPTIONS)
 def resolve_test_version(store: str, test_version: str | None) -> str:
-    return resolve_version(DatasetStore(store), test_version).version_id
+    data_store = DatasetStore(store)
+    return resolve_version(data_store, test_version or data_store.newest_test_set().version_id).version_id
 
 
 # One task for all decodings: the model is loaded once (a real LLM takes long to load), then each decoding
@@ -48,11 +49,11 @@ def evaluate(
 ) -> dict[str, dict[str, float]]:
     """Score a registered model on a test dataset version; returns decoding -> overall metrics.
 
-    model_id: registered model id or unique prefix.  test_version: dataset version of the test set (None:
-    the latest).  test_set: its name in eval_results (None: the version's dataset name).  decodings:
-    greedy | beam<N> | joint-ctc<lambda>-beam<N> | ctc-greedy (None: greedy, ctc-greedy and
-    joint-ctc0.3-beam4 when the model has a CTC head, else greedy and beam4).  limit: score only the first
-    N utterances (smoke runs).
+    model_id: registered model id or unique prefix.  test_version: the test set's version id, prefix or dataset
+    name (None: the newest version of role test).  test_set: its name in eval_results (None: the version's
+    dataset name).  decodings: greedy | beam<N> | joint-ctc<lambda>-beam<N> | ctc-greedy (None: greedy,
+    ctc-greedy and joint-ctc0.3-beam4 when the model has a CTC head, else greedy and beam4).  limit: score
+    only the first N utterances (smoke runs).
     """
     for name in decodings or []:
         DecodeOptions.parse(name)  # a typo fails before the model is loaded

@@ -83,14 +83,15 @@ def nightly_retrain(
 
     manifest / text_corpus / build_config: the training corpus, as for build-interleaved (None: the
     embedded demo corpus).  test_manifest: the held-out test corpus (None: the demo's held-out test
-    corpus); it is built with the same config under the dataset name `<name>-test`.  train_config /
-    steps / base_llm: as for the train flow (base_llm: an LM prior's model id, a hub id or a directory,
-    overriding the config's model.llm.path).  init: promoted (continue from the channel's promoted model,
-    if any) or scratch.  channel: the promotion channel.  metric / min_gain / confidence / guard_metric /
-    guard_margin: the promotion rule (jstip.storage.registry.PromotionPolicy: promote when entity accuracy
-    is better beyond noise and WER is not worse by more than 0.02).  decoding: the decoding the comparison
-    uses; `best`: joint CTC/LLM beam search when the model has a CTC head, else beam search.
-    nproc_per_node: training processes (> 1: the train flow runs a torchrun DDP/FSDP2 job and waits for it).
+    corpus); it is built with the same config under the dataset name `<name>-test`, role test (held out:
+    never a default of any command).  train_config / steps / base_llm: as for the train flow (base_llm: an
+    LM prior's model id, a hub id or a directory, overriding the config's model.llm.path).  init: promoted
+    (continue from the channel's promoted model, if any) or scratch.  channel: the promotion channel.
+    metric / min_gain / confidence / guard_metric / guard_margin: the promotion rule
+    (jstip.storage.registry.PromotionPolicy: promote when entity accuracy is better beyond noise and WER is
+    not worse by more than 0.02).  decoding: the decoding the comparison uses; `best`: joint CTC/LLM beam
+    search when the model has a CTC head, else beam search.  nproc_per_node: training processes (> 1: the
+    train flow runs a torchrun DDP/FSDP2 job on this machine and waits for it).
     """
     if init not in ("promoted", "scratch"):
         raise ValueError(f"init must be 'promoted' or 'scratch', not {init!r}")
@@ -103,7 +104,7 @@ def nightly_retrain(
     if test_manifest is None:
         test_manifest = stages.demo_test_corpus(store)
     test = build_interleaved(manifest=test_manifest, store=store, config_path=build_config,
-                             name=f"{published.name}-test")
+                             name=f"{published.name}-test", role="test")
     incumbent = incumbent_model(store, channel)
     trained = train(store=store, dataset_version=published.version_id, config_path=train_config, steps=steps,
                     init_model=incumbent if init == "promoted" else None, name=published.name, base_llm=base_llm,

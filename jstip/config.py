@@ -12,7 +12,9 @@ from pathlib import Path
 from typing import Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from jstip.schemas.tables import DatasetRole
 
 
 class _Section(BaseModel):
@@ -78,6 +80,37 @@ class AlignRetry(_Section):
         return f"beam={self.beam:g} wbeam={self.wbeam:g} pbeam={self.pbeam:g} topn={self.topn} frate={self.frate}"
 
 
+class VerifyConfig(_Section):
+    """Transcript verification (pocketsphinx; jstip.tasks.align "Transcript verification").
+
+    The first decoder pass aligns the transcript with a garbage alternative for every token and for
+    speech before the first / after the last token (the acoustic model's +SPN+ speech-noise phone, which
+    fits any speech moderately well). Tokens the garbage explains better than their own pronunciation
+    are what the audio does not say; speech the edge garbage (or silence) takes is speech the transcript
+    does not cover. Measured on synthetic sweeps (BENCHMARKS.md "transcript verification").
+    """
+
+    enabled: bool = True
+    # Prior probability of explaining a token by garbage instead of its words, per token (language-model
+    # units, scaled by pocketsphinx's lw 6.5). 1e-3: with 1e-4 swapped transcripts kept more of their
+    # words; with 1e-2 correct words in noise went to garbage (BENCHMARKS.md).
+    garbage_probability: float = Field(1e-3, gt=0, le=1)
+    # transcript_mismatch: share of the transcript's letters (spoken forms) in tokens the audio does not
+    # support, above this. transcript_incomplete: seconds of speech-level frames before the first / after the
+    # last aligned word, above max_edge_speech_s (one short word lasts ~0.15-0.3 s). Both chosen on the sweeps
+    # of benchmarks/transcript_verification.py (120 utterances each, plain and noisy; BENCHMARKS.md): (0.2,
+    # 0.2) rejected 1 of 120 correct transcripts; (0.2, 0.15) 4, with 6% more start-truncated ones caught;
+    # (0.25, 0.2) 0-1, with 1-10% fewer same-domain swaps caught.
+    max_mismatch: float = Field(0.2, ge=0, le=1)
+    max_edge_speech_s: float = Field(0.2, ge=0)
+    # whisperx / nemo: transcript_mismatch when the character error rate of the CTC model's own greedy
+    # transcript (argmax per frame, repeats and blanks removed) against the text it aligns is above this.
+    # null: off. No pretrained CTC weights can be fetched here to measure a default on; NeMo SDP's dataset
+    # configs drop at CER 65-90 (loose), a good English CTC model's greedy CER on read speech is ~5%: set it
+    # from your model's CER on a sample of known-good utterances (e.g. 3x its 99th percentile).
+    max_ctc_cer: float | None = Field(None, ge=0)
+
+
 class AlignConfig(_Section):
     aligner: Literal["pocketsphinx", "whisperx", "nemo"] = "pocketsphinx"
     # whisperx: a hub id or a local directory of a transformers Wav2Vec2ForCTC + Wav2Vec2Processor;
@@ -85,21 +118,25 @@ class AlignConfig(_Section):
     model: str | None = None
     device: str = Field("cpu", description="torch device for whisperx/nemo, e.g. cpu, cuda, cuda:1")
     batch_size: int = Field(8, ge=1, description="utterances per aligner call (nemo: one forward pass)")
-    # pocketsphinx, first decoder pass. Much wider beams and more Gaussians per frame than pocketsphinx's defaults
-    # (1e-48/7e-29/1e-48, topn 4): with those, forced alignment of 144 synthesized sentences (4 voices,
-    # 3 speaking rates) failed 32 times with "Final result does not match the grammar"; with these, none
-    # did, at ~50x real time per core (benchmark: tests/test_align.py docstring).
-    beam: float = Field(1e-120, gt=0, lt=1)
-    wbeam: float = Field(1e-100, gt=0, lt=1)
-    pbeam: float = Field(1e-120, gt=0, lt=1)
-    topn: int = Field(16, ge=1, le=128)
+    # pocketsphinx, first decoder pass: narrow, so most utterances cost one cheap pass. topn (Gaussians per
+    # codebook per frame) sets most of the cost: 16 -> 4 took 2-4 s utterances in 20 dB SNR noise with
+    # reverberation from 42x to 77x real time per core at the same word-boundary error; beams 1e-60 vs
+    # 1e-120 changed neither (BENCHMARKS.md "alignment speed"). pocketsphinx's own defaults (1e-48, topn 4)
+    # failed 32 of 144 synthetic sentences ("Final result does not match the grammar"): those go to the retries.
+    beam: float = Field(1e-60, gt=0, lt=1)
+    wbeam: float = Field(1e-40, gt=0, lt=1)
+    pbeam: float = Field(1e-60, gt=0, lt=1)
+    topn: int = Field(4, ge=1, le=128)
     frate: int = Field(100, ge=50, le=400, description="frames per second of the first pass")
-    # Passes tried, in order, when a pass fails or drops words: wider still, then a 5 ms frame shift,
-    # which lets very fast speech fit phones of the model's 3-frame minimum duration.
+    # Passes tried, in order, when a pass fails or drops words: the wide beams that failed none of the 144
+    # sentences, wider still, then a 5 ms frame shift, which lets very fast speech fit phones of the model's
+    # 3-frame minimum duration.
     retries: tuple[AlignRetry, ...] = (
+        AlignRetry(beam=1e-120, wbeam=1e-100, pbeam=1e-120, topn=16, frate=100),
         AlignRetry(beam=1e-200, wbeam=1e-150, pbeam=1e-200, topn=32, frate=100),
         AlignRetry(beam=1e-200, wbeam=1e-150, pbeam=1e-200, topn=32, frate=200),
     )
+    verify: VerifyConfig = VerifyConfig()
     # Plausibility of an alignment against the audio's own energy (any aligner). A forced aligner always
     # finds *some* path, so silence or a wrong transcript must be caught here. Frames are 25 ms every
     # 10 ms; a frame is speech when its energy is above floor + 30% of (loud level - floor), with floor
@@ -210,6 +247,12 @@ class CheckConfig(_Section):
     # block: a failing suite publishes nothing; warn: publish and log the failures; off: no suites (the
     # accounting invariant is checked whatever this says).
     gx: Literal["block", "warn", "off"] = "block"
+
+    @field_validator("gx", mode="before")
+    @classmethod
+    def _gx_off_is_not_a_boolean(cls, value):
+        # YAML 1.1 reads a bare `off` (and `no`, `false`) as False: `gx: off`, as written in the docs, means "off"
+        return "off" if value is False else value
     # Row-level suites validate a table whole up to this many rows, else a reservoir sample of this many
     # (cross-row and cross-table checks are exact SQL over every row, whatever the size).
     gx_max_rows: int = Field(100_000, ge=1)
@@ -330,6 +373,8 @@ class RunnerConfig(_Section):
 
 class BuildConfig(_Section):
     name: str = Field("demo", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    role: DatasetRole = Field("train", description="what the version is for: train (a default for every command), "
+                                                  "dev or test (held out: used only when named)")
     shard_size: int = Field(16, ge=1, description="utterances per shard task")
     ingest: IngestConfig = IngestConfig()
     normalize: NormalizeConfig = NormalizeConfig()
@@ -339,8 +384,12 @@ class BuildConfig(_Section):
     runner: RunnerConfig = RunnerConfig()
 
     def version_config_json(self) -> str:
-        """The configuration that shapes the data (all but `runner`), canonical: part of the version id."""
-        return json.dumps(self.model_dump(mode="json", exclude={"runner"}), sort_keys=True, separators=(",", ":"))
+        """The configuration that shapes the data, canonical: part of the version id."""
+        # runner: where tasks run never changes the data. ingest.allowed_roots: what the roots admit is in the
+        # input hash already (accepted rows, and path_outside_allowed_roots quarantine rows), so allowing the same
+        # corpus's directory by another spelling (or `--allow-root` vs the config) keeps the version id
+        dump = self.model_dump(mode="json", exclude={"runner": True, "ingest": {"allowed_roots"}})
+        return json.dumps(dump, sort_keys=True, separators=(",", ":"))
 
 
 class ConfigError(ValueError):

@@ -50,4 +50,5 @@ def model_code_version() -> str:
     roots = _package_roots("model", "schemas", "tasks")
     training = {"tasks/train.py", "tasks/sequences.py", "schemas/sequences.py", "tasks/pretrain_lm.py",
                 "tasks/general_text.py", "tasks/distributed.py", "tasks/loader.py"}
-    return f"{__version__}+{_digest(roots, lambda rel: rel.startswith('model/') or rel in training)}"
+    # decoding never changes a trained model's weights: a decoder fix keeps the model ids (and the models)
+    return f"{__version__}+{_digest(roots, lambda rel: (rel.startswith('model/') and rel != 'model/decode.py') or rel in training)}"

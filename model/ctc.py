@@ -61,6 +61,8 @@ class TokenUnits:
     """The units each LLM token adds to a hypothesis (see the module docstring)."""
 
     def __init__(self, tokenizer, kind: str):
+        import numpy as np
+
         self.kind = kind
         vocab = len(tokenizer)
         if kind == "llm_tokens":
@@ -73,6 +75,21 @@ class TokenUnits:
         for token_id in range(vocab):
             text = "" if token_id in special else tokenizer.decode([token_id], clean_up_tokenization_spaces=False)
             self._raw.append("".join(_fold(c) for c in text))
+        # per token: its first character unit (-1: the token adds no character), and whether a separator
+        # comes before it (then, after some text, its first unit is the separator)
+        chars = [raw.replace(SEPARATOR, "") for raw in self._raw]
+        self._first_char = np.array([_INDEX[c[0]] if c else -1 for c in chars])
+        self._leading_separator = np.array([bool(raw) and raw[0] == SEPARATOR for raw in self._raw])
+
+    def first_units(self, state: UnitState):
+        """The first unit every token of the vocabulary would add after `state` (-1: none), as an array."""
+        import numpy as np
+
+        if self.kind == "llm_tokens":
+            return np.arange(self.size)
+        separator_first = (self._first_char >= 0) & (state.last is not None) & (
+            state.pending_separator | self._leading_separator)
+        return np.where(separator_first, SEPARATOR_ID, self._first_char)
 
     @property
     def blank(self) -> int:

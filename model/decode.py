@@ -41,7 +41,8 @@ NEG_INF = float("-inf")
 class DecodeOptions:
     beam_size: int = 1  # 1 and ctc_weight 0: greedy
     ctc_weight: float = 0.0  # lambda; > 0 needs a model trained with a CTC head
-    ctc_candidates: int = 16  # LLM-best next tokens per hypothesis scored by CTC
+    ctc_candidates: int = 16  # LLM-best next tokens per hypothesis scored by CTC, and as many CTC-proposed
+    ctc_next_units: int = 2  # CTC proposals: tokens starting with one of the CTC's this-many likeliest next units
     max_tokens_per_second: float = 8.0  # hypothesis length limit, from the audio's duration
     min_max_tokens: int = 8
     ctc_only: bool = False  # the CTC head's best path, no LLM
@@ -142,6 +143,7 @@ class _Beam:
     ctc: float  # CTC prefix log-prob of tokens
     ctc_r: torch.Tensor | None  # the CTC prefix state (T, 2)
     units: UnitState  # where the token sequence stands in CTC units
+    unitless: bool = False  # the last token added no CTC unit (punctuation)
 
     def score(self, ctc_weight: float) -> float:
         return (1 - ctc_weight) * self.llm + ctc_weight * self.ctc
@@ -234,11 +236,13 @@ def _beam_search(model: SpeechLLM, prefix: torch.Tensor, options: DecodeOptions,
     lam = options.ctc_weight
     width = options.beam_size
     for _ in range(max_tokens):
-        k = max(width, options.ctc_candidates) if scorer else width
-        top_lp, top_ids = logits.topk(min(k, logits.shape[-1]), dim=-1)
-        top_lp, top_ids = top_lp.cpu(), top_ids.cpu()
-        pairs = [(b, int(top_ids[b, j])) for b in range(len(beams)) for j in range(top_ids.shape[1])]
-        llm_scores = [beams[b].llm + float(top_lp[b, j]) for b in range(len(beams)) for j in range(top_ids.shape[1])]
+        if scorer is None:
+            top_lp, top_ids = logits.topk(min(width, logits.shape[-1]), dim=-1)
+            pairs = [(b, int(t)) for b in range(len(beams)) for t in top_ids[b].tolist()]
+        else:
+            pairs = _joint_candidates(model, scorer, beams, logits, options, eos)
+        log_probs = logits.cpu()
+        llm_scores = [beams[b].llm + float(log_probs[b, token]) for b, token in pairs]
         if scorer is None:
             ctc = [(0.0, None, beams[b].units) for b, _ in pairs]
         else:
@@ -250,7 +254,10 @@ def _beam_search(model: SpeechLLM, prefix: torch.Tensor, options: DecodeOptions,
             ctc_score, ctc_r, units = ctc[i]
             if (1 - lam) * llm_scores[i] + lam * ctc_score == NEG_INF:
                 continue
-            beam = _Beam(beams[b].tokens + [token], llm_scores[i], ctc_score, ctc_r, units)
+            unitless = scorer is not None and token != eos and units == beams[b].units and ctc_r is beams[b].ctc_r
+            if unitless and beams[b].unitless:
+                continue  # punctuation after punctuation: a way around the CTC, never in a transcript
+            beam = _Beam(beams[b].tokens + [token], llm_scores[i], ctc_score, ctc_r, units, unitless)
             if token == eos:
                 finished.append(beam)
             else:
@@ -266,5 +273,39 @@ def _beam_search(model: SpeechLLM, prefix: torch.Tensor, options: DecodeOptions,
         out = model.llm(inputs_embeds=embed(step_ids), past_key_values=cache, use_cache=True)
         logits = out.logits[:, -1].float().log_softmax(-1)
     pool = finished or beams
-    best = max(pool, key=lambda b: b.score(lam) / len(b.tokens) if b.tokens else NEG_INF)
+    if scorer is not None:
+        # the CTC term at EOS already weighs the whole audio, so a short hypothesis is no bargain
+        best = max(pool, key=lambda b: b.score(lam))
+    else:
+        best = max(pool, key=lambda b: b.score(lam) / len(b.tokens) if b.tokens else NEG_INF)
     return [t for t in best.tokens if t != eos and t != pad_id(model.tokenizer)]
+
+
+def _joint_candidates(model: SpeechLLM, scorer: CTCPrefixScorer, beams: list[_Beam], logits: torch.Tensor,
+                      options: DecodeOptions, eos: int) -> list[tuple[int, int]]:
+    """(beam index, token) pairs to score: per beam the LLM's `ctc_candidates` best tokens, EOS, and as
+    many tokens proposed by the CTC head: the LLM's best among the tokens whose first unit is one of the
+    CTC's `ctc_next_units` likeliest next units. So a word the LLM ranks low (a name it never saw) can
+    still be spelled when the audio says it."""
+    import numpy as np
+
+    units = model.token_units
+    k = max(options.beam_size, options.ctc_candidates)
+    log_probs = logits.cpu()
+    pairs: list[tuple[int, int]] = []
+    all_units = torch.arange(units.size)
+    for b, beam in enumerate(beams):
+        chosen = dict.fromkeys(log_probs[b].topk(min(k, log_probs.shape[1])).indices.tolist())
+        chosen[eos] = None
+        last = -1 if beam.units.last is None else beam.units.last
+        psi, _ = scorer.extend_many(beam.ctc_r[None].expand(units.size, -1, -1),
+                                    torch.full((units.size,), last), all_units)
+        likely = psi.topk(min(options.ctc_next_units, units.size)).indices.numpy()
+        first = units.first_units(beam.units)
+        consistent = np.flatnonzero(np.isin(first, likely))
+        if consistent.size:
+            scores = log_probs[b, torch.from_numpy(consistent)]
+            best = consistent[scores.topk(min(options.ctc_candidates, consistent.size)).indices.numpy()]
+            chosen.update(dict.fromkeys(best.tolist()))
+        pairs += [(b, token) for token in chosen]
+    return pairs

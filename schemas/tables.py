@@ -11,9 +11,17 @@ Bump SCHEMA_VERSION when a field changes meaning or type; adding a nullable fiel
 
 from __future__ import annotations
 
+from typing import Literal, get_args
+
 import pyarrow as pa
 
 SCHEMA_VERSION = "1"
+
+# What a dataset version is for. Held-out versions (dev, test) are never a default: commands reach them only
+# when named, and training refuses them unless told explicitly (jstip.storage.store.DatasetStore.version).
+DatasetRole = Literal["train", "dev", "test"]
+DATASET_ROLES: tuple[str, ...] = get_args(DatasetRole)
+HELD_OUT_ROLES = frozenset({"dev", "test"})
 
 
 def _schema(table: str, fields: list[pa.Field]) -> pa.Schema:
@@ -36,6 +44,7 @@ RECORDINGS = _schema("recordings", [
     _opt("num_samples", pa.int64()),
     _opt("duration", pa.float64()),
     _opt("num_channels", pa.int32()),
+    _opt("audio_sha256", pa.string()),  # sha256 of the file's bytes: what identifies it, wherever it lies
 ])
 
 # A transcribed stretch of a recording (Lhotse's SupervisionSegment, NeMo's manifest line).
@@ -53,13 +62,14 @@ UTTERANCES = _schema("utterances", [
     # list child named "element" as Parquet names it, so a table read back equals its schema
     _opt("entities", pa.list_(pa.field("element", pa.string()))),
     _req("source", pa.string()),  # "manifest.jsonl:17": where the utterance came from
+    _opt("audio_sha256", pa.string()),  # sha256 of the audio file's bytes (the shard key hashes it, not the path)
 ])
 
 # Audio after normalisation: decoded, mono, resampled, written as FLAC into the content-addressed pool.
 NORMALIZED_AUDIO = _schema("normalized_audio", [
     _req("utterance_id", pa.string()),
     _req("audio_hash", pa.string()),  # sha256 of the decoded, normalised 16-bit PCM
-    _req("flac_path", pa.string()),
+    _req("flac_path", pa.string()),  # relative to the store root: audio/<hash[:2]>/<hash>.flac
     _req("sampling_rate", pa.int32()),
     _req("num_samples", pa.int64()),
     _req("duration", pa.float64()),
@@ -74,6 +84,8 @@ NORMALIZED_AUDIO = _schema("normalized_audio", [
     _opt("speech_ratio", pa.float64()),  # silero-vad speech seconds / duration; null: not measured
     _opt("trimmed_lead_s", pa.float64()),  # leading non-speech cut off (0 when not trimming)
     _opt("trimmed_trail_s", pa.float64()),  # trailing non-speech cut off
+    _opt("flac_bytes", pa.int64()),  # size of the FLAC file (tamper evidence: DatasetStore.verify_version)
+    _opt("flac_sha256", pa.string()),  # sha256 of the FLAC file's bytes
 ])
 
 # One row per transcript word with its time in the normalised audio.
@@ -163,7 +175,7 @@ DATASET_VERSIONS = _schema("dataset_versions", [
     _req("input_hash", pa.string()),
     _req("row_counts_json", pa.string()),
     _req("status", pa.string()),  # published
-    _req("path", pa.string()),
+    _req("path", pa.string()),  # relative to the store root
     _opt("data_docs_path", pa.string()),  # Great Expectations Data Docs of the version's suites (index.html)
 ])
 

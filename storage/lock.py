@@ -93,7 +93,11 @@ def _holder(path: Path) -> str:
             f"{info.get('since')})")
 
 
-def _timeout_message(path: Path, waited: float) -> str:
+def _timeout_message(path: Path, waited: float, what: str | None = None) -> str:
+    if what is not None:  # a per-model lock: its holder is training or registering that model
+        return (f"{what} is busy: its lock {path} is held by {_holder(path)}. A lock whose holder has exited is "
+                f"released by the kernel, so that process is still running: wait for it to finish (a rerun "
+                f"then resumes or returns its result), or stop it.")
     return (f"store write lock {path} is held by {_holder(path)}; waited {waited:.0f} s. A lock whose holder "
             f"has exited is released by the kernel, so that process is still running: wait for it to finish, "
             f"or raise {TIMEOUT_ENV}.")
@@ -101,19 +105,19 @@ def _timeout_message(path: Path, waited: float) -> str:
 
 @contextmanager
 def store_lock(path: str | Path, timeout_s: float | None = None, purpose: str = "write",
-               error: type[LockTimeout] = LockTimeout) -> Iterator[None]:
+               error: type[LockTimeout] = LockTimeout, what: str | None = None) -> Iterator[None]:
     """Hold the exclusive lock `path` (created if missing) for the block; wait at most `timeout_s` seconds
-    (None: `lock_timeout_s()`) for another holder, then raise `error` naming it."""
+    (None: `lock_timeout_s()`) for another holder, then raise `error` naming it (and `what` is locked)."""
     path = Path(path)
     timeout_s = lock_timeout_s() if timeout_s is None else timeout_s
     started = time.monotonic()
     with _held_guard:
         held = _held.setdefault(str(path.resolve()), _Held())
     if not held.thread_lock.acquire(timeout=timeout_s):
-        raise error(_timeout_message(path, time.monotonic() - started))
+        raise error(_timeout_message(path, time.monotonic() - started, what))
     try:
         if held.depth == 0:
-            held.fd = _flock(path, started, timeout_s, purpose, error)
+            held.fd = _flock(path, started, timeout_s, purpose, error, what)
         held.depth += 1
         try:
             yield
@@ -129,7 +133,8 @@ def store_lock(path: str | Path, timeout_s: float | None = None, purpose: str = 
         held.thread_lock.release()
 
 
-def _flock(path: Path, started: float, timeout_s: float, purpose: str, error: type[LockTimeout]) -> int:
+def _flock(path: Path, started: float, timeout_s: float, purpose: str, error: type[LockTimeout],
+           what: str | None = None) -> int:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
@@ -143,7 +148,7 @@ def _flock(path: Path, started: float, timeout_s: float, purpose: str, error: ty
                     raise
             waited = time.monotonic() - started
             if waited >= timeout_s:
-                raise error(_timeout_message(path, waited))
+                raise error(_timeout_message(path, waited, what))
             time.sleep(min(pause, max(timeout_s - waited, 0.0)))
             pause = min(pause * 2, 0.5)
         info = {"pid": os.getpid(), "host": socket.gethostname(), "purpose": purpose,

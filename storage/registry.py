@@ -3,8 +3,9 @@
 Three tables beside the dataset versions in `<store>/catalog.duckdb`, created on the first write:
 
     models        one row per model: model_id, name, dataset_version (what it was trained on), config_json,
-                  metrics_json (training metrics), path (its checkpoint), created_at, parent_model (the
-                  model it continued, or the LM prior it was built on; LM priors have config "kind": "lm_prior")
+                  metrics_json (training metrics), path (its checkpoint, relative to the store root), created_at,
+                  parent_model (the model it continued, or the LM prior it was built on; LM priors have config
+                  "kind": "lm_prior")
     eval_results  one row per (model_id, dataset_version, test_set, decoding, domain, metric): value and
                   created_at; the records of jstip.tasks.metrics.score_hypotheses, domain "all" overall
     promotions    every promotion decision, taken or not: channel, decided_at, candidate_id, incumbent_id,
@@ -340,17 +341,18 @@ class ModelRegistry:
             con.execute("INSERT INTO models (model_id, name, dataset_version, config_json, metrics_json, path, "
                         "created_at, parent_model) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                         [record.model_id, record.name, record.dataset_version, record.config_json,
-                         json.dumps(record.metrics, sort_keys=True), str(record.path), record.created_at,
+                         json.dumps(record.metrics, sort_keys=True), self.store.relative(record.path),
+                         record.created_at,
                          record.parent_model])
         return record
 
     _MODEL_COLUMNS = "model_id, name, dataset_version, config_json, metrics_json, path, created_at, parent_model"
 
-    @staticmethod
-    def _row_to_model(row: tuple) -> ModelRecord:
+    def _row_to_model(self, row: tuple) -> ModelRecord:
         model_id, name, dataset_version, config_json, metrics_json, path, created_at, parent_model = row
+        # the path is recorded relative to the store root: a moved or copied store finds its own models
         return ModelRecord(model_id=model_id, name=name, dataset_version=dataset_version, config_json=config_json,
-                           metrics=json.loads(metrics_json), path=Path(path), created_at=created_at,
+                           metrics=json.loads(metrics_json), path=self.store.resolve(path), created_at=created_at,
                            parent_model=parent_model)
 
     def models(self, name: str | None = None) -> list[ModelRecord]:

@@ -53,3 +53,23 @@ def cached_stage(
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return {p.stem: p for p in sorted(out.glob("*.parquet"))}, False
+
+
+def install_directory(built: Path, final: Path, attempts: int = 5) -> None:
+    """Put the complete directory `built` at `final`, replacing what is there: readers see the old directory or
+    the new one, each whole (a moment with neither is possible). Concurrent installers of the same `final`
+    (two builds of one version writing its Data Docs) each install a complete directory; the last one stays."""
+    for _ in range(attempts):
+        try:
+            os.rename(built, final)
+            return
+        except OSError:
+            if not final.exists():
+                raise
+        trash = final.parent / temp_name(final.name)
+        try:
+            os.rename(final, trash)
+        except FileNotFoundError:  # another installer moved it first
+            continue
+        shutil.rmtree(trash, ignore_errors=True)
+    raise OSError(f"could not install {built} as {final}: other writers kept replacing it")

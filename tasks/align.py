@@ -9,23 +9,49 @@ quarantined (or "skipped" when normalize already quarantined it and there is no 
 Checks, for any aligner: every word comes back, in order, with start < end inside the audio; the audio
 holds speech at all (`no_speech`); no stretch of speech is left outside the words (`untranscribed_speech`)
 and the words do not lie on silence (`words_in_silence`). A forced aligner finds *some* path through
-nearly anything, so these energy checks are what turns silence or another utterance's transcript into a
-quarantine row; a transcript wrong in a word or two is not caught (see the word `score`).
+nearly anything: these energy checks catch silence and gross mismatches only (a transcript of about the
+right length for the audio passes them); transcript verification (below) is what compares the words.
+
+Transcript verification (pocketsphinx, `AlignConfig.verify`, audio up to max_chunk_s). The first decoder
+pass aligns a grammar in which every token has one more alternative, a garbage word, and the audio may
+hold garbage before the first and after the last token. The garbage word is the acoustic model's +SPN+
+("speech noise") phone, a context-free model that fits any speech moderately well; one garbage word
+stretches over any length, so its prior (`garbage_probability`) is paid once per token replaced. A token
+whose pronunciation fits its stretch of audio better than garbage does (after the prior) keeps its words;
+a token the audio does not say goes to garbage. From that pass:
+- transcript_mismatch: the share of the transcript's letters (of each token's preferred spoken form) in
+  tokens that went to garbage, above `max_mismatch`;
+- transcript_incomplete: speech-level frames (the energy frames below) before the first or after the last
+  token's span, above `max_edge_speech_s` (there the edge garbage or silence took speech no token covers);
+- the larger excess over its limit names the check when both fail. The first retry setting that finds a
+  path decides, but a borderline verdict (one word in garbage, edge speech under twice the limit) must hold
+  in the next setting too. Every token aligned with its own words: that pass IS the alignment (no second
+  pass). Some token in garbage but within the limit: the plain forced passes below time the words.
+Cost: the garbage alternatives are context-independent single-phone words, so the pass costs ~25% more
+than plain forced alignment (BENCHMARKS.md "transcript verification"; an all-phone loop or free decoding
+with pocketsphinx costs 1-30x the alignment). What it cannot catch: a transcript differing in short words
+(a, the, on) or in words that sound alike; a same-template sentence whose few differing words fit the audio
+tolerably; speech at the edges quieter than the energy threshold. Long audio (windows) is not verified.
 
 pocketsphinx traps handled here (pocketsphinx 5.1.1, measured on synthesized speech):
 - its lattice "bestpath" pass may end on any word that exits in the last frame, so with the default
   `bestpath=yes` forced alignment silently drops words (often several at the end); we decode with
   `bestpath=no`, where the backtrace must end in the grammar's final state or fail loudly;
 - with its default beams (1e-48) and `topn=4`, 32 of 144 sentences failed with "Final result does not
-  match the grammar"; the config's wider beams and topn (1e-120, 16) fail none of them, and a failed pass
-  is retried with the settings in `config.retries`;
+  match the grammar"; wider beams and topn (1e-120, 16) failed none of them, at 2x the cost. The first pass
+  is narrow (1e-60, topn 4: most utterances need nothing more), and a failed pass is retried with the
+  settings in `config.retries` (the wide ones first);
 - an out-of-vocabulary word makes the grammar invalid: every OOV gets a G2P pronunciation (`g2p.arpabet`);
 - feature extraction keeps state between utterances (the same audio aligned differently after another
   one): `reinit_feat()` before every pass makes a result a function of its own audio and transcript;
 - calling `hyp()` after a phone-level `set_alignment()` pass segfaults: the optional phone pass
   (`AlignConfig.phone_alignments`) runs after the word results are read and never calls `hyp()`.
-Frames are converted with the decoder's own `frate`: start = start_frame / frate, end = (end_frame + 1) /
-frate, both clipped to the audio's duration.
+Frame times (`_FrameClock`): frame k analyses the window [k/frate, k/frate + wlen) (sphinxbase's front end
+starts the first window at sample 0; wlen 25.625 ms), so it speaks for the window's centre. A segment on
+frames [s, e] starts at the boundary between frames s-1 and s, midway between their centres: s/frate +
+(wlen - 1/frate)/2, and ends at the same point after frame e: (e + 1)/frate + (wlen - 1/frate)/2, i.e.
+7.8 ms after the window starts at 100 frames/s (10.3 ms at 200), clipped to the audio. Until this was
+worked out, times were read at the window starts: every boundary 7.8 ms early.
 
 Boundary accuracy (pocketsphinx; BENCHMARKS.md "align accuracy (pocketsphinx)" has the figures):
 - digital silence (exact zeros, as in synthetic or gated audio) is unlike the recordings the acoustic model
@@ -71,12 +97,14 @@ from typing import ClassVar, Protocol
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import soundfile as sf
 from pocketsphinx import Decoder
 
-from jstip.config import AlignConfig, AlignRetry
+from jstip.config import AlignConfig, AlignRetry, CheckConfig
 from jstip.schemas import from_rows
 from jstip.schemas.validate import conform, schema_for
+from jstip.tasks.checks import precheck_shard
 from jstip.tasks.g2p import arpabet
 from jstip.tasks.text import split_words
 
@@ -105,6 +133,7 @@ class AlignmentFailed(Exception):
         self.attempts = attempts
         self.value = value
         self.threshold = threshold
+        self.borderline = False  # transcript verification: a verdict a second pass must confirm
 
 
 @dataclass(frozen=True)
@@ -227,6 +256,8 @@ class PocketsphinxAligner:
                               pbeam=s.pbeam, topn=s.topn, frate=s.frate, loglevel="FATAL")
             for word, phones in self._pronunciations.items():
                 decoder.add_word(word, phones, True)
+            decoder.add_word(_GARBAGE, "+SPN+", True)
+            decoder.add_word(_EDGE_GARBAGE, "+SPN+", True)
             self._decoders[attempt] = decoder
         return decoder
 
@@ -263,7 +294,12 @@ class PocketsphinxAligner:
         pcm = np.asarray(samples, dtype=np.int16)
         duration = len(samples) / sampling_rate
         if duration <= self.config.max_chunk_s:
-            words, phones, attempts = self._decode_window(forms, pcm, 0, 0.0, duration, early_end=False)
+            verified = self._verify(tokens, forms, pcm, speech, duration) if self.config.verify.enabled else None
+            if verified is not None:
+                words, attempts = verified
+                phones: list[PhoneTiming] = []
+            else:
+                words, phones, attempts = self._decode_window(forms, pcm, 0, 0.0, duration, early_end=False)
         else:
             words, phones, attempts = self._align_long(forms, pcm, speech, energy_db)
         # The energy checks judge pocketsphinx's own spans: extended ends would cover the very speech that
@@ -275,6 +311,71 @@ class PocketsphinxAligner:
             raise
         words, phones = _extend_ends(words, phones, speech, self.config.max_closure_s, duration)
         return UtteranceAlignment(words, attempts=attempts, phones=phones if self.config.phone_alignments else None)
+
+    def _verify(self, tokens: list[str], forms: list[list[tuple[str, ...]]], pcm: np.ndarray, speech: np.ndarray,
+                duration: float) -> tuple[list[WordTiming], int] | None:
+        """Transcript verification (module docstring): raises transcript_mismatch / transcript_incomplete, or
+        returns (word timings, passes) when every token was aligned with its own words, or None when some
+        token went to garbage within the tolerance (the plain forced pass then times every word).
+
+        The first retry setting that finds a path decides, except a borderline verdict against the
+        transcript (at most one word in garbage, at most twice the edge-speech limit), which must hold in the
+        next setting too: the narrow pass sometimes lets <sil> swallow a correct first word, or gives an
+        imperfect G2P pronunciation to garbage (measured on the sweeps: clean false rejections 2 -> 1 of
+        120). Confirming every verdict instead let a tenth more wrong transcripts through in noise."""
+        window = (_dithered(pcm) if self.config.dither else np.ascontiguousarray(pcm)).tobytes()
+        pending: AlignmentFailed | None = None
+        for attempt in range(len(self.settings)):
+            try:
+                words, garbage = self._decode(attempt, forms, window, duration, verify=True)
+            except AlignmentFailed:
+                continue
+            verdict = self._verdict(tokens, forms, words, garbage, speech, attempt + 1)
+            if verdict is not None:
+                if pending is not None or not verdict.borderline:
+                    raise verdict
+                pending = verdict
+                continue
+            if garbage or self.config.phone_alignments:
+                return None
+            return words, attempt + 1
+        if pending is not None:
+            raise pending
+        return None  # no path even with garbage: the plain passes report why
+
+    def _verdict(self, tokens: list[str], forms: list[list[tuple[str, ...]]], words: list[WordTiming],
+                 garbage: list[int], speech: np.ndarray, attempts: int) -> AlignmentFailed | None:
+        """transcript_mismatch / transcript_incomplete for one verification pass, or None when it passes."""
+        verify = self.config.verify
+        letters = np.array([max(len("".join(alternatives[0])), 1) for alternatives in forms], dtype=float)
+        mismatch = float(letters[garbage].sum() / letters.sum()) if garbage else 0.0
+        centres = np.arange(len(speech)) * _HOP_S + _WINDOW_S / 2
+        lead = float(np.count_nonzero(speech[centres < words[0].start])) * _HOP_S
+        trail = float(np.count_nonzero(speech[centres > words[-1].end])) * _HOP_S
+        # both at once (another sentence often also leaves speech at an edge): the one further past its limit
+        mismatch_excess = mismatch / max(verify.max_mismatch, 1e-9)
+        edge_excess = max(lead, trail) / max(verify.max_edge_speech_s, 1e-9)
+        if max(mismatch_excess, edge_excess) <= 1.0:
+            return None
+        failure = self._failure(tokens, garbage, mismatch, lead, trail, mismatch_excess >= edge_excess, attempts)
+        failure.borderline = len(garbage) <= 1 and edge_excess <= 2.0
+        return failure
+
+    def _failure(self, tokens: list[str], garbage: list[int], mismatch: float, lead: float, trail: float,
+                 is_mismatch: bool, attempts: int) -> AlignmentFailed:
+        verify = self.config.verify
+        if is_mismatch:
+            unheard = [tokens[i] for i in garbage]
+            return AlignmentFailed(
+                "transcript_mismatch", f"the audio does not support {len(unheard)} of {len(tokens)} words "
+                f"({', '.join(repr(t) for t in unheard[:8])}{' ...' if len(unheard) > 8 else ''}): {mismatch:.0%} of "
+                f"the transcript's letters, above {verify.max_mismatch:.0%}: the transcript belongs to other audio or "
+                "is wrong in places", attempts=attempts, value=f"{mismatch:.3f}", threshold=f"{verify.max_mismatch:g}")
+        side = "start" if lead >= trail else "end"
+        return AlignmentFailed(
+            "transcript_incomplete", f"{max(lead, trail):.2f} s of speech {'before the first' if side == 'start' else 'after the last'} "
+            f"transcript word, above {verify.max_edge_speech_s:g} s: the transcript misses words at its {side}",
+            attempts=attempts, value=f"{lead:.2f} s / {trail:.2f} s", threshold=f"{verify.max_edge_speech_s:g} s")
 
     def _align_long(self, forms: list[list[tuple[str, ...]]], pcm: np.ndarray, speech: np.ndarray,
                     energy_db: np.ndarray) -> tuple[list[WordTiming], list[PhoneTiming], int]:
@@ -370,7 +471,9 @@ class PocketsphinxAligner:
             for reason, passes in failures.items()), attempts=len(self.settings))
 
     def _decode(self, attempt: int, forms: list[list[tuple[str, ...]]], pcm: bytes, duration: float,
-                early_end: bool = False) -> tuple[list[WordTiming], list[PhoneTiming]]:
+                early_end: bool = False, verify: bool = False):
+        """One decoder pass: (word timings, phone timings); with `verify`, the verification grammar and
+        (word timings, indices of the tokens garbage took) instead."""
         decoder = self._decoder(attempt)
         # A linear grammar, one branch per spoken form of each token ("250": with and without "and"),
         # instead of set_align_text's single word sequence. With early_end, a null transition from every
@@ -392,9 +495,19 @@ class PocketsphinxAligner:
         if early_end:
             state, n_states = n_states, n_states + 1
             transitions += [(b, state, 1.0) for b in boundaries]
+        start = 0
+        if verify:
+            # every token may be taken by garbage instead of its words; speech before the first and after the
+            # last token by edge garbage (a single +SPN+ stretches over any length: one prior per stretch)
+            p = self.config.verify.garbage_probability
+            transitions += [(a, b, p, _GARBAGE) for a, b in zip(boundaries, boundaries[1:])]
+            start, final, n_states = n_states, n_states + 1, n_states + 2
+            transitions += [(start, 0, 1.0), (start, 0, p, _EDGE_GARBAGE), (state, final, 1.0),
+                            (state, final, p, _EDGE_GARBAGE)]
+            state = final
         phone_entries = None
         try:
-            fsg = decoder.create_fsg("jstip_align", 0, state, transitions)
+            fsg = decoder.create_fsg("jstip_align", start, state, transitions)
             decoder.add_fsg("jstip_align", fsg)
             decoder.activate_search("jstip_align")
             # Feature extraction keeps state from one utterance to the next (the same audio aligns
@@ -406,7 +519,7 @@ class PocketsphinxAligner:
             segments = decoder.seg()
             segments = None if segments is None else [
                 (s.word, s.start_frame, s.end_frame, s.ascore) for s in segments]
-            if segments and self.config.phone_alignments and not early_end:
+            if segments and self.config.phone_alignments and not early_end and not verify:
                 # The word results are read above, and hyp() is never called: after set_alignment() it
                 # segfaults.
                 decoder.set_alignment()
@@ -424,6 +537,9 @@ class PocketsphinxAligner:
         frate = int(decoder.config["frate"])
         logmath = decoder.get_logmath()
         spoken = [(_ALT_PRON.sub("", w), sf_, ef, asc) for w, sf_, ef, asc in segments if not _FILLER.match(w)]
+        if verify:
+            spoken = [seg for seg in spoken if seg[0] != _EDGE_GARBAGE]
+            forms = [[*alternatives, (_GARBAGE,)] for alternatives in forms]
         spans = _match_forms(forms, [w for w, *_ in spoken], prefix=early_end)
         if spans is None:
             raise AlignmentFailed("words_missing", f"decoded words {[w for w, *_ in spoken]} do not cover the "
@@ -436,17 +552,39 @@ class PocketsphinxAligner:
             raise AlignmentFailed("align_failed", f"phone-level pass found words {[w for w, _ in phone_entries]}, "
                                   f"the word pass {[w for w, *_ in spoken]}")
         timings, phones = [], []
+        to_time = _FrameClock(frate, float(decoder.config["wlen"]), duration)
         for index, (first, last) in enumerate(spans):
             sf_, ef = spoken[first][1], spoken[last][2]
             frames = sum(e - s + 1 for _, s, e, _ in spoken[first:last + 1])
             score = sum(_nats(logmath, a) for *_, a in spoken[first:last + 1]) / max(frames, 1)
-            start = min(sf_ / frate, duration)
-            end = min((ef + 1) / frate, duration)
-            timings.append(WordTiming(index, start, end, max(float(score), _SCORE_FLOOR)))
+            timings.append(WordTiming(index, to_time(sf_), to_time(ef + 1), max(float(score), _SCORE_FLOOR)))
             for _, entries in (phone_entries or [])[first:last + 1]:
-                phones += [PhoneTiming(index, phone, min(s / frate, duration), min((s + d) / frate, duration))
-                           for phone, s, d in entries]
+                phones += [PhoneTiming(index, phone, to_time(s), to_time(s + d)) for phone, s, d in entries]
+        if verify:
+            return timings, [i for i, (first, _) in enumerate(spans) if spoken[first][0] == _GARBAGE]
         return timings, phones
+
+
+# Transcript verification's garbage words (dictionary words of the acoustic model's +SPN+ speech-noise
+# phone): one stands in for a token, the other for speech before the first / after the last token.
+_GARBAGE, _EDGE_GARBAGE = "jstip_garbage", "jstip_edge_garbage"
+
+
+class _FrameClock:
+    """Seconds of a frame boundary: boundary k lies between frames k-1 and k.
+
+    pocketsphinx's frame k analyses the window [k*hop, k*hop + wlen) of the audio (sphinxbase's front end
+    starts the first window at sample 0; wlen 0.025625 s, hop 1/frate), so what frame k says about the
+    signal belongs to the window's centre, k*hop + wlen/2. A segment of frames [s, e] says the change
+    happened between the centres of frames s-1 and s: at s*hop + (wlen - hop)/2 (7.8 ms after the window
+    start at 100 frames/s, 10.3 ms at 200). Reading the window start instead puts every boundary early by that.
+    """
+
+    def __init__(self, frate: int, wlen: float, duration: float):
+        self.hop, self.offset, self.duration = 1.0 / frate, (wlen - 1.0 / frate) / 2, duration
+
+    def __call__(self, boundary: int) -> float:
+        return min(max(boundary * self.hop + self.offset, 0.0), self.duration)
 
 
 def _nats(logmath, ascore: float) -> float:
@@ -569,6 +707,33 @@ def _extend_ends(words: list[WordTiming], phones: list[PhoneTiming], speech: np.
         phones = [PhoneTiming(p.word_index, p.phone, p.start, moved[p.word_index])
                   if p.word_index in moved and last_phone[p.word_index] == j else p for j, p in enumerate(phones)]
     return out, phones
+
+
+def ctc_greedy_text(frame_ids: np.ndarray, blank: int, to_text) -> str:
+    """A CTC model's own transcript: the best class of each frame, repeats merged, blanks dropped, mapped to
+    text by `to_text(ids)` (the backend's vocabulary)."""
+    ids = np.asarray(frame_ids)
+    if len(ids) == 0:
+        return ""
+    keep = np.concatenate([[True], ids[1:] != ids[:-1]]) & (ids != blank)
+    return to_text([int(i) for i in ids[keep]])
+
+
+def check_ctc_transcript(hypothesis: str, reference: str, config: AlignConfig) -> None:
+    """Transcript verification for CTC aligners (whisperx, nemo): transcript_mismatch when the model's greedy
+    transcript's CER against the text it was asked to align is above `align.verify.max_ctc_cer` (spaces
+    collapsed, case folded)."""
+    limit = config.verify.max_ctc_cer
+    if not config.verify.enabled or limit is None:
+        return
+    import jiwer
+
+    ref, hyp = (" ".join(t.lower().split()) for t in (reference, hypothesis))
+    cer = float(jiwer.cer(ref, hyp)) if ref else 0.0
+    if cer > limit:
+        raise AlignmentFailed("transcript_mismatch", f"the model's own transcript {hyp[:80]!r} differs from the text "
+                              f"{ref[:80]!r} by CER {cer:.2f}, above {limit:g}: the transcript belongs to other audio "
+                              "or is wrong in places", value=f"{cer:.3f}", threshold=f"{limit:g}")
 
 
 # Aligner backends by name, imported only when chosen (whisperx and nemo import torch and friends).
@@ -731,13 +896,15 @@ def _align_batch(aligner: WordAligner, items: list[tuple[str, np.ndarray, int]])
 
 
 def align_shard(utterances: pa.Table, audio: pa.Table, config: AlignConfig,
-                aligner: WordAligner | None = None) -> AlignResult:
+                aligner: WordAligner | None = None, precheck: CheckConfig | None = None) -> AlignResult:
     """Align every utterance of the shard that has normalised audio.
 
     `utterances` needs utterance_id and text (source is quoted in reasons when present); `audio` is the
     normalized_audio table. Utterances without an audio row were quarantined by normalize: they get a
     "skipped" status here and no second quarantine row. `aligner` defaults to `make_aligner(config)`,
-    made once for the shard.
+    made once for the shard. With `precheck` (the build's checks), utterances failing a check that needs no
+    alignment (duration, transcript characters: `checks.precheck_shard`) are quarantined under their check
+    name (stage "check") and never decoded: "skipped" here.
     """
     ids = utterances.column("utterance_id").to_pylist()
     if len(set(ids)) != len(ids):
@@ -746,11 +913,16 @@ def align_shard(utterances: pa.Table, audio: pa.Table, config: AlignConfig,
     texts = utterances.column("text").to_pylist()
     sources = (utterances.column("source").to_pylist() if "source" in utterances.column_names
                else [None] * len(ids))
+    prechecked = precheck_shard(utterances, audio, precheck) if precheck is not None else None
+    if prechecked is not None and prechecked.num_rows:
+        skip = pa.array(sorted(set(prechecked.column("utterance_id").to_pylist())), pa.string())
+        audio = audio.filter(pc.invert(pc.is_in(audio.column("utterance_id"), value_set=skip)))
     audio_by_id = {row["utterance_id"]: row for row in audio.select(["utterance_id", "flac_path"]).to_pylist()}
     aligner = aligner or make_aligner(config)
 
     words: dict[str, list] = {name: [] for name in ("utterance_id", "word_index", "word", "start", "end", "score")}
     quarantine: list[dict] = []
+    failed = set() if prechecked is None else set(prechecked.column("utterance_id").to_pylist())
     status: list[dict] = []
     phones: list[dict] = []
 
@@ -788,7 +960,8 @@ def align_shard(utterances: pa.Table, audio: pa.Table, config: AlignConfig,
             row = audio_by_id.get(utt_id)
             if row is None:
                 status.append(dict(utterance_id=utt_id, status="skipped", attempts=0, check_name=None,
-                                   reason="no normalised audio (quarantined by normalize)"))
+                                   reason="no normalised audio (quarantined by normalize)" if utt_id not in failed
+                                   else "failed a check before alignment (quarantined, stage check)"))
                 continue
             try:
                 samples, rate = _read_audio(row)
@@ -807,6 +980,9 @@ def align_shard(utterances: pa.Table, audio: pa.Table, config: AlignConfig,
     schema = schema_for("word_alignments")
     columns = {name: pa.array(values, type=schema.field(name).type) for name, values in words.items()}
     columns["aligner"] = pa.array([aligner.name] * len(words["utterance_id"]), type=pa.string())
-    return AlignResult(conform("word_alignments", pa.table(columns)), from_rows("quarantine", quarantine),
+    quarantine_table = from_rows("quarantine", quarantine)
+    if prechecked is not None and prechecked.num_rows:
+        quarantine_table = pa.concat_tables([conform("quarantine", prechecked), quarantine_table])
+    return AlignResult(conform("word_alignments", pa.table(columns)), quarantine_table,
                        pa.Table.from_pylist(status, schema=ALIGN_STATUS),
                        pa.Table.from_pylist(phones, schema=PHONE_ALIGNMENTS))

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import multiprocessing
 import re
 import tempfile
@@ -81,6 +82,10 @@ def align_manifest(manifest: str | Path, config: AlignConfig, out: str | Path, f
     out = Path(out)
     ingested = ingest_manifest(manifest)
     utterances = ingested.utterances
+    # ingest names files relative to the corpus root; this tool reports (and normalises) absolute paths
+    absolute = pa.array([os.path.join(ingested.corpus_root, p) for p in utterances.column("audio_path").to_pylist()],
+                        pa.string())
+    utterances = utterances.set_column(utterances.schema.get_field_index("audio_path"), "audio_path", absolute)
 
     with tempfile.TemporaryDirectory(prefix="jstip-align-") as audio_dir:
         workers = max(1, min(workers, utterances.num_rows))
@@ -122,7 +127,9 @@ def align_manifest(manifest: str | Path, config: AlignConfig, out: str | Path, f
         }))
     for row in ingested.quarantine.to_pylist():
         entries.append((_line_order(row["source"]), {
-            "id": row["utterance_id"], "audio_filepath": _raw_audio_path(row["source"]), "status": "failed",
+            "id": row["utterance_id"],
+            "audio_filepath": _raw_audio_path(os.path.join(ingested.corpus_root, row["source"])),
+            "status": "failed",
             "reason": row["reason"], "words": []}))
     entries.sort(key=lambda e: e[0])
     lines = [json.dumps(e, ensure_ascii=False) for _, e in entries]

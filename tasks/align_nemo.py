@@ -19,7 +19,14 @@ borrowing a neighbour's time.
 
 Frames to seconds: one output frame lasts hop_length / sample_rate of the preprocessor times the encoder's
 subsampling factor: 10 ms x 2 = 20 ms (QuartzNet), x 4 = 40 ms (Conformer-CTC), x 8 = 80 ms (Citrinet,
-FastConformer/Parakeet). A word spans [first frame x d, (last frame + 1) x d), clipped to the audio's duration.
+FastConformer/Parakeet). Where in time a frame sits: the preprocessor's STFT is centred (torch.stft
+center=True, NeMo's default `exact_pad: false`), so feature frame k is centred on sample k x hop; the
+encoder's striding convolutions are padded to keep centres (output frame j sums input frames around
+j x subsampling), so output frame j is centred on j x d (with `exact_pad: true` the centres are half a hop
+later). NeMo's own arithmetic (`add_t_start_end_to_utt_obj`) puts a token on frames [a, b] at [a x d,
+(b + 1) x d): the start of frame a's *span* if frames were d-long boxes starting at their index, i.e. half
+a frame (20 ms at 40 ms frames, 40 ms at 80 ms) later than the boundaries between frame centres, which lie
+at (a - 1/2) x d and (b + 1/2) x d. We move both by that half frame (`frame_offset_s`), clipped to the audio.
 
 Word score: mean log-probability (nats per frame, <= 0, floored at -100) of the Viterbi path over the
 token's frames; comparable across utterances aligned by the same model, not across models or aligners.
@@ -44,7 +51,8 @@ from typing import ClassVar
 import numpy as np
 
 from jstip.config import AlignConfig
-from jstip.tasks.align import AlignmentFailed, UtteranceAlignment, WordTiming
+from jstip.tasks.align import (AlignmentFailed, UtteranceAlignment, WordTiming, check_ctc_transcript,
+                               ctc_greedy_text)
 from jstip.tasks.text import split_words
 
 try:  # the shared text normaliser: spoken forms per token, reordered by context ("No. 5" -> number five)
@@ -151,6 +159,10 @@ class NemoAligner:
         subsampling = int(getattr(self.model.encoder, "subsampling_factor", 1))
         # output frame duration: the feature hop (window_stride, in samples) times the encoder's stride
         self.frame_s = preprocessor.hop_length / self.sampling_rate * subsampling
+        # boundaries between frame centres (module docstring): half a frame before NeMo's frame-index times
+        centre = preprocessor.hop_length / self.sampling_rate / 2 if getattr(
+            getattr(preprocessor, "featurizer", None), "exact_pad", False) else 0.0
+        self.frame_offset_s = centre - self.frame_s / 2
         if hasattr(self.model, "tokenizer"):
             pieces = self.model.tokenizer.vocab
             self.n_classes = len(pieces) + 1
@@ -287,6 +299,12 @@ class NemoAligner:
                              f"{self.n_classes}")
         return log_probs.float().cpu(), encoded_lengths.cpu().tolist()
 
+    def _ids_to_text(self, ids: list[int]) -> str:
+        if hasattr(self.model, "tokenizer"):
+            return self.model.tokenizer.ids_to_text(ids)
+        vocabulary = list(self.decoder.vocabulary)
+        return "".join(vocabulary[i] for i in ids if i < len(vocabulary))
+
     def _align_prepared(self, batch: list[_Prepared]) -> list[UtteranceAlignment | AlignmentFailed]:
         import torch
         from nemo.collections.asr.parts.utils.aligner_utils import (
@@ -305,7 +323,13 @@ class NemoAligner:
                     f"({self.frame_s * 1000:g} ms each); the transcript needs at least {needed} ({len(ids)} tokens "
                     "plus a blank between repeated ones)", value=str(frames[b]), threshold=str(needed))
             else:
-                feasible.append(b)
+                try:  # transcript verification (align.verify.max_ctc_cer): the model's own greedy transcript
+                    greedy = log_probs[b, :frames[b]].argmax(dim=-1).numpy()
+                    check_ctc_transcript(ctc_greedy_text(greedy, self.n_classes - 1, self._ids_to_text),
+                                         p.model_text, self.config)
+                    feasible.append(b)
+                except AlignmentFailed as e:
+                    out[b] = e
         if not feasible:
             return out  # type: ignore[return-value]
 
@@ -332,7 +356,8 @@ class NemoAligner:
             duration = p.duration
             timings = []
             for index, (first, last) in enumerate(p.token_words):
-                start, end = words[first].t_start, min(words[last].t_end, duration)
+                start = min(max(words[first].t_start + self.frame_offset_s, 0.0), duration)
+                end = min(max(words[last].t_end + self.frame_offset_s, 0.0), duration)
                 if start >= end:  # only a word squeezed into a final frame that starts at the very end
                     start = max(end - self.frame_s / 2, 0.0)
                 in_word = (path_np >= words[first].s_start) & (path_np <= words[last].s_end)

@@ -52,6 +52,15 @@ whisperx 3.8.6 traps handled here (installed --no-deps on torch 2.13 CPU, see EN
 - importing whisperx configures its "whisperx" logger (own stdout handler, propagate=False); we leave that
   as is and read its warnings through a handler on "whisperx.alignment" during each call.
 config.batch_size is not used: whisperx aligns one segment per forward pass.
+
+Frame times. wav2vec2's convolutional feature encoder has no padding: with the kernels and strides of its
+config ((10,3,3,3,3,2,2) and (5,2,2,2,2,2,2) for the base/large models) output frame k sees samples
+[k x 320, k x 320 + 400), i.e. it is centred on k x 20 ms + 12.5 ms, and an N-sample segment gives
+floor((N - 400) / 320) + 1 frames. whisperx converts a character on frames [a, b] to [a x r, (b + 1) x r)
+with r = duration / frames, slightly over 20 ms (so times drift late by up to 5 ms over a segment) and
+counting from the window's start. The boundaries between frame centres lie at a x 20 ms + 2.5 ms and
+(b + 1) x 20 ms + 2.5 ms: `_FrameGeometry` recovers the frame indices from whisperx's times (rounded to
+1 ms, far below a frame) and places them there.
 """
 
 from __future__ import annotations
@@ -71,7 +80,8 @@ from typing import ClassVar
 import numpy as np
 
 from jstip.config import AlignConfig
-from jstip.tasks.align import AlignmentFailed, UtteranceAlignment, WordTiming
+from jstip.tasks.align import (AlignmentFailed, UtteranceAlignment, WordTiming, check_ctc_transcript,
+                               ctc_greedy_text)
 from jstip.tasks.text import split_words
 
 try:
@@ -260,6 +270,14 @@ class WhisperXAligner:
         self._alignment = _import_whisperx_alignment()
         self._model, self._metadata = _load_model(self._alignment, config.model, config.device)
         self.dictionary: dict[str, int] = self._metadata["dictionary"]
+        # transcript verification reads the emissions whisperx computes (no second forward pass)
+        self._emissions: list = []
+        if config.verify.enabled and config.verify.max_ctc_cer is not None and hasattr(self._model, "register_forward_hook"):
+            self._model.register_forward_hook(lambda module, args, output: self._emissions.append(
+                getattr(output, "logits", output)[0].detach().cpu()))
+
+    def _greedy_text(self, emission) -> str:
+        return _greedy_text_of(emission, self.dictionary)
 
     def align(self, text: str, samples: np.ndarray, sampling_rate: int = SAMPLE_RATE) -> UtteranceAlignment:
         tokens = split_words(text)
@@ -273,9 +291,12 @@ class WhisperXAligner:
                                   f"{MAX_SEGMENT_S:g} s per forward pass", value=f"{duration:.2f}",
                                   threshold=f"{MAX_SEGMENT_S:g}")
         segment = {"start": 0.0, "end": duration, "text": " ".join(words)}
+        self._emissions.clear()
         with _whisperx_call(self._alignment) as warnings:
             result = self._alignment.align([segment], self._model, self._metadata, audio, self.device,
                                            interpolate_method="ignore")
+        if self._emissions:  # transcript verification (align.verify.max_ctc_cer)
+            check_ctc_transcript(self._greedy_text(self._emissions[-1]), " ".join(words), self.config)
         aligned = result["word_segments"]
         if [w.get("word") for w in aligned] != words:
             said = f" (whisperx: {'; '.join(warnings)})" if warnings else ""
@@ -285,7 +306,43 @@ class WhisperXAligner:
         if untimed:
             raise AlignmentFailed("words_untimed", f"whisperx could not place spoken word(s) {untimed[:10]} in the "
                                   "audio (none of their characters aligned)", value=str(len(untimed)), threshold="0")
+        geometry = _FrameGeometry.of(self._model, len(audio))
+        if geometry is not None:
+            aligned = [{**w, "start": geometry.boundary(w["start"]), "end": geometry.boundary(w["end"])}
+                       for w in aligned]
         return UtteranceAlignment(_token_timings(aligned, owners, len(tokens), duration), attempts=1)
+
+
+class _FrameGeometry:
+    """Where wav2vec2's output frames sit in an N-sample segment (module docstring, "Frame times")."""
+
+    def __init__(self, receptive: int, stride: int, frames: int, samples: int):
+        self.stride_s, self.offset_s = stride / SAMPLE_RATE, (receptive - stride) / 2 / SAMPLE_RATE
+        self.whisperx_frame_s = samples / SAMPLE_RATE / frames  # whisperx's `ratio`
+
+    @classmethod
+    def of(cls, model, samples: int) -> _FrameGeometry | None:
+        config = getattr(model, "config", None)
+        kernels, strides = getattr(config, "conv_kernel", None), getattr(config, "conv_stride", None)
+        if not kernels or not strides:
+            return None  # not a wav2vec2-style feature encoder: whisperx's times as they are
+        receptive, stride, frames = 1, 1, samples
+        for kernel, step in zip(kernels, strides):
+            receptive += (kernel - 1) * stride
+            stride *= step
+            frames = (frames - kernel) // step + 1
+        return cls(receptive, stride, frames, samples) if frames > 0 else None
+
+    def boundary(self, t: float) -> float:
+        """whisperx's time of boundary k (k x its ratio) -> midway between the centres of frames k-1 and k."""
+        return round(float(t) / self.whisperx_frame_s) * self.stride_s + self.offset_s
+
+
+def _greedy_text_of(emission, dictionary: dict[str, int]) -> str:
+    labels = {i: c for c, i in dictionary.items()}
+    blank = next((i for c, i in dictionary.items() if c in ("[pad]", "<pad>")), 0)  # as whisperx finds it
+    return ctc_greedy_text(emission.argmax(dim=-1).numpy(), blank,
+                           lambda ids: "".join(" " if labels.get(i) == "|" else labels.get(i, "") for i in ids))
 
 
 def _finite(x) -> bool:

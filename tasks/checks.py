@@ -77,6 +77,23 @@ def count_words(text: pa.Array | pa.ChunkedArray) -> np.ndarray:
     return pc.count_substring_regex(text, pattern=WORD_PATTERN).to_numpy(zero_copy_only=False).astype(np.int64)
 
 
+# A token of letters (and apostrophes) only is one spoken word; anything else goes through textnorm.
+_PLAIN_WORD = r"^[\p{L}\p{M}'’]+[.,;:!?\"”’)]*$"
+
+
+def _spoken_word_counts(tokens: pa.ChunkedArray | pa.Array) -> np.ndarray:
+    """Spoken words of each transcript token as the aligner reads it (textnorm's longest reading, at least 1):
+    plain words are 1 column-wise; only numbers, symbols and compounds go through Python."""
+    counts = np.ones(len(tokens))
+    plain = pc.match_substring_regex(tokens, pattern=_PLAIN_WORD).to_numpy(zero_copy_only=False)
+    if not plain.all():
+        from jstip.tasks.textnorm import spoken_forms
+
+        for k in np.flatnonzero(~plain).tolist():
+            counts[k] = max((len(form) for form in spoken_forms(tokens[k].as_py())), default=1) or 1
+    return counts
+
+
 def _floats(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
     """A numeric column as float64 with NaN for nulls (every comparison with NaN is False: nulls pass)."""
     return pc.fill_null(pc.cast(column, pa.float64()), np.nan).to_numpy(zero_copy_only=False)
@@ -125,6 +142,44 @@ class _Failures:
         return from_rows("quarantine", [row for *_, row in sorted(self.rows, key=lambda r: (r[0], r[1]))])
 
 
+def _before_alignment(failures: "_Failures", duration: np.ndarray, text, config: CheckConfig) -> None:
+    """The checks that need no alignment: duration and the transcript's characters. `precheck_shard` runs
+    them before the aligner (so that 30 minutes of noise after 6 s of speech is `duration_max`, and a
+    Chinese transcript `text_charset`, never an aligner failure); check_shard runs them again on what was
+    aligned without them (the `jstip align` path, tests)."""
+    failures.add(duration < config.min_duration, "duration_min", lambda k: _g(duration[k]), _g(config.min_duration),
+                 lambda k: f"duration {_g(duration[k])} s is below the minimum {_g(config.min_duration)} s")
+    failures.add(duration > config.max_duration, "duration_max", lambda k: _g(duration[k]), _g(config.max_duration),
+                 lambda k: f"duration {_g(duration[k])} s is above the maximum {_g(config.max_duration)} s")
+    # transcript characters ------------------------------------------------------------------------
+    nonprintable = _chars_removed(_chars_removed(text, r"[^\p{Cc}\p{Cf}\p{Co}]"), _ORTHOGRAPHIC_JOINERS)
+    failures.add(pc.greater(pc.utf8_length(nonprintable), 0).to_numpy(zero_copy_only=False), "text_nonprintable",
+                 lambda k: _code_points(nonprintable[k].as_py()), "printable",
+                 lambda k: f"the transcript holds non-printable character(s) {_code_points(nonprintable[k].as_py())}")
+    outside = _chars_removed(_chars_removed(text, config.charset_pattern()), _NONPRINTABLE)
+    failures.add(pc.greater(pc.utf8_length(outside), 0).to_numpy(zero_copy_only=False), "text_charset",
+                 lambda k: _characters(outside[k].as_py()), "allowed_char_classes + allowed_chars",
+                 lambda k: "the transcript holds character(s) outside the allowed set: "
+                 + _characters(outside[k].as_py()))
+
+
+
+def precheck_shard(utterances: pa.Table, audio: pa.Table, config: CheckConfig) -> pa.Table:
+    """Quarantine rows (stage "check") of the utterances with normalised audio that fail a check needing no
+    alignment (duration, transcript characters): the align stage skips them, cheaply, before any decoding."""
+    candidates = utterances.filter(pc.is_in(utterances.column("utterance_id"), value_set=audio.column("utterance_id")))
+    n = candidates.num_rows
+    if n == 0:
+        return empty("quarantine")
+    ids = candidates.column("utterance_id")
+    sources = (candidates.column("source") if "source" in candidates.column_names
+               else pa.chunked_array([pa.nulls(n, pa.string())]))
+    duration = _floats(audio.take(pc.index_in(ids, value_set=audio.column("utterance_id"))).column("duration"))
+    failures = _Failures(ids, sources, duration)
+    _before_alignment(failures, duration, candidates.column("text"), config)
+    return failures.table()
+
+
 def check_shard(utterances: pa.Table, audio: pa.Table, word_alignments: pa.Table, config: CheckConfig) -> CheckResult:
     """Check every utterance of the shard that has normalised audio and word alignments."""
     all_ids = utterances.column("utterance_id")
@@ -144,12 +199,13 @@ def check_shard(utterances: pa.Table, audio: pa.Table, word_alignments: pa.Table
     failures = _Failures(ids, sources, duration)
 
     # -- the utterance as a whole -------------------------------------------------------------------
-    failures.add(duration < config.min_duration, "duration_min", lambda k: _g(duration[k]), _g(config.min_duration),
-                 lambda k: f"duration {_g(duration[k])} s is below the minimum {_g(config.min_duration)} s")
-    failures.add(duration > config.max_duration, "duration_max", lambda k: _g(duration[k]), _g(config.max_duration),
-                 lambda k: f"duration {_g(duration[k])} s is above the maximum {_g(config.max_duration)} s")
+    _before_alignment(failures, duration, text, config)
 
-    chars = pc.utf8_length(text).to_numpy(zero_copy_only=False).astype(np.float64)
+    # characters as written, but a run of whitespace is one space and the ends are trimmed: how a
+    # transcript was laid out ("a  b", a trailing newline) says nothing about how fast it was spoken
+    collapsed = pc.utf8_trim(pc.replace_substring_regex(text, pattern=f"[{_SPACE}]+", replacement=" "),
+                             characters=" ")
+    chars = pc.utf8_length(collapsed).to_numpy(zero_copy_only=False).astype(np.float64)
     expected_words = count_words(text)
     with np.errstate(divide="ignore", invalid="ignore"):
         cps = chars / duration
@@ -208,15 +264,21 @@ def check_shard(utterances: pa.Table, audio: pa.Table, word_alignments: pa.Table
                  f"{_g(scores[lowest[k]])}, below the floor {_g(floors[lowest[k]])}: the audio does not fit the word")
 
     length = ends - starts
-    shortest, longest = worst(length, lambda v: v), worst(length, lambda v: -v)
+    # a token spoken as several words ("$1,250.50": one thousand two hundred fifty dollars fifty cents) may
+    # last max_word_duration per spoken word, as the aligner saw them (its longest reading)
+    spoken = _spoken_word_counts(word_text)
+    per_word = length / spoken
+    shortest, longest = worst(length, lambda v: v), worst(per_word, lambda v: -v)
     failures.add(length[shortest] < config.min_word_duration, "word_duration_min", lambda k: _g(length[shortest[k]]),
                  _g(config.min_word_duration),
                  lambda k: f"{word_at(shortest[k])} lasts {_g(length[shortest[k]])} s, below "
                  f"{_g(config.min_word_duration)} s: the aligner did not resolve it")
-    failures.add(length[longest] > config.max_word_duration, "word_duration_max", lambda k: _g(length[longest[k]]),
-                 _g(config.max_word_duration),
-                 lambda k: f"{word_at(longest[k])} lasts {_g(length[longest[k]])} s, above "
-                 f"{_g(config.max_word_duration)} s: the aligner absorbed a pause or noise into it")
+    failures.add(per_word[longest] > config.max_word_duration, "word_duration_max",
+                 lambda k: _g(per_word[longest[k]]), _g(config.max_word_duration),
+                 lambda k: f"{word_at(longest[k])} lasts {_g(length[longest[k]])} s"
+                 + (f" for {int(spoken[longest[k]])} spoken words, {_g(per_word[longest[k]])} s each,"
+                    if spoken[longest[k]] > 1 else ",")
+                 + f" above {_g(config.max_word_duration)} s: the aligner absorbed a pause or noise into it")
 
     follows = rank > 0  # a word with a previous word of the same utterance
     prev = np.maximum(np.arange(len(utt)) - 1, 0)
@@ -266,17 +328,6 @@ def check_shard(utterances: pa.Table, audio: pa.Table, word_alignments: pa.Table
                  lambda k: str(int(source_rate[k])), str(config.min_source_sampling_rate),
                  lambda k: f"the source audio is sampled at {int(source_rate[k])} Hz, below "
                  f"{config.min_source_sampling_rate} Hz: it lacks the bandwidth the encoder expects")
-
-    # -- transcript characters ------------------------------------------------------------------------
-    nonprintable = _chars_removed(_chars_removed(text, r"[^\p{Cc}\p{Cf}\p{Co}]"), _ORTHOGRAPHIC_JOINERS)
-    failures.add(pc.greater(pc.utf8_length(nonprintable), 0).to_numpy(zero_copy_only=False), "text_nonprintable",
-                 lambda k: _code_points(nonprintable[k].as_py()), "printable",
-                 lambda k: f"the transcript holds non-printable character(s) {_code_points(nonprintable[k].as_py())}")
-    outside = _chars_removed(_chars_removed(text, config.charset_pattern()), _NONPRINTABLE)
-    failures.add(pc.greater(pc.utf8_length(outside), 0).to_numpy(zero_copy_only=False), "text_charset",
-                 lambda k: _characters(outside[k].as_py()), "allowed_char_classes + allowed_chars",
-                 lambda k: "the transcript holds character(s) outside the allowed set: "
-                 + _characters(outside[k].as_py()))
 
     accepted = ids.filter(pa.array(~failures.failed)).to_pylist()
     return CheckResult(accepted, failures.table())

@@ -251,7 +251,8 @@ def run_launcher(command: Sequence[str], on_line: Callable[[str], None] = print,
     its workers (SIGTERM: its agent forwards it to every worker's process group) and reaped."""
     tail: deque[str] = deque(maxlen=60)
     process = subprocess.Popen(list(command), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                               bufsize=1, env=launch_environment(env), start_new_session=True)
+                               bufsize=1, env=launch_environment(env), start_new_session=True,
+                               preexec_fn=_stop_with_parent)
     if started is not None:
         started(process)
     try:
@@ -266,6 +267,20 @@ def run_launcher(command: Sequence[str], on_line: Callable[[str], None] = print,
     if code != 0:
         raise DistributedTrainingError(f"distributed training failed (torchrun exit code {code}):\n"
                                        + _root_cause(list(tail)))
+
+
+def _stop_with_parent() -> None:
+    """Runs in torchrun's process between fork and exec: the kernel sends it SIGTERM if we die (even by
+    SIGKILL), and torchrun then stops its workers, so a killed flow run leaves no training job behind (nor
+    its hold on the model's lock)."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    parent = os.getppid()
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM, 0, 0, 0)  # PR_SET_PDEATHSIG
+    if os.getppid() != parent:  # we died before prctl took effect
+        os._exit(1)
 
 
 def _stop(process: subprocess.Popen, grace_s: float = 30.0) -> None:

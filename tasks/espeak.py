@@ -121,7 +121,8 @@ def synthesize(text: str, voice: str = "en-us", rate: int = 175, pitch: int = 50
         while event_array[i].type != _EVENT_LIST_TERMINATED:
             ev = event_array[i]
             if ev.type == _EVENT_WORD:
-                start = round(ev.audio_position * _sample_rate / 1000)
+                # `sample` is exact; `audio_position` is the same instant truncated to whole milliseconds
+                start = ev.sample
                 events.append(WordEvent(ev.text_position - 1, ev.length, start))
             i += 1
         return 0

@@ -54,10 +54,9 @@ def decodings_for(model_has_ctc: bool, beam_size: int = 4, ctc_weight: float = 0
 
 def _test_utterances(store: DatasetStore, version_id: str | None, limit: int | None):
     version = resolve_version(store, version_id)
-    path = lambda t: str(version.path / t / "*.parquet").replace("'", "''")  # noqa: E731
     sql = f"""SELECT u.utterance_id, u.domain, u.entities, u.text AS reference, a.flac_path, a.num_samples
-              FROM read_parquet('{path('utterances')}') u
-              JOIN read_parquet('{path('normalized_audio')}') a USING (utterance_id)
+              FROM {store.table_sql(version, 'utterances')} u
+              JOIN {store.table_sql(version, 'normalized_audio')} a USING (utterance_id)
               ORDER BY u.utterance_id"""
     if limit is not None:
         sql += f" LIMIT {int(limit)}"
@@ -84,6 +83,9 @@ def evaluate(
     data_store = DatasetStore(store)
     registry = ModelRegistry(data_store)
     record = registry.model(model_id)
+    # the files are those that were published (tamper evidence), or evaluation stops naming the one that differs
+    test_version = data_store.ensure_intact(resolve_version(data_store, test_version).version_id,
+                                            purpose="evaluation").version_id
     version, utterances = _test_utterances(data_store, test_version, limit)
     test_set = test_set or version.name
     model = load_speech_llm(record.path).to(pick_device(device)).eval()

@@ -19,8 +19,9 @@ Per utterance (Lhotse: the supervision, whose `custom` holds the extra keys; NeM
   several, every plan is there and its spans are told apart by plan_id (select one with
   `[s for s in spans if s["plan_id"] == p]`). Span times and samples are in the exported audio.
 
-The Lhotse manifest and the NeMo manifest point at the FLAC files in the store's audio pool (absolute paths;
-content-addressed, never modified); lhotse-shar copies the audio into its tar shards (self-contained).
+The Lhotse manifest and the NeMo manifest point at the FLAC files in the store's audio pool (absolute paths
+of the store the export was made from; content-addressed, never modified); lhotse-shar copies the audio into
+its tar shards (self-contained).
 Both manifests keep the keys jstip's own ingest reads (supervision.custom domain/entities; NeMo id, lang,
 domain, entities), so an export can be built again.
 """
@@ -206,9 +207,10 @@ def _prepare_out(out: Path, overwrite: bool) -> None:
         raise ExportError(f"--out {out} is not empty; pass --overwrite to replace it")
 
 
-def export_version(store: str | Path, version: str, format: str, out: str | Path, *, overwrite: bool = False,
+def export_version(store: str | Path, version: str | None, format: str, out: str | Path, *, overwrite: bool = False,
                    shard_size: int = 1000) -> ExportSummary:
-    """Export a published version (`version`: an id, a unique prefix or `latest`) to the directory `out`.
+    """Export a published version (`version`: an id, a unique prefix or a dataset name; None: the newest training
+    version) to the directory `out`.
 
     Everything is written into a staging directory beside `out` and renamed into place at the end, so `out`
     holds a complete export or none; a non-empty `out` is refused unless `overwrite`."""
@@ -217,7 +219,8 @@ def export_version(store: str | Path, version: str, format: str, out: str | Path
     if shard_size < 1:
         raise ExportError(f"shard size must be >= 1, got {shard_size}")
     data_store = DatasetStore(store)
-    v = data_store.version(version)  # an id, a prefix or `latest`
+    # its files are those that were published, or nothing is exported
+    v = data_store.ensure_intact(version, purpose="export")
     out = Path(out).resolve()
     _prepare_out(out, overwrite)
 

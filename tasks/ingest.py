@@ -17,25 +17,41 @@ only used to find a Lhotse manifest's partner file):
 Ids (deterministic, so reruns produce the same tables):
 - Lhotse: utterance_id = supervision id, recording_id = recording id, as the manifest gives them.
 - NeMo: utterance_id = the `id` field if present, else `<audio stem>-<sha1(audio path|offset|duration)[:12]>`;
-  recording_id = `<audio stem>-<sha1(audio path)[:12]>`. The audio path is the absolute, normalised path
-  (symlinks not resolved); offset/duration are formatted to the millisecond ("" for no duration). Deriving from
+  recording_id = `<audio stem>-<sha1(audio path)[:12]>`. The audio path is the normalised path relative to the
+  manifest's directory (symlinks not resolved), so moving a corpus keeps its ids; offset/duration are
+  formatted to the millisecond ("" for no duration). Deriving from
   the segment rather than the line number keeps ids stable when a manifest is re-sharded or reordered, and makes
   an exact repeat of a segment a `duplicate_id`. 12 hex digits (48 bits), not 8: ids of files sharing a stem
   would collide by the birthday bound at ~10^5 files with 32 bits.
 - Audio directory: utterance_id = recording_id = path relative to the directory, without extension, '/' -> '_'.
 - Entries with no id of their own are quarantined as `<manifest stem>:line<N>`.
-- `source` names one entry, uniquely (callers count entries by it): `<absolute manifest path>:<line>`; the k-th
-  supervision of a cut with several is `<path>:<line>#<k>`; in an audio directory, the audio file's path (an
-  orphan transcript: its own path).
+- `source` names one entry, uniquely (callers count entries by it): `<manifest file name>:<line>`; the k-th
+  supervision of a cut with several is `<name>:<line>#<k>`; in an audio directory, the audio file's path
+  relative to it (an orphan transcript: its own path).
+
+Paths in the tables (`audio_path`, `source`) are relative to the corpus root (`IngestResult.corpus_root`: the
+manifest's directory, or the audio directory itself), and reasons name files the same way: the same corpus
+gives the same tables wherever it lies, which is what lets shard keys and version ids be content hashes.
 
 The first entry to name an id claims it, even when that entry is itself quarantined; later ones are
 `duplicate_id`, filed under `<manifest stem>:line<N>` (an audio directory: the audio file's relative path) with
 the repeated id as `value`. So no accepted utterance_id ever appears in this stage's quarantine table, and
 `utterances` anti-joined with `quarantine` on utterance_id keeps every accepted utterance.
 
-Audio is not opened here (13M lines must stay fast): only `os.path.exists`, cached. Recording metadata that a
-manifest does not give (NeMo, audio directories) stays null; the normaliser measures it. The recordings table
-holds only recordings that an accepted utterance uses.
+Content identity: after the lines are read, every accepted utterance's audio file is opened once, confined
+(jstip.storage.content.open_confined: the handle is checked, not just the name) and hashed: `audio_sha256`
+in `utterances` and `recordings`. Hashes are cached by (device, inode, size, mtime, ctime) when the caller
+passes a `FileHashes` with a cache file, so a rerun re-reads only files that changed. A file that cannot be
+opened that way quarantines its utterances (`audio_not_found`, `audio_unreadable`,
+`path_outside_allowed_roots`). Recording metadata that a manifest does not give (NeMo, audio directories)
+stays null; the normaliser measures it. The recordings table holds only recordings that an accepted
+utterance uses.
+
+Totality: nothing on one line can stop a build. Every line is read inside a guard that turns any
+unexpected exception into one quarantine row for that line (`invalid_entry`, with the exception) after
+undoing what the line had added; strings that cannot be stored (lone surrogates from JSON `\ud800` escapes
+or undecodable file names) are `malformed_text`; NUL bytes and paths longer than the kernel opens are
+`invalid_path`; quarantine rows themselves are made storable (escaped, bounded) whatever the line held.
 
 Confinement (`allowed_roots`, the build's `ingest.allowed_roots`): an audio path must lie under the manifest's
 directory (an audio directory: itself) or an allowed root once `..` and symlinks are resolved, else the entry
@@ -55,13 +71,16 @@ import math
 import os
 import zlib
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from jstip.schemas.validate import conform, schema_for
+from jstip.storage.content import ConfinementError, FileHashes
 from jstip.tasks.text import split_words
 
 try:  # lhotse's own choice too: orjson is several times faster on 13M-line manifests
@@ -101,6 +120,10 @@ class IngestResult:
     quarantine: pa.Table
     format: str  # lhotse_cuts | lhotse_supervisions | nemo | audio_dir | empty
     num_entries: int  # good + bad entries seen: utterances.num_rows + quarantine.num_rows
+    # The directory every path in the tables is relative to: the manifest's (an audio directory: itself).
+    corpus_root: str = ""
+    # Real directories audio may come from (the confinement), or None for a trusted, unconfined manifest.
+    roots: tuple[str, ...] | None = None
 
 
 @dataclass
@@ -142,6 +165,10 @@ class _Rows:
     def __len__(self) -> int:
         return len(self.columns[self.schema.names[0]])
 
+    def truncate(self, length: int) -> None:
+        for column in self.columns.values():
+            del column[length:]
+
     def table(self) -> pa.Table:
         arrays = {name: pa.array(values, type=self.schema.field(name).type) for name, values in self.columns.items()}
         return conform(self.table_name, pa.table(arrays))
@@ -152,10 +179,50 @@ class _Quarantine(_Rows):
         super().__init__("quarantine")
 
     def reject(self, utterance_id: str, source: str, error: _Reject) -> None:
-        reason = f"{source}: {error.problem}"
+        # Every text here may come from the hostile line itself (lone surrogates, NUL bytes, 10k characters):
+        # made storable and bounded, so that writing the row can never fail.
+        source = _storable(source, 1000)
+        reason = _storable(f"{source}: {error.problem}", 2000)
         logger.warning(reason)
-        self.append(utterance_id=error.row_id or utterance_id, stage=STAGE, check_name=error.check, value=error.value,
-                    reason=reason, source=source)
+        self.append(utterance_id=_storable(error.row_id or utterance_id, 1000), stage=STAGE, check_name=error.check,
+                    value=None if error.value is None else _storable(error.value, 200), reason=reason, source=source)
+
+
+def _storable(text: str, limit: int) -> str:
+    """`text` as valid UTF-8 (a lone surrogate shown as a \\udXXX escape), cut to `limit` characters."""
+    text = str(text)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        text = text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text if len(text) <= limit else text[:limit] + f"... ({len(text)} characters)"
+
+
+def _valid_text(value: Any, field: str) -> None:
+    """Strings must be valid Unicode to be stored (JSON's \\ud800 escapes decode to lone surrogates)."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as e:
+            raise _Reject("malformed_text", f"{field!r} is not valid Unicode: {e.reason} at position {e.start}",
+                          value) from None
+    elif isinstance(value, list):
+        for item in value:
+            _valid_text(item, field)
+
+
+# Longest path the kernel opens (PATH_MAX) and longest name in it (NAME_MAX), in bytes.
+_PATH_MAX, _NAME_MAX = 4095, 255
+
+
+def _valid_path(audio: str) -> None:
+    if "\0" in audio:
+        raise _Reject("invalid_path", "audio path contains a NUL byte", audio)
+    _valid_text(audio, "audio path")
+    encoded = os.fsencode(audio)
+    if len(encoded) > _PATH_MAX or any(len(part) > _NAME_MAX for part in encoded.split(b"/")):
+        raise _Reject("invalid_path", f"audio path is too long to open ({len(encoded)} bytes; at most "
+                      f"{_PATH_MAX}, and {_NAME_MAX} per name)", audio)
 
 
 class _Claims:
@@ -360,30 +427,38 @@ def _detect(path: Path) -> tuple[str, tuple[Path, ...]]:
 
 
 class _Confinement:
-    """Audio paths must lie under one of `roots` once `..` and symlinks are resolved."""
+    """Audio paths must lie under one of `roots` once `..` and symlinks are resolved. This check by name is
+    the cheap first fence (a path outside is never even opened); the file is then opened once and checked
+    again by its handle (jstip.storage.content.open_confined), and hashed and decoded from that handle."""
 
-    def __init__(self, roots: list[str]):
+    def __init__(self, roots: list[str], shown: list[str]):
         self.roots = sorted({os.path.realpath(root) for root in roots})
+        self.shown = shown  # the roots as the config names them (location-free, for reasons)
         self._prefixes = tuple(root.rstrip(os.sep) + os.sep for root in self.roots)
         self._real_dir = functools.lru_cache(maxsize=1 << 16)(os.path.realpath)
 
-    def check(self, audio_path: str) -> None:
+    def check(self, audio_path: str, shown: str) -> None:
         if os.path.islink(audio_path):
             real = os.path.realpath(audio_path)
         else:  # the directory's symlinks resolved once per directory, not once per file
             real = os.path.join(self._real_dir(os.path.dirname(audio_path)), os.path.basename(audio_path))
         if real in self.roots or real.startswith(self._prefixes):
             return
-        shown = audio_path if real == audio_path else f"{audio_path} (resolves to {real})"
+        if real != audio_path:
+            shown = f"{shown} (resolves to {real})"
         raise _Reject("path_outside_allowed_roots", f"audio path {shown} is outside the allowed roots "
-                      f"{', '.join(self.roots)}; if the corpus lies there, add that directory to "
-                      f"ingest.allowed_roots in the build config", audio_path)
+                      f"({', '.join(self.shown)}); if the corpus lies there, allow that directory "
+                      f"(`jstip build --allow-root DIR`, or ingest.allowed_roots in the build config)", audio_path)
 
 
 class _Ingest:
-    """State shared by the format readers: output tables, id claims, the cached existence check."""
+    """State shared by the format readers: output tables, id claims, the cached existence check.
 
-    def __init__(self, confinement: _Confinement | None = None) -> None:
+    Paths in the tables are relative to `corpus_root` (the manifest's directory), so that the same corpus
+    gives the same tables, bytes and ids wherever it lies."""
+
+    def __init__(self, corpus_root: str, confinement: _Confinement | None = None) -> None:
+        self.corpus_root = corpus_root
         self.confinement = confinement
         self.recordings = _Rows("recordings")
         self.recording_ids: set[str] = set()
@@ -393,25 +468,93 @@ class _Ingest:
         self.num_entries = 0
         self.exists = functools.lru_cache(maxsize=1 << 16)(os.path.exists)
 
+    def name(self, path: str | Path) -> str:
+        """`path` relative to the corpus root, with '/' separators: how tables and reasons name files."""
+        return Path(os.path.relpath(path, self.corpus_root)).as_posix()
+
+    @contextmanager
+    def entry(self, source: str, line_id: str) -> Iterator[None]:
+        """Whatever one manifest line does, it ends as rows, never as a stopped build: an unexpected error
+        (a library's exception, a bug) rolls back what the line added and quarantines it as one entry."""
+        mark = (self.num_entries, len(self.utterances), len(self.recordings), len(self.quarantine))
+        try:
+            yield
+        except Exception as e:  # noqa: BLE001 - any one line's failure is that line's quarantine row
+            self.num_entries, utterances, recordings, quarantined = mark
+            self.utterances.truncate(utterances)
+            self.recordings.truncate(recordings)
+            self.quarantine.truncate(quarantined)
+            self.recording_ids = set(self.recordings.columns["recording_id"])
+            self.num_entries += 1
+            logger.debug("entry %s failed", _storable(source, 200), exc_info=True)
+            self.quarantine.reject(line_id, source, _Reject(
+                "invalid_entry", f"cannot read this entry: {type(e).__name__}: {e}"))
+
     def require_audio(self, audio_path: str) -> None:
+        _valid_path(audio_path)
+        shown = self.name(audio_path)
         if self.confinement is not None:  # first: a path outside is never even probed
-            self.confinement.check(audio_path)
+            self.confinement.check(audio_path, shown)
         if not self.exists(audio_path):
-            raise _Reject("audio_not_found", f"audio file not found: {audio_path}", audio_path)
+            raise _Reject("audio_not_found", f"audio file not found: {shown}", shown)
 
     def accept(self, recording: dict, **utterance: Any) -> None:
+        try:
+            for field, value in (*recording.items(), *utterance.items()):
+                _valid_text(value, field)
+        except _Reject as error:
+            self.quarantine.reject(utterance["utterance_id"], utterance["source"], error)
+            return
+        audio_path = self.name(recording["audio_path"])
         if recording["recording_id"] not in self.recording_ids:
             self.recording_ids.add(recording["recording_id"])
-            self.recordings.append(**recording)
-        self.utterances.append(recording_id=recording["recording_id"], audio_path=recording["audio_path"],
-                               **utterance)
+            self.recordings.append(**{**recording, "audio_path": audio_path})
+        self.utterances.append(recording_id=recording["recording_id"], audio_path=audio_path, **utterance)
 
-    def result(self, format_: str) -> IngestResult:
+    def result(self, format_: str, hashes: FileHashes) -> IngestResult:
+        utterances = self._identify_audio(self.utterances.table(), hashes)
         quarantine = self.quarantine.table()
-        utterances = self.utterances.table()
+        recordings = self.recordings.table()
+        used = pc.is_in(recordings.column("recording_id"), value_set=utterances.column("recording_id"))
+        recordings = recordings.filter(used)
+        recordings = recordings.set_column(recordings.schema.get_field_index("audio_sha256"), "audio_sha256",
+                                           self._sha_column(recordings))
         assert utterances.num_rows + quarantine.num_rows == self.num_entries, "an entry was lost"
-        return IngestResult(recordings=self.recordings.table(), utterances=utterances, quarantine=quarantine,
-                            format=format_, num_entries=self.num_entries)
+        roots = None if self.confinement is None else tuple(self.confinement.roots)
+        return IngestResult(recordings=conform("recordings", recordings), utterances=utterances,
+                            quarantine=quarantine, format=format_, num_entries=self.num_entries,
+                            corpus_root=self.corpus_root, roots=roots)
+
+    def _sha_column(self, table: pa.Table) -> pa.Array:
+        return pa.array([self._digests.get(p) for p in table.column("audio_path").to_pylist()], pa.string())
+
+    def _identify_audio(self, utterances: pa.Table, hashes: FileHashes) -> pa.Table:
+        """sha256 of every accepted utterance's audio file, read through a confined open (the content, not
+        the path or stat, is what names shards and versions); an audio file that cannot be read that way
+        quarantines its utterances."""
+        roots = None if self.confinement is None else self.confinement.roots
+        names = utterances.column("audio_path").to_pylist()
+        found = hashes.hash_many([os.path.join(self.corpus_root, n) for n in dict.fromkeys(names)], roots)
+        self._digests = {}
+        for path, digest in found.items():
+            self._digests[self.name(path)] = digest if isinstance(digest, str) else None
+        keep = []
+        for row, name in zip(utterances.select(["utterance_id", "source"]).to_pylist(), names):
+            outcome = found[os.path.join(self.corpus_root, name)]
+            keep.append(isinstance(outcome, str))
+            if not keep[-1]:
+                if isinstance(outcome, ConfinementError):
+                    check = "path_outside_allowed_roots"
+                elif isinstance(outcome, FileNotFoundError):
+                    check = "audio_not_found"
+                else:
+                    check = "audio_unreadable"
+                problem = str(outcome).replace(os.path.join(self.corpus_root, ""), "")
+                self.quarantine.reject(row["utterance_id"], row["source"],
+                                       _Reject(check, f"cannot read audio {name}: {problem}", name))
+        utterances = utterances.filter(pa.array(keep, pa.bool_()))
+        return utterances.set_column(utterances.schema.get_field_index("audio_sha256"), "audio_sha256",
+                                     self._sha_column(utterances))
 
     # -- NeMo ------------------------------------------------------------------------------------------
 
@@ -422,44 +565,47 @@ class _Ingest:
         def audio_identity(audio: str) -> tuple[str, str, str]:
             audio_path = _resolve(audio, base)
             audio_stem = os.path.splitext(os.path.basename(audio_path))[0]
-            return audio_path, audio_stem, f"{audio_stem}-{_short_hash(audio_path)}"
+            return audio_path, audio_stem, f"{audio_stem}-{_short_hash(self.name(audio_path))}"
 
         for line_no, raw in _lines(path):
             if not raw.strip():
                 continue
-            self.num_entries += 1
-            source = f"{path}:{line_no}"
+            source = f"{self.name(path)}:{line_no}"
             utterance_id = line_id = f"{stem}:line{line_no}"
-            try:
-                entry = _json_object(raw)
-                explicit = entry.get("id") is not None
-                if explicit:
-                    utterance_id = _id(entry["id"], "id")
-                    self.claims.claim(utterance_id, source, line_id)
-                audio = entry.get("audio_filepath")
-                if audio is None or audio == "":
-                    raise _Reject("missing_field", "no 'audio_filepath'", "audio_filepath")
-                if not isinstance(audio, str):
-                    raise _Reject("invalid_field", f"'audio_filepath' must be a string, got {audio!r}", audio)
-                audio_path, audio_stem, recording_id = audio_identity(audio)
-                offset = 0.0 if entry.get("offset") is None else _offset(entry["offset"])
-                duration = None if entry.get("duration") is None else _positive_duration(entry["duration"])
-                if not explicit:
-                    segment = f"{audio_path}|{offset:.3f}|{'' if duration is None else f'{duration:.3f}'}"
-                    utterance_id = f"{audio_stem}-{_short_hash(segment)}"
-                    self.claims.claim(utterance_id, source, line_id)
-                text = _text(entry.get("text"))
-                fields = dict(speaker=_optional_str(entry.get("speaker"), "speaker"),
-                              language=_optional_str(entry.get("lang", entry.get("language")), "lang"),
-                              domain=_optional_str(entry.get("domain"), "domain"),
-                              entities=_entities(entry.get("entities")))
-                self.require_audio(audio_path)
-            except _Reject as error:
-                self.quarantine.reject(utterance_id, source, error)
-                continue
-            recording = dict(recording_id=recording_id, audio_path=audio_path)
-            self.accept(recording, utterance_id=utterance_id, start=offset, duration=duration, text=text,
-                        source=source, **fields)
+            with self.entry(source, line_id):
+                self.num_entries += 1
+                try:
+                    entry = _json_object(raw)
+                    explicit = entry.get("id") is not None
+                    if explicit:
+                        utterance_id = _id(entry["id"], "id")
+                        self.claims.claim(utterance_id, source, line_id)
+                    audio = entry.get("audio_filepath")
+                    if audio is None or audio == "":
+                        raise _Reject("missing_field", "no 'audio_filepath'", "audio_filepath")
+                    if not isinstance(audio, str):
+                        raise _Reject("invalid_field", f"'audio_filepath' must be a string, got {audio!r}", audio)
+                    _valid_path(audio)
+                    audio_path, audio_stem, recording_id = audio_identity(audio)
+                    offset = 0.0 if entry.get("offset") is None else _offset(entry["offset"])
+                    duration = None if entry.get("duration") is None else _positive_duration(entry["duration"])
+                    if not explicit:
+                        length = "" if duration is None else f"{duration:.3f}"
+                        segment = f"{self.name(audio_path)}|{offset:.3f}|{length}"
+                        utterance_id = f"{audio_stem}-{_short_hash(segment)}"
+                        self.claims.claim(utterance_id, source, line_id)
+                    text = _text(entry.get("text"))
+                    fields = dict(speaker=_optional_str(entry.get("speaker"), "speaker"),
+                                  language=_optional_str(entry.get("lang", entry.get("language")), "lang"),
+                                  domain=_optional_str(entry.get("domain"), "domain"),
+                                  entities=_entities(entry.get("entities")))
+                    self.require_audio(audio_path)
+                except _Reject as error:
+                    self.quarantine.reject(utterance_id, source, error)
+                    continue
+                recording = dict(recording_id=recording_id, audio_path=audio_path)
+                self.accept(recording, utterance_id=utterance_id, start=offset, duration=duration, text=text,
+                            source=source, **fields)
 
     # -- Lhotse ----------------------------------------------------------------------------------------
 
@@ -519,63 +665,66 @@ class _Ingest:
         for line_no, raw in _lines(recordings_path):
             if not raw.strip():
                 continue
-            source = f"{recordings_path}:{line_no}"
+            source = f"{self.name(recordings_path)}:{line_no}"
             recording_id = None
-            try:
-                entry = _json_object(raw)
-                if isinstance(entry.get("id"), str):
-                    recording_id = entry["id"]
-                    if recording_id in recordings:
-                        recording_id = None  # keep the first definition
-                        raise _Reject("duplicate_id", f"duplicate recording id {entry['id']!r}", entry["id"])
-                missing = [key for key in _RECORDING_KEYS if key not in entry]
-                if missing:
-                    raise _Reject("missing_field", f"recording has no {', '.join(map(repr, missing))}", missing[0])
+            with self.entry(source, f"{stem}:line{line_no}"):
                 try:
-                    recording = Recording.from_dict(entry)
-                except Exception as e:  # lhotse raises TypeError/KeyError/ValueError, depending on the field
-                    raise _Reject("invalid_entry", f"not a Lhotse recording: {e}") from None
-                recordings[recording.id] = self._recording_row(recording, base)
-            except _Reject as error:
-                # a bad recordings line is an entry of its own; its supervisions are quarantined again below
-                self.num_entries += 1
-                self.quarantine.reject(f"{stem}:line{line_no}", source, error)
-                if recording_id is not None:
-                    recordings[recording_id] = (source, error)
+                    entry = _json_object(raw)
+                    if isinstance(entry.get("id"), str):
+                        recording_id = entry["id"]
+                        if recording_id in recordings:
+                            recording_id = None  # keep the first definition
+                            raise _Reject("duplicate_id", f"duplicate recording id {entry['id']!r}", entry["id"])
+                    missing = [key for key in _RECORDING_KEYS if key not in entry]
+                    if missing:
+                        raise _Reject("missing_field", f"recording has no {', '.join(map(repr, missing))}", missing[0])
+                    try:
+                        recording = Recording.from_dict(entry)
+                    except Exception as e:  # lhotse raises TypeError/KeyError/ValueError, depending on the field
+                        raise _Reject("invalid_entry", f"not a Lhotse recording: {e}") from None
+                    recordings[recording.id] = self._recording_row(recording, base)
+                except _Reject as error:
+                    # a bad recordings line is an entry of its own; its supervisions are quarantined again below
+                    self.num_entries += 1
+                    self.quarantine.reject(f"{stem}:line{line_no}", source, error)
+                    if recording_id is not None:
+                        recordings[recording_id] = (source, error)
 
         stem = _manifest_stem(supervisions_path)
         for line_no, raw in _lines(supervisions_path):
             if not raw.strip():
                 continue
-            self.num_entries += 1
-            source = f"{supervisions_path}:{line_no}"
+            source = f"{self.name(supervisions_path)}:{line_no}"
             utterance_id = line_id = f"{stem}:line{line_no}"
-            try:
-                entry = _json_object(raw)
-                if entry.get("id") is not None:
-                    utterance_id = _id(entry["id"], "id")
-                    self.claims.claim(utterance_id, source, line_id)
-                missing = [key for key in _SUPERVISION_KEYS if key not in entry]
-                if missing:
-                    raise _Reject("missing_field", f"supervision has no {', '.join(map(repr, missing))}", missing[0])
+            with self.entry(source, line_id):
+                self.num_entries += 1
                 try:
-                    supervision = SupervisionSegment.from_dict(entry)
-                except Exception as e:
-                    raise _Reject("invalid_entry", f"not a Lhotse supervision: {e}") from None
-                recording = recordings.get(supervision.recording_id)
-                if recording is None:
-                    raise _Reject("unknown_recording", f"recording {supervision.recording_id!r} is not in "
-                                  f"{recordings_path}", supervision.recording_id)
-                if isinstance(recording, tuple):
-                    bad_source, bad = recording
-                    raise _Reject("bad_recording", f"recording {supervision.recording_id!r} was quarantined "
-                                  f"({bad_source}: {bad.problem})", supervision.recording_id)
-                fields = self._supervision_fields(supervision)
-                self.require_audio(recording["audio_path"])
-            except _Reject as error:
-                self.quarantine.reject(utterance_id, source, error)
-                continue
-            self.accept(recording, utterance_id=utterance_id, source=source, **fields)
+                    entry = _json_object(raw)
+                    if entry.get("id") is not None:
+                        utterance_id = _id(entry["id"], "id")
+                        self.claims.claim(utterance_id, source, line_id)
+                    missing = [key for key in _SUPERVISION_KEYS if key not in entry]
+                    if missing:
+                        raise _Reject("missing_field", f"supervision has no {', '.join(map(repr, missing))}",
+                                      missing[0])
+                    try:
+                        supervision = SupervisionSegment.from_dict(entry)
+                    except Exception as e:
+                        raise _Reject("invalid_entry", f"not a Lhotse supervision: {e}") from None
+                    recording = recordings.get(supervision.recording_id)
+                    if recording is None:
+                        raise _Reject("unknown_recording", f"recording {supervision.recording_id!r} is not in "
+                                      f"{self.name(recordings_path)}", supervision.recording_id)
+                    if isinstance(recording, tuple):
+                        bad_source, bad = recording
+                        raise _Reject("bad_recording", f"recording {supervision.recording_id!r} was quarantined "
+                                      f"({bad_source}: {bad.problem})", supervision.recording_id)
+                    fields = self._supervision_fields(supervision)
+                    self.require_audio(recording["audio_path"])
+                except _Reject as error:
+                    self.quarantine.reject(utterance_id, source, error)
+                    continue
+                self.accept(recording, utterance_id=utterance_id, source=source, **fields)
 
     def lhotse_cuts(self, path: Path) -> None:
         from lhotse import MonoCut
@@ -586,60 +735,65 @@ class _Ingest:
         for line_no, raw in _lines(path):
             if not raw.strip():
                 continue
-            source = f"{path}:{line_no}"
+            source = f"{self.name(path)}:{line_no}"
             line_id = f"{stem}:line{line_no}"
+            with self.entry(source, line_id):
+                self._lhotse_cut(raw, source, line_id, base, recordings, deserialize_item, MonoCut)
+
+    def _lhotse_cut(self, raw: bytes, source: str, line_id: str, base: str, recordings: dict,
+                    deserialize_item, MonoCut) -> None:
+        try:
+            entry = _json_object(raw)
             try:
-                entry = _json_object(raw)
+                cut = deserialize_item(entry)
+            except Exception as e:
+                raise _Reject("invalid_entry", f"not a Lhotse cut: {e}") from None
+        except _Reject as error:
+            self.num_entries += 1
+            self.quarantine.reject(line_id, source, error)
+            return
+        supervisions = list(getattr(cut, "supervisions", None) or [])
+        cut_error = None
+        if not isinstance(cut, MonoCut):
+            cut_error = _Reject("unsupported_cut", f"cut {getattr(cut, 'id', None)!r} is a "
+                                f"{type(cut).__name__}; only MonoCut is supported", type(cut).__name__)
+        elif not supervisions:
+            cut_error = _Reject("no_supervision", f"cut {cut.id!r} has no supervision (no transcript)", cut.id)
+        elif not cut.has_recording:
+            cut_error = _Reject("no_recording", f"cut {cut.id!r} has no recording", cut.id)
+        elif not _is_number(cut.start) or not math.isfinite(cut.start):
+            cut_error = _Reject("invalid_offset", f"cut {cut.id!r}: start must be a number, got {cut.start!r}",
+                                cut.start)
+        else:
+            if cut.recording.id not in recordings:
                 try:
-                    cut = deserialize_item(entry)
-                except Exception as e:
-                    raise _Reject("invalid_entry", f"not a Lhotse cut: {e}") from None
-            except _Reject as error:
-                self.num_entries += 1
-                self.quarantine.reject(line_id, source, error)
-                continue
-            supervisions = list(getattr(cut, "supervisions", None) or [])
-            cut_error = None
-            if not isinstance(cut, MonoCut):
-                cut_error = _Reject("unsupported_cut", f"cut {getattr(cut, 'id', None)!r} is a "
-                                    f"{type(cut).__name__}; only MonoCut is supported", type(cut).__name__)
-            elif not supervisions:
-                cut_error = _Reject("no_supervision", f"cut {cut.id!r} has no supervision (no transcript)", cut.id)
-            elif not cut.has_recording:
-                cut_error = _Reject("no_recording", f"cut {cut.id!r} has no recording", cut.id)
-            elif not _is_number(cut.start) or not math.isfinite(cut.start):
-                cut_error = _Reject("invalid_offset", f"cut {cut.id!r}: start must be a number, got {cut.start!r}",
-                                    cut.start)
-            else:
-                if cut.recording.id not in recordings:
-                    try:
-                        recordings[cut.recording.id] = self._recording_row(cut.recording, base)
-                    except _Reject as error:
-                        recordings[cut.recording.id] = error
-                recording = recordings[cut.recording.id]
-                if isinstance(recording, _Reject):
-                    cut_error = recording
-            if not supervisions:
-                self.num_entries += 1
-                self.quarantine.reject(line_id, source, cut_error)
-                continue
-            for index, supervision in enumerate(supervisions, 1):
-                # `source` identifies one entry: the k-th supervision of a cut that has several is "file:line#k"
-                entry_source, entry_id = (source, line_id) if len(supervisions) == 1 else \
-                    (f"{source}#{index}", f"{line_id}#{index}")
-                self.num_entries += 1
-                utterance_id = entry_id
-                try:
-                    utterance_id = _id(supervision.id, "supervision id")
-                    self.claims.claim(utterance_id, entry_source, entry_id)
-                    if cut_error is not None:
-                        raise cut_error
-                    fields = self._supervision_fields(supervision, cut_start=cut.start)
-                    self.require_audio(recording["audio_path"])
+                    recordings[cut.recording.id] = self._recording_row(cut.recording, base)
                 except _Reject as error:
-                    self.quarantine.reject(utterance_id, entry_source, error)
-                    continue
-                self.accept(recording, utterance_id=utterance_id, source=entry_source, **fields)
+                    recordings[cut.recording.id] = error
+            recording = recordings[cut.recording.id]
+            if isinstance(recording, _Reject):
+                cut_error = recording
+        if not supervisions:
+            self.num_entries += 1
+            self.quarantine.reject(line_id, source, cut_error)
+            return
+        for index, supervision in enumerate(supervisions, 1):
+            # `source` identifies one entry: the k-th supervision of a cut that has several is "file:line#k"
+            entry_source, entry_id = (source, line_id) if len(supervisions) == 1 else \
+                (f"{source}#{index}", f"{line_id}#{index}")
+            self.num_entries += 1
+            utterance_id = entry_id
+            try:
+                utterance_id = _id(supervision.id, "supervision id")
+                self.claims.claim(utterance_id, entry_source, entry_id)
+                if cut_error is not None:
+                    raise cut_error
+                fields = self._supervision_fields(supervision, cut_start=cut.start)
+                self.require_audio(recording["audio_path"])
+            except _Reject as error:
+                self.quarantine.reject(utterance_id, entry_source, error)
+                continue
+            self.accept(recording, utterance_id=utterance_id, source=entry_source, **fields)
 
     # -- audio directory -------------------------------------------------------------------------------
 
@@ -666,33 +820,37 @@ class _Ingest:
             utterance_id = key.replace("/", "_")
             transcript = transcripts.get(key)
             if key not in audio:
-                self.num_entries += 1
-                self.quarantine.reject(utterance_id, str(transcript), _Reject(
-                    "audio_not_found", f"transcript has no audio file beside it (no {key}.<audio extension>)",
-                    str(transcript)))
+                with self.entry(self.name(transcript), utterance_id):
+                    self.num_entries += 1
+                    self.quarantine.reject(utterance_id, self.name(transcript), _Reject(
+                        "audio_not_found", f"transcript has no audio file beside it (no {key}.<audio extension>)",
+                        self.name(transcript)))
                 continue
             for audio_file in audio[key]:  # an entry is an audio file; its path is the entry's source
-                self.num_entries += 1
-                source = str(audio_file)
-                try:
-                    self.claims.claim(utterance_id, source, audio_file.relative_to(root).as_posix())
-                    if self.confinement is not None:  # a symlink in the directory may point anywhere
-                        self.confinement.check(str(audio_file))
-                    if transcript is None:
-                        expected = audio_file.with_suffix(TRANSCRIPT_EXTENSION)
-                        raise _Reject("no_transcript", f"no transcript (expected {expected})", str(expected))
+                source = self.name(audio_file)
+                with self.entry(source, utterance_id):
+                    self.num_entries += 1
                     try:
-                        content = transcript.read_bytes().decode("utf-8-sig")
-                    except UnicodeDecodeError as e:
-                        raise _Reject("malformed_text", f"transcript is not UTF-8: {e}") from None
-                    # a transcript file may wrap lines: one utterance, whitespace collapsed
-                    text = _text(" ".join(content.split()))
-                except _Reject as error:
-                    self.quarantine.reject(utterance_id, source, error)
-                    continue
-                recording = dict(recording_id=utterance_id, audio_path=str(audio_file))
-                self.accept(recording, utterance_id=utterance_id, start=0.0, duration=None, text=text,
-                            source=source)
+                        _valid_text(utterance_id, "file name")
+                        self.claims.claim(utterance_id, source, audio_file.relative_to(root).as_posix())
+                        if self.confinement is not None:  # a symlink in the directory may point anywhere
+                            self.confinement.check(str(audio_file), source)
+                        if transcript is None:
+                            expected = audio_file.with_suffix(TRANSCRIPT_EXTENSION)
+                            raise _Reject("no_transcript", f"no transcript (expected {self.name(expected)})",
+                                          self.name(expected))
+                        try:
+                            content = transcript.read_bytes().decode("utf-8-sig")
+                        except UnicodeDecodeError as e:
+                            raise _Reject("malformed_text", f"transcript is not UTF-8: {e}") from None
+                        # a transcript file may wrap lines: one utterance, whitespace collapsed
+                        text = _text(" ".join(content.split()))
+                    except _Reject as error:
+                        self.quarantine.reject(utterance_id, source, error)
+                        continue
+                    recording = dict(recording_id=utterance_id, audio_path=str(audio_file))
+                    self.accept(recording, utterance_id=utterance_id, start=0.0, duration=None, text=text,
+                                source=source)
 
 
 # ------------------------------------------------------------------------------------------ public API
@@ -704,7 +862,8 @@ def detect_manifest_format(path: str | Path) -> str:
     return _detect(Path(path).absolute())[0]
 
 
-def ingest_manifest(path: str | Path, allowed_roots: Sequence[str | Path] | None = None) -> IngestResult:
+def ingest_manifest(path: str | Path, allowed_roots: Sequence[str | Path] | None = None,
+                    hashes: FileHashes | None = None) -> IngestResult:
     """Read one speech manifest (Lhotse, NeMo or a directory of audio + .txt) into recordings + utterances.
 
     `allowed_roots`: None reads audio paths wherever they point (for trusted manifests); a sequence (the
@@ -716,13 +875,14 @@ def ingest_manifest(path: str | Path, allowed_roots: Sequence[str | Path] | None
     line of a NeMo or supervisions manifest, a supervision of a cut (or the cut line itself when it yields no
     supervision), an audio file or orphan transcript of a directory, and each quarantined recordings line.
     """
-    path = Path(path).absolute()  # sources and error messages name the file unambiguously
+    path = Path(path).absolute()
     format_, files = _detect(path)
+    home = path if path.is_dir() else path.parent
     confinement = None
     if allowed_roots is not None:
-        home = path if path.is_dir() else path.parent
-        confinement = _Confinement([str(home), *(str(home / Path(root).expanduser()) for root in allowed_roots)])
-    ingest = _Ingest(confinement)
+        confinement = _Confinement([str(home), *(str(home / Path(root).expanduser()) for root in allowed_roots)],
+                                   ["the manifest's directory", *(str(root) for root in allowed_roots)])
+    ingest = _Ingest(str(home), confinement)
     if format_ == "nemo":
         ingest.nemo(files[0])
     elif format_ == "lhotse_cuts":
@@ -731,7 +891,7 @@ def ingest_manifest(path: str | Path, allowed_roots: Sequence[str | Path] | None
         ingest.lhotse_supervisions(*files)
     elif format_ == "audio_dir":
         ingest.audio_dir(path)
-    return ingest.result(format_)
+    return ingest.result(format_, hashes or FileHashes())
 
 
 def ingest_text_corpus(path: str | Path, domain: str | None = None) -> TextIngestResult:
@@ -754,7 +914,7 @@ def ingest_text_corpus(path: str | Path, domain: str | None = None) -> TextInges
         if not raw.strip():
             continue
         num_lines += 1
-        source = f"{path}:{line_no}"
+        source = f"{path.name}:{line_no}"
         text_id = f"{stem}:line{line_no}"
         try:
             try:
@@ -778,6 +938,10 @@ def ingest_text_corpus(path: str | Path, domain: str | None = None) -> TextInges
             first_seen[text_id] = source
         except _Reject as error:
             quarantine.reject(text_id, source, error)
+            continue
+        except Exception as e:  # noqa: BLE001 - one line's surprise is that line's quarantine row
+            quarantine.reject(text_id, source, _Reject("invalid_entry", f"cannot read this line: "
+                                                                         f"{type(e).__name__}: {e}"))
             continue
         corpus.append(text_id=text_id, domain=tag, text=sentence, source=source)
     return TextIngestResult(text_corpus=corpus.table(), quarantine=quarantine.table(), num_lines=num_lines)

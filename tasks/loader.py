@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import signal
 import sys
+import threading
 
 from torch.utils.data import DataLoader, Dataset
 
@@ -43,9 +44,20 @@ def _as_is(batch: Batch) -> Batch:
     return batch
 
 
-def _die_with_parent(worker_id: int) -> None:
-    """A worker whose training process is killed exits at once (Linux: PR_SET_PDEATHSIG), instead of at
-    DataLoader's next watchdog check (up to 5 s later), so a killed rank leaves nothing running."""
+def _worker_init(worker_id: int) -> None:
+    """A forked worker starts clean of what it inherited from the training process:
+    - it exits at once when that process is killed (Linux: PR_SET_PDEATHSIG), instead of at DataLoader's
+      next watchdog check (up to 5 s later), so a killed rank leaves nothing running;
+    - SIGTERM ends it (the parent's handler, e.g. Prefect's flow engine's, would raise in it instead), and
+      Ctrl-C is left to the parent, which stops its workers;
+    - the parent's threads' exit callbacks are dropped: those threads (Prefect's log and event services in a
+      flow run) do not exist in the child, and running their callbacks at its exit fails it (exit code 1,
+      "DataLoader worker exited unexpectedly")."""
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    inherited = getattr(threading, "_threading_atexits", None)  # CPython's list behind threading._register_atexit
+    if isinstance(inherited, list):
+        inherited.clear()
     if not sys.platform.startswith("linux"):
         return
     import ctypes
@@ -58,5 +70,5 @@ def batch_loader(batches: RankBatches, start_step: int, end_step: int, workers: 
                  pin_memory: bool = False) -> DataLoader:
     """Batches of steps [start_step, end_step), in order, made by `workers` processes (0: in this one)."""
     return DataLoader(batches, batch_size=None, sampler=range(start_step, end_step), num_workers=workers,
-                      collate_fn=_as_is, pin_memory=pin_memory, worker_init_fn=_die_with_parent,
+                      collate_fn=_as_is, pin_memory=pin_memory, worker_init_fn=_worker_init,
                       prefetch_factor=prefetch if workers > 0 else None, persistent_workers=False)

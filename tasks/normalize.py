@@ -1,6 +1,11 @@
 """Audio normalisation: decode, mono, resample, optional loudness and silence trim, 16-bit FLAC, content hash.
 
-Entry point: `normalize_shard(utterances, audio_dir, config)`. For every utterance:
+Entry point: `normalize_shard(utterances, audio_dir, config, corpus_root, roots)`. For every utterance:
+
+0. open its audio file once, confined to `roots` by the opened handle, check its bytes still have the
+   sha256 that ingest recorded (`audio_sha256`: the content the shard key names), and decode from that
+   same handle (`_open_source`): the file checked is the file read, and a version id always names the
+   audio it was computed from;
 
 1. decode its stretch `[start, start+duration)` of the recording with soundfile (anything libsndfile reads:
    WAV/FLAC/Ogg/MP3/...), in blocks of ~1 M samples, so that a 2-hour 48 kHz stereo file is never held
@@ -22,6 +27,9 @@ cannot open or decode it), `audio_truncated` (it ends more than `range_tolerance
 said), `audio_nonfinite` (NaN/inf samples), `audio_out_of_range` (the range lies outside the file by more
 than `range_tolerance_s`), `audio_channel` (the manifest's channel does not exist).
 
+DC: the utterance's mean is subtracted after decoding (when above -60 dBFS), before loudness, VAD and the
+aligner's energy checks (`_remove_dc`).
+
 Measurements (NORMALIZED_AUDIO): of the INPUT, before any processing: `dc_offset`, `clipping_ratio`,
 `orig_sampling_rate`, `orig_num_channels`; of the STORED audio: `peak_dbfs`, `rms_dbfs`, `loudness_lufs`,
 `speech_ratio`; and what was done: `loudness_gain_db`, `trimmed_lead_s`, `trimmed_trail_s`.
@@ -36,6 +44,7 @@ the stage would miss its 300x target. Memory: the utterance at the target rate a
 from __future__ import annotations
 
 import hashlib
+import io
 import logging
 import math
 import os
@@ -53,6 +62,7 @@ from scipy.signal import sosfilt
 
 from jstip.config import NormalizeConfig
 from jstip.schemas import from_rows
+from jstip.storage.content import ConfinementError, FileIdentity, open_confined, sha256_fd, sha256_file
 from jstip.storage.lock import temp_name
 from jstip.storage.store import TEMP_DIR
 
@@ -103,22 +113,65 @@ class _Decoded:
 # ----------------------------------------------------------------------------------------------- decoding
 
 
-def _decode(utt: dict, config: NormalizeConfig) -> _Decoded:
+class AudioChangedError(RuntimeError):
+    """A source audio file's bytes changed between ingest and normalisation: the build must start again."""
+
+
+class _SourceAudio:
+    """Opens the shard's source audio: `corpus_root`/audio_path, confined to `roots` by the opened handle
+    (jstip.storage.content.open_confined), its bytes checked against the sha256 ingest recorded. A file
+    verified once in this shard (same device, inode, size, mtime and ctime) is not hashed again for its
+    other utterances."""
+
+    def __init__(self, corpus_root: str | None, roots: tuple[str, ...] | None):
+        self.corpus_root, self.roots = corpus_root or "", roots
+        self.verified: set[FileIdentity] = set()
+
+    def open(self, utt: dict) -> int:
+        path = utt["audio_path"]
+        try:
+            fd = open_confined(os.path.join(self.corpus_root, path), self.roots)
+        except ConfinementError as e:
+            shown = str(e).replace(os.path.join(self.corpus_root, ""), "")
+            raise _Reject("path_outside_allowed_roots", f"refused audio {path}: {shown}") from None
+        except FileNotFoundError:
+            raise _Reject("audio_not_found", f"audio file not found: {path}") from None
+        except (OSError, ValueError) as e:
+            reason = e.strerror if isinstance(e, OSError) else e
+            raise _Reject("audio_unreadable", f"cannot read audio {path}: {reason}") from None
+        try:
+            expected = utt.get("audio_sha256")
+            identity = FileIdentity.of(os.fstat(fd))
+            if expected is not None and identity not in self.verified:
+                _, found = sha256_fd(fd)
+                if found != expected:
+                    raise AudioChangedError(
+                        f"{utt.get('source')}: audio {path} changed after ingest (sha256 {found[:12]}..., ingest read "
+                        f"{expected[:12]}...); nothing was published: rerun the build once the corpus is no longer "
+                        f"being written")
+                self.verified.add(identity)
+            os.lseek(fd, 0, os.SEEK_SET)
+            return fd
+        except BaseException:
+            os.close(fd)
+            raise
+
+
+def _decode(utt: dict, config: NormalizeConfig, source: _SourceAudio) -> _Decoded:
     path = utt["audio_path"]
+    fd = source.open(utt)
     try:
-        size = os.path.getsize(path)
-    except FileNotFoundError:
-        raise _Reject("audio_not_found", f"audio file not found: {path}") from None
-    except OSError as e:
-        raise _Reject("audio_unreadable", f"cannot read audio {path}: {e}") from None
-    if size == 0:
-        raise _Reject("audio_empty", f"audio file {path} is empty (0 bytes)", value="0 bytes")
-    try:
-        audio_file = sf.SoundFile(path)
-    except Exception as e:  # libsndfile raises LibsndfileError, soundfile also RuntimeError/TypeError
-        raise _Reject("audio_unreadable", f"cannot decode audio {path}: {e}") from None
-    with audio_file:
-        return _decode_range(audio_file, utt, config)
+        if os.fstat(fd).st_size == 0:
+            raise _Reject("audio_empty", f"audio file {path} is empty (0 bytes)", value="0 bytes")
+        try:
+            audio_file = sf.SoundFile(fd, closefd=False)
+        except Exception as e:  # libsndfile raises LibsndfileError, soundfile also RuntimeError/TypeError
+            # libsndfile's own words: soundfile's message names the descriptor, which differs run to run
+            raise _Reject("audio_unreadable", f"cannot decode audio {path}: {getattr(e, 'error_string', e)}") from None
+        with audio_file:
+            return _decode_range(audio_file, utt, config)
+    finally:
+        os.close(fd)
 
 
 def _decode_range(audio_file: sf.SoundFile, utt: dict, config: NormalizeConfig) -> _Decoded:
@@ -174,7 +227,8 @@ def _decode_range(audio_file: sf.SoundFile, utt: dict, config: NormalizeConfig) 
     except _Reject:
         raise
     except Exception as e:  # a decoder error mid-file (e.g. "flac decoder lost sync")
-        raise _Reject("audio_unreadable", f"cannot decode audio {path} at {start + done / rate:.3f} s: {e}") from None
+        raise _Reject("audio_unreadable", f"cannot decode audio {path} at {start + done / rate:.3f} s: "
+                      f"{getattr(e, 'error_string', e)}") from None
     if resampler is not None and done < num_frames:  # ended early: flush what the resampler holds
         out, written = _append(out, written, resampler.resample_chunk(np.zeros(0, np.float32), last=True))
     if done < num_frames - round(config.range_tolerance_s * rate):  # within it: as for a rounded duration
@@ -214,6 +268,34 @@ def _append(out: np.ndarray, written: int, chunk: np.ndarray) -> tuple[np.ndarra
         out = np.resize(out, written + len(chunk))
     out[written:written + len(chunk)] = chunk
     return out, written + len(chunk)
+
+
+# A DC offset below this (of full scale, -60 dBFS) is left alone: it moves no energy or VAD decision, and
+# leaving it keeps the stored PCM of ordinary recordings bit-exact.
+_DC_REMOVE_MIN = 1e-3
+
+
+def _remove_dc(decoded: _Decoded) -> None:
+    """Subtract the utterance's mean from its audio, before loudness, VAD and every energy measurement.
+
+    A constant offset (a cheap sound card, a bad ADC calibration; 0.1-0.5 of full scale seen in crawled
+    audio) is energy without signal: every frame's power then sits at the offset's level, so the aligner's
+    speech/silence contrast and silero-vad see no speech. `dc_offset` keeps the measured input value.
+
+    A mean is an offset only when it stands out of the signal's own variation: wide-band noise or a tone has
+    a mean of about std / sqrt(n) by chance (1 s of full-scale white noise: ~0.005), and subtracting that
+    would change audio that has no offset at all. So the mean is removed when it is above -60 dBFS and
+    above 4 standard errors (std / sqrt(n)), i.e. not a chance value (p < 1e-4)."""
+    audio, n = decoded.audio, len(decoded.audio)
+    total = squares = 0.0
+    for i in range(0, n, _CHUNK):
+        chunk = audio[i:i + _CHUNK].astype(np.float64)
+        total += float(chunk.sum())
+        squares += float(np.square(chunk).sum())
+    mean = total / max(n, 1)
+    std = math.sqrt(max(squares / max(n, 1) - mean * mean, 0.0))
+    if abs(mean) > max(_DC_REMOVE_MIN, 4.0 * std / math.sqrt(max(n, 1))):
+        audio -= np.float32(mean)
 
 
 # ------------------------------------------------------------------------------------- loudness (BS.1770)
@@ -398,8 +480,16 @@ def write_flac(pcm16: np.ndarray, sample_rate: int, audio_dir: Path) -> tuple[st
         # there is found with one listing and deleted by the next publish (DatasetStore.remove_stale_temporaries)
         tmp = Path(audio_dir) / TEMP_DIR / temp_name(path.name)
         tmp.parent.mkdir(exist_ok=True)
-        sf.write(tmp, pcm16, sample_rate, subtype="PCM_16", format="FLAC")
-        os.replace(tmp, path)
+        # encoded in memory, written by Python: a full disk is an OSError (ENOSPC) that says so, where libsndfile
+        # writing the file itself reports only "System error"
+        encoded = io.BytesIO()
+        sf.write(encoded, pcm16, sample_rate, subtype="PCM_16", format="FLAC")
+        try:
+            tmp.write_bytes(encoded.getbuffer())
+            os.replace(tmp, path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
     return audio_hash, path
 
 
@@ -433,6 +523,7 @@ def _finish(decoded: _Decoded, audio_dir: Path, config: NormalizeConfig) -> dict
     loudness = integrated_loudness(audio, rate)
     pcm16 = _to_pcm16(audio)
     audio_hash, flac_path = write_flac(pcm16, rate, audio_dir)
+    flac_bytes, flac_sha256 = sha256_file(flac_path)  # of the file as it is in the pool (tamper evidence)
     peak, sum_squares = 0, 0
     for i in range(0, len(pcm16), _CHUNK):
         # int64, exact; a float64 np.dot would go to BLAS, whose idle threads spin on every core (measured:
@@ -447,15 +538,21 @@ def _finish(decoded: _Decoded, audio_dir: Path, config: NormalizeConfig) -> dict
         peak_dbfs=_dbfs(peak / _PCM_SCALE), rms_dbfs=_dbfs(math.sqrt(sum_squares / len(pcm16)) / _PCM_SCALE),
         clipping_ratio=decoded.clipping_ratio, dc_offset=decoded.dc_offset, loudness_lufs=loudness,
         loudness_gain_db=decoded.gain_db, speech_ratio=speech_ratio,
-        trimmed_lead_s=lead / rate, trimmed_trail_s=trail / rate,
+        trimmed_lead_s=lead / rate, trimmed_trail_s=trail / rate, flac_bytes=flac_bytes, flac_sha256=flac_sha256,
     )
 
 
 # -------------------------------------------------------------------------------------------------- shard
 
 
-def normalize_shard(utterances: pa.Table, audio_dir: Path, config: NormalizeConfig) -> NormalizeResult:
-    """Normalise the audio of every utterance in the shard; what cannot be normalised is quarantined."""
+def normalize_shard(utterances: pa.Table, audio_dir: Path, config: NormalizeConfig, corpus_root: str | None = None,
+                    roots: tuple[str, ...] | None = None) -> NormalizeResult:
+    """Normalise the audio of every utterance in the shard; what cannot be normalised is quarantined.
+
+    Audio paths are relative to `corpus_root` (absolute ones are used as they are); `roots`: the real
+    directories they must lie in (None: anywhere). A file whose bytes no longer have the sha256 ingest
+    recorded raises AudioChangedError: the shard's key names content that is no longer there."""
+    source = _SourceAudio(corpus_root, roots)
     rows: list[dict] = []
     quarantined: list[dict] = []
     group: list[_Decoded] = []
@@ -474,17 +571,19 @@ def normalize_shard(utterances: pa.Table, audio_dir: Path, config: NormalizeConf
         rows.extend(_finish(decoded, audio_dir, config) for decoded in group)
         group, group_samples = [], 0
 
-    names = [n for n in ("utterance_id", "audio_path", "start", "duration", "channel", "source")
+    names = [n for n in ("utterance_id", "audio_path", "start", "duration", "channel", "source", "audio_sha256")
              if n in utterances.column_names]
     for utt in utterances.select(names).to_pylist():
         try:
-            decoded = _decode(utt, config)
+            decoded = _decode(utt, config, source)
         except _Reject as e:
             reason = f"{utt['source']}: {e.reason}"
             log.warning(reason)
             quarantined.append(dict(utterance_id=utt["utterance_id"], stage="normalize", check_name=e.check_name,
                                     value=e.value, threshold=e.threshold, reason=reason, source=utt["source"]))
             continue
+        except AudioChangedError:
+            raise
         except Exception as e:  # one item's surprise must not stop the shard; its reason says what happened
             reason = f"{utt['source']}: cannot decode audio {utt['audio_path']}: {type(e).__name__}: {e}"
             log.exception(reason)
@@ -492,6 +591,7 @@ def normalize_shard(utterances: pa.Table, audio_dir: Path, config: NormalizeConf
                                     check_name="audio_unreadable", value=None, threshold=None, reason=reason,
                                     source=utt["source"]))
             continue
+        _remove_dc(decoded)
         group.append(decoded)
         group_samples += len(decoded.audio)
         if group_samples >= _GROUP_SECONDS * config.sample_rate:

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import duckdb
 import numpy as np
+import yaml
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
@@ -165,26 +166,36 @@ def _table(columns: list[str], rows: list[tuple]) -> str:
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
-def _data_docs(con, version_id: str, out: Path) -> str | None:
-    """Relative link to the version's Data Docs, when the catalog records them (the column is newer than
-    some catalogs)."""
-    columns, rows = _rows(con, "SELECT * FROM main.dataset_versions_table WHERE version_id = ?", [version_id])
-    if not rows or "data_docs_path" not in columns:
-        return None
-    path = rows[0][columns.index("data_docs_path")]
-    return None if not path else os.path.relpath(path, out)
+def _data_docs(version, out: Path) -> str | None:
+    """Relative link to the version's Data Docs, when the catalog records them (resolved against this
+    store's root: a moved or copied store links to its own)."""
+    return None if version.data_docs_path is None else os.path.relpath(version.data_docs_path, out)
+
+
+def _config_yaml(config: dict) -> str:
+    """The build config as YAML in the order configs/*.yaml use (the config model's field order), not one
+    minified line; a config older than the current model keeps its recorded (sorted) order."""
+    from pydantic import ValidationError
+
+    from jstip.config import BuildConfig
+
+    try:
+        ordered = BuildConfig.model_validate(config).model_dump(mode="json")
+        ordered = {key: ordered[key] for key in ordered if key in config}  # what the version recorded, no more
+    except ValidationError:
+        ordered = config
+    return yaml.safe_dump(ordered, sort_keys=False, default_flow_style=False, allow_unicode=True)
 
 
 def write_report(store: str | Path, version: str | None = None) -> Path:
-    """Write the report of `version` (id or unique prefix; None: the latest) and return its index.html."""
+    """Write the report of `version` (id, unique prefix or dataset name; None: the newest training version) and
+    return its index.html."""
     data_store = DatasetStore(store)
-    v = data_store.version(version) if version else data_store.latest()
-    if v is None:
-        raise StoreError(f"no published versions in {data_store.catalog_path} (run `jstip build --store {store}`)")
+    v = data_store.version(version)
     out = data_store.root / "reports" / v.version_id
     out.mkdir(parents=True, exist_ok=True)
     with data_store.connect(read_only=True) as con:
-        docs = _data_docs(con, v.version_id, out)
+        docs = _data_docs(v, out)
         con.execute(f'USE "v_{v.version_id}"')
         plots = [
             ("Span lengths in words", _span_length_plot(con, out, "words"),
@@ -197,7 +208,7 @@ def write_report(store: str | Path, version: str | None = None) -> Path:
             ("Alignment scores", _score_plot(con, out), "Word scores of the accepted utterances, per aligner."),
         ]
         tables = [(name, *_view(con, name)) for name in SUMMARY_VIEWS]
-    config = html.escape(v.config_json)
+    config = html.escape(_config_yaml(v.config))
     parts = [
         "<!doctype html><html><head><meta charset='utf-8'>",
         f"<title>jstip report {html.escape(v.name)}/{v.version_id}</title>",
@@ -219,7 +230,8 @@ def write_report(store: str | Path, version: str | None = None) -> Path:
     parts.append("<h2>Statistics</h2>")
     for name, columns, rows in tables:
         parts.append(f"<h3><code>{name}</code></h3>" + _table(columns, rows))
-    parts.append(f"<h2>Configuration</h2><pre>{config}</pre></body></html>")
+    parts.append(f"<h2>Configuration</h2><p>The build config that made this version (part of its id), as YAML: "
+                 f"save it as a file to rebuild with <code>--config</code>.</p><pre>{config}</pre></body></html>")
     index = out / "index.html"
     tmp = index.with_suffix(".tmp")
     tmp.write_text("\n".join(parts))

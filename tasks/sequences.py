@@ -13,7 +13,8 @@ Pools (sampled by TrainConfig.mix weights, one pool per batch):
 **The sequence index** is built once per (dataset version, what shapes it) by DuckDB, streamed to disk
 under `<store>/work/sequence_index/<key>/` and memory-mapped by every reader: segment rows (modality, text,
 audio id, sample offsets) as NumPy arrays and an Arrow IPC file, one row per sequence of each pool (sorted
-by estimated length, then id) likewise, and the FLAC path of each audio id. Nothing is read into a
+by estimated length, then id) likewise, and the FLAC path of each audio id (as the version records it,
+relative to the store root, resolved when read: the index moves with its store). Nothing is read into a
 process's own memory: the pages live in the OS page cache, shared by every rank and DataLoader worker of
 a machine, and a sequence becomes Python objects only when a batch draws it. At 38k hours (13.7 M
 utterances) the files are a few GiB and a rank's private memory for them a few MiB (BENCHMARKS.md
@@ -78,12 +79,28 @@ def _read_ipc(path: Path) -> pa.Table:
     return pa.ipc.open_file(pa.memory_map(str(path), "r")).read_all()
 
 
+class _Paths:
+    """Audio paths as the version records them (relative to the store root), resolved under `root`."""
+
+    def __init__(self, recorded: _Strings, root: str):
+        self._recorded = recorded
+        self._root = root
+
+    def __getitem__(self, row: int) -> str:
+        return os.path.join(self._root, self._recorded[row])  # an absolute recorded path (older versions) as is
+
+
 class SequenceIndex:
     """The memory-mapped files of one built index (see the module docstring). Pickles as its path, so a
-    DataLoader worker started by spawn or forkserver maps the same files instead of copying them."""
+    DataLoader worker started by spawn or forkserver maps the same files instead of copying them.
 
-    def __init__(self, directory: str | Path):
+    root: the store's root, under which the audio paths the index holds (as the version records them,
+    relative to the store: jstip.storage.store.DatasetStore.relative) are resolved, so an index moves with
+    its store."""
+
+    def __init__(self, directory: str | Path, root: str | Path):
         self.directory = Path(directory)
+        self.root = str(root)
         self.meta = json.loads((self.directory / "index.json").read_text())
         d = self.directory
         self.modality = np.load(d / "segment_modality.npy", mmap_mode="r")
@@ -92,11 +109,11 @@ class SequenceIndex:
         self.end_sample = np.load(d / "segment_end.npy", mmap_mode="r")
         self.text = _Strings(_read_ipc(d / "segment_text.arrow").column("text"))
         self.audio_table = _read_ipc(d / "audio.arrow")
-        self.flac_path = _Strings(self.audio_table.column("flac_path"))
+        self.flac_path = _Paths(_Strings(self.audio_table.column("flac_path")), self.root)
         self.pools = {pool: _PoolIndex(d, pool) for pool in POOLS}
 
     def __reduce__(self):
-        return SequenceIndex, (self.directory,)
+        return SequenceIndex, (self.directory, self.root)
 
     @property
     def num_segments(self) -> int:
@@ -206,24 +223,18 @@ def _ranges(counts: np.ndarray) -> np.ndarray:
 
 
 def resolve_version(store: DatasetStore, version_id: str | None) -> DatasetVersion:
-    """The version to train on (None: the latest published), checked to be complete on disk."""
+    """The version meant (an id, prefix or dataset name; None: the newest training version, never a held-out
+    one: DatasetStore.version), checked to be complete on disk."""
     try:
-        version = store.version(version_id) if version_id else store.latest()
+        version = store.version(version_id)
     except StoreError as e:
         raise DatasetError(str(e)) from None
-    if version is None:
-        raise DatasetError(f"no dataset version is published in {store.root}: build one first "
-                           f"(`jstip build --store {store.root}`)")
     missing = [t for t in ("utterances", "normalized_audio", "spans", "interleave_plans")
                if not any((version.path / t).glob("*.parquet"))]
     if missing:
         raise DatasetError(f"dataset version {version.version_id} is registered but incomplete on disk: no "
                            f"{', '.join(missing)} under {version.path} (deleted or moved?); rebuild it")
     return version
-
-
-def _parquet(version_path: Path, table: str) -> str:
-    return str(version_path / table / "*.parquet").replace("'", "''")
 
 
 def index_key(version_id: str, transcripts_as_text: bool, asr_prompt: str) -> str:
@@ -243,14 +254,14 @@ def build_sequences(store: DatasetStore, version_id: str | None, mix: MixConfig,
     version = resolve_version(store, version_id)
     directory = store.work_dir / INDEX_STAGE / index_key(version.version_id, mix.transcripts_as_text, asr_prompt)
     if not (directory / "index.json").is_file():
-        build_index(version.path, version.version_id, directory, mix.transcripts_as_text, asr_prompt)
-    index = SequenceIndex(directory)
+        build_index(store, version, directory, mix.transcripts_as_text, asr_prompt)
+    index = SequenceIndex(directory, store.root)
     if missing_audio is None:
         missing_audio = missing_audio_ids(index)
     return _open_pools(index, version.version_id, asr_prompt, on_missing_audio, tuple(int(a) for a in missing_audio))
 
 
-def build_index(version_path: Path, version_id: str, directory: Path, transcripts_as_text: bool,
+def build_index(store: DatasetStore, version: DatasetVersion, directory: Path, transcripts_as_text: bool,
                 asr_prompt: str) -> dict:
     """Build the sequence index of a version's tables into `directory` (streamed; DuckDB spills to disk
     beyond INDEX_BUILD_MEMORY). Returns the index's metadata."""
@@ -260,7 +271,7 @@ def build_index(version_path: Path, version_id: str, directory: Path, transcript
     tmp = directory.parent / temp_name(directory.name)
     tmp.mkdir()
     try:
-        meta = _write_index(version_path, version_id, tmp, transcripts_as_text, asr_prompt)
+        meta = _write_index(store, version, tmp, transcripts_as_text, asr_prompt)
         meta["build_seconds"] = round(time.perf_counter() - started, 3)
         (tmp / "index.json").write_text(json.dumps(meta, indent=2, sort_keys=True))
         try:
@@ -273,8 +284,11 @@ def build_index(version_path: Path, version_id: str, directory: Path, transcript
     return meta
 
 
-def _write_index(version_path: Path, version_id: str, out: Path, transcripts_as_text: bool, asr_prompt: str) -> dict:
-    tables = {t: f"read_parquet('{_parquet(version_path, t)}')" for t in
+def _write_index(store: DatasetStore, version: DatasetVersion, out: Path, transcripts_as_text: bool,
+                 asr_prompt: str) -> dict:
+    version_id = version.version_id
+    # audio paths as recorded (relative to the store root): the index is resolved where it is read
+    tables = {t: store.table_sql(version, t, recorded_paths=True) for t in
               ("spans", "interleave_plans", "normalized_audio", "utterances")}
     work = out / "duckdb"
     con = duckdb.connect(str(out / "build.duckdb"))
@@ -393,7 +407,7 @@ def missing_audio_ids(index: SequenceIndex, batch: int = 65536) -> list[int]:
     for chunk in paths.chunks:
         for start in range(0, len(chunk), batch):
             for offset, path in enumerate(chunk.slice(start, batch).to_pylist()):
-                if not os.path.isfile(path):
+                if not os.path.isfile(os.path.join(index.root, path)):
                     missing.append(at + start + offset)
         at += len(chunk)
     return missing
@@ -416,6 +430,7 @@ def _open_pools(index: SequenceIndex, version_id: str, asr_prompt: str, on_missi
         utterances = index.audio_table.column("utterance_id").take(pa.array(missing_audio))
         paths = index.audio_table.column("flac_path").take(pa.array(missing_audio))
         utterance, path = min(zip(utterances.to_pylist(), paths.to_pylist()))
+        path = os.path.join(index.root, path)
         raise DatasetError(f"dataset version {version_id}: {len(missing_audio)} audio file(s) missing from the "
                            f"store, used by {total} sequence(s); e.g. utterance {utterance}: {path}. "
                            "Rebuild the version, or set on_missing_audio: skip to train without them")

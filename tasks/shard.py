@@ -7,18 +7,19 @@ case) therefore changes only the last shard and adds new ones, and inserting or 
 changes only the shards around them: every other shard keeps its key and its cached stage results.
 Shards average about `shard_size` utterances.
 
-A shard's key hashes its rows (Arrow IPC bytes) and the size and modification time of each audio file
-it reads, so a shard whose manifest lines and audio are unchanged keeps its key across reruns.
+A shard's key hashes its rows (Arrow IPC bytes), which hold what identifies each utterance by content:
+its transcript and metadata, its audio path relative to the corpus root, and the sha256 of its audio file's
+bytes (`audio_sha256`, from ingest). Never an absolute path, a size or an mtime: touching or moving a corpus
+keeps every key (and so every cached stage result and the version id), and new bytes under the same name,
+size and mtime change the key of that shard only.
 """
 
 from __future__ import annotations
 
 import hashlib
-import os
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
 
 def _id_hashes(ids: list[str]) -> np.ndarray:
@@ -58,10 +59,4 @@ def shard_key(shard: pa.Table) -> str:
     with pa.ipc.new_stream(sink, canonical.schema) as writer:
         writer.write_table(canonical)
     digest.update(sink.getvalue().to_pybytes())
-    for path in pc.unique(shard.column("audio_path")).to_pylist():
-        try:
-            stat = os.stat(path)
-            digest.update(f"{path}:{stat.st_size}:{stat.st_mtime_ns}".encode())
-        except OSError:
-            digest.update(f"{path}:missing".encode())
     return digest.hexdigest()[:24]

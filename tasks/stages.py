@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,11 +21,12 @@ import pyarrow.parquet as pq
 from jstip.config import BuildConfig
 from jstip.schemas import conform, empty
 from jstip.storage import DatasetStore
+from jstip.storage.content import FileHashes
 from jstip.storage.lock import temp_name
 from jstip.storage.work import cached_stage, result_dir, stage_key
 from jstip.tasks.align import align_shard
 from jstip.tasks.checks import check_shard, duplicate_audio, fill_durations
-from jstip.tasks.ingest import ingest_manifest, ingest_text_corpus
+from jstip.tasks.ingest import ManifestError, ingest_manifest, ingest_text_corpus
 from jstip.tasks.normalize import normalize_shard
 from jstip.tasks.plan import plan_shard, plan_text_corpus
 from jstip.tasks.shard import shard_key, split_shards
@@ -44,9 +46,14 @@ DEMO_TEST_SEED = 1000  # far from DEMO_SEED: no utterance of the test set repeat
 @dataclass(frozen=True)
 class Shard:
     shard_id: str  # human-readable position, e.g. "s0003"
-    key: str  # content key (rows + audio file stats)
+    key: str  # content key: the rows, which hold each audio file's sha256 and corpus-relative path
     path: str  # Parquet file of the shard's utterances
     num_utterances: int
+    # Where this build reads the audio: the corpus root the rows' relative audio paths start from, and the
+    # real directories audio may come from (None: unconfined). Not part of any key: where a corpus lies
+    # does not change what it is.
+    corpus_root: str = ""
+    roots: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -124,9 +131,41 @@ def demo_test_corpus(store: str) -> str:
     return str(manifest)
 
 
+class AudioOutsideAllowedRoots(ManifestError):
+    """Every entry of a manifest points outside the directories audio may come from: a missing --allow-root, not
+    bad data. The build stops at ingest, before any audio work."""
+
+
+def _stop_if_all_audio_is_outside_the_roots(manifest: str, result) -> None:
+    quarantine = result.quarantine
+    if result.utterances.num_rows or not quarantine.num_rows:
+        return
+    checks = quarantine.column("check_name").to_pylist()
+    if any(check != "path_outside_allowed_roots" for check in checks):
+        return
+    paths = [os.path.join(result.corpus_root, v) for v in quarantine.column("value").to_pylist() if v]
+    try:
+        common = os.path.commonpath(paths) if paths else None
+    except ValueError:
+        common = None
+    where = f" The audio lies under {common}: if that is right, rerun with `--allow-root {common}`" if common else (
+        " Rerun with `--allow-root DIR` for the directory that holds it")
+    raise AudioOutsideAllowedRoots(
+        f"every audio path in {manifest} ({len(checks)} entries) lies outside the directories audio may come from "
+        f"({', '.join(result.roots or ())}).{where} (or add it to ingest.allowed_roots in the build config). "
+        f"Nothing was built.")
+
+
 def ingest(manifest: str, text_corpus: str | None, store: str, config: BuildConfig) -> Ingested:
     """Read the manifest (and domain text), cut the utterances into content-keyed shards."""
-    result = ingest_manifest(manifest, allowed_roots=config.ingest.allowed_roots)
+    # file hashes cached by stat (a cache of this manifest's audio; jstip.storage.content.FileHashes)
+    manifest_key = hashlib.sha256(str(Path(manifest).absolute()).encode()).hexdigest()[:16]
+    hashes = FileHashes(_work_dir(store) / "file_hashes" / f"{manifest_key}.parquet")
+    result = ingest_manifest(manifest, allowed_roots=config.ingest.allowed_roots, hashes=hashes)
+    _stop_if_all_audio_is_outside_the_roots(manifest, result)
+    hashes.save()
+    log.info("ingest: hashed %d audio file(s), %.1f MB; %d unchanged since the last build (cached hashes)",
+             hashes.hashed_files, hashes.hashed_bytes / 1e6, hashes.reused)
     text_table, text_quarantine = empty("text_corpus"), empty("quarantine")
     if text_corpus:
         text = ingest_text_corpus(text_corpus)
@@ -145,7 +184,7 @@ def ingest(manifest: str, text_corpus: str | None, store: str, config: BuildConf
             tmp = path.with_name(temp_name(path.name))  # concurrent builds write the same shard: own names
             pq.write_table(table, tmp)
             tmp.replace(path)
-        shards.append(Shard(f"s{index:04d}", key, str(path), table.num_rows))
+        shards.append(Shard(f"s{index:04d}", key, str(path), table.num_rows, result.corpus_root, result.roots))
 
     tables = {"recordings": result.recordings, "quarantine": pa.concat_tables([result.quarantine, text_quarantine]),
               "text_corpus": text_table}
@@ -168,7 +207,8 @@ def _normalize_key(shard: Shard, config: BuildConfig) -> str:
 
 
 def _align_key(normalize_key: str, config: BuildConfig) -> str:
-    return stage_key("align", normalize_key, config.align.fingerprint(), code_version())
+    # the checks too: align skips what fails a check needing no alignment (checks.precheck_shard)
+    return stage_key("align", normalize_key, config.align.fingerprint(), config.checks.fingerprint(), code_version())
 
 
 def _check_key(align_key: str, config: BuildConfig) -> str:
@@ -181,11 +221,16 @@ def _plan_key(check_key: str, config: BuildConfig) -> str:
 
 def normalize(shard: Shard, store: str, config: BuildConfig) -> StageOutput:
     key = _normalize_key(shard, config)
-    audio_dir = DatasetStore(store).audio_dir
+    dataset_store = DatasetStore(store)
+    audio_dir = dataset_store.audio_dir
 
     def compute():
-        result = normalize_shard(pq.read_table(shard.path), audio_dir, config.normalize)
-        return {"normalized_audio": result.normalized_audio, "quarantine": result.quarantine}
+        result = normalize_shard(pq.read_table(shard.path), audio_dir, config.normalize,
+                                 corpus_root=shard.corpus_root, roots=shard.roots)
+        audio = result.normalized_audio  # flac_path relative to the store root: the store is relocatable
+        relative = pa.array([dataset_store.relative(p) for p in audio.column("flac_path").to_pylist()], pa.string())
+        audio = audio.set_column(audio.schema.get_field_index("flac_path"), "flac_path", relative)
+        return {"normalized_audio": audio, "quarantine": result.quarantine}
 
     return _output("normalize", shard.shard_id, key, *cached_stage(_work_dir(store), "normalize", key, compute))
 
@@ -194,7 +239,12 @@ def align(shard: Shard, normalized: StageOutput, store: str, config: BuildConfig
     key = _align_key(normalized.key, config)
 
     def compute():
-        result = align_shard(pq.read_table(shard.path), normalized.read("normalized_audio"), config.align)
+        # flac_path is relative to the store root (relocatable stores); the aligner opens the files here
+        audio = normalized.read("normalized_audio")
+        root = DatasetStore(store).root
+        absolute = pa.array([str(root / p) for p in audio.column("flac_path").to_pylist()], pa.string())
+        audio = audio.set_column(audio.schema.get_field_index("flac_path"), "flac_path", absolute)
+        result = align_shard(pq.read_table(shard.path), audio, config.align, precheck=config.checks)
         return {"word_alignments": result.word_alignments, "quarantine": result.quarantine}
 
     return _output("align", shard.shard_id, key, *cached_stage(_work_dir(store), "align", key, compute))
@@ -366,7 +416,7 @@ def publish(ingested: Ingested, checked: list[StageOutput], planned: list[StageO
     gate = _PublishGate(ingested, dataset_store, config)
     version = dataset_store.publish(config.name, tables, input_hash=input_hash,
                                     config_json=config.version_config_json(), code_version=code_version(),
-                                    validate=gate)
+                                    validate=gate, role=config.role)
     if gate.counts is None:  # published before with the same inputs: count that version's files again
         gate.account(version.path)
     accepted, quarantined = gate.counts

@@ -20,7 +20,8 @@ an ephemeral context on pandas frames that DuckDB reads from the Parquet files:
 
 Data Docs (static HTML: every suite, every expectation, observed values) are built into `docs_dir`
 (the store keeps them at <store>/gx/data_docs/<version>/index.html) whether the suites pass or not, so a
-blocked publish can be read there. GX is imported here only: it costs ~2 s.
+blocked publish can be read there; they read offline (jstip.tasks.data_docs: our index of every validation,
+no CDN assets). GX is imported here only: it costs ~2 s.
 """
 
 from __future__ import annotations
@@ -33,7 +34,10 @@ import duckdb
 
 from jstip.config import BuildConfig
 from jstip.schemas import DATASET_TABLES, schema_for
+from jstip.storage.lock import temp_name
+from jstip.storage.work import install_directory
 from jstip.tasks.checks import WORD_PATTERN
+from jstip.tasks.data_docs import SuiteOutcome, write_offline_docs
 
 # Stages that write quarantine rows (text_corpus: rows of the domain text, jstip.tasks.stages).
 QUARANTINE_STAGES = ["ingest", "normalize", "align", "check", "plan", "text_corpus"]
@@ -289,8 +293,11 @@ def validate_version(version_dir: Path, docs_dir: Path, config: BuildConfig) -> 
 
     frames, sampled, counts, examples = _frames(Path(version_dir), config)
     integrity = _integrity_checks(config)
-    docs_dir = Path(docs_dir)
-    shutil.rmtree(docs_dir, ignore_errors=True)  # a rerun of a version that failed before
+    final_docs = Path(docs_dir)
+    # built aside and installed whole at the end: a rerun of a version that failed before replaces its docs,
+    # and two builds of the same version at once never delete each other's pages mid-write
+    final_docs.parent.mkdir(parents=True, exist_ok=True)
+    docs_dir = final_docs.parent / temp_name(final_docs.name)
     site = {"class_name": "SiteBuilder", "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"},
             "store_backend": {"class_name": "TupleFilesystemStoreBackend", "base_directory": str(docs_dir)}}
     context = gx.get_context(mode="ephemeral", project_config=DataContextConfig(
@@ -300,13 +307,16 @@ def validate_version(version_dir: Path, docs_dir: Path, config: BuildConfig) -> 
     source = context.data_sources.add_pandas("version")
 
     failures: list[str] = []
+    outcomes: list[SuiteOutcome] = []
 
-    def run(name: str, frame, expectations: list, describe) -> None:
+    def run(name: str, frame, expectations: list, describe, rows: str) -> None:
         batch = source.add_dataframe_asset(name).add_batch_definition_whole_dataframe("all")
         suite = context.suites.add(gx.ExpectationSuite(name=name, expectations=expectations))
         definition = context.validation_definitions.add(gx.ValidationDefinition(name=name, data=batch, suite=suite))
         result = definition.run(batch_parameters={"dataframe": frame}, result_format="SUMMARY")
-        failures.extend(describe(r) for r in result.results if not r.success)
+        failed = [r for r in result.results if not r.success]
+        failures.extend(describe(r) for r in failed)
+        outcomes.append(SuiteOutcome(name, not failed, len(result.results), len(failed), rows))
 
     def describe_row_level(table: str):
         validated, total = sampled[table]
@@ -327,7 +337,9 @@ def validate_version(version_dir: Path, docs_dir: Path, config: BuildConfig) -> 
         return describe
 
     for table in DATASET_TABLES:
-        run(table, frames[table], _table_expectations(table, config), describe_row_level(table))
+        validated, total = sampled[table]
+        rows = f"{total:,}" if validated == total else f"{validated:,} of {total:,} (reservoir sample)"
+        run(table, frames[table], _table_expectations(table, config), describe_row_level(table), rows)
 
     import great_expectations.expectations as gxe
 
@@ -337,7 +349,12 @@ def validate_version(version_dir: Path, docs_dir: Path, config: BuildConfig) -> 
 
     run("integrity", pd.DataFrame(counts),
         [gxe.ExpectColumnValuesToBeBetween(column=name, min_value=0, max_value=0, description=what)
-         for name, (what, _) in integrity.items()], describe_integrity)
-    context.build_data_docs(site_names=["version"])
-    return SuiteReport(success=not failures, data_docs_path=docs_dir / "index.html", failures=failures,
+         for name, (what, _) in integrity.items()], describe_integrity, "every row (exact SQL counts)")
+    try:
+        context.build_data_docs(site_names=["version"])
+        write_offline_docs(docs_dir, outcomes, f"Data Docs of dataset version {final_docs.name}")
+        install_directory(docs_dir, final_docs)
+    finally:
+        shutil.rmtree(docs_dir, ignore_errors=True)
+    return SuiteReport(success=not failures, data_docs_path=final_docs / "index.html", failures=failures,
                        sampled=sampled)

@@ -30,6 +30,7 @@ import hashlib
 import json
 import logging
 import math
+import os
 import shutil
 import time
 from collections.abc import Callable
@@ -48,7 +49,7 @@ from jstip.storage.store import DatasetStore
 from jstip.tasks import distributed
 from jstip.tasks.distributed import DistributedContext
 from jstip.tasks.loader import RankBatches, batch_loader
-from jstip.tasks.sequences import BucketSampler, SequencePools, build_sequences
+from jstip.tasks.sequences import BucketSampler, SequencePools, build_sequences, resolve_version
 from jstip.version import model_code_version
 
 if TYPE_CHECKING:
@@ -247,15 +248,31 @@ def _save_checkpoint(state: tuple[dict, dict], scheduler, step: int, model_dir: 
 
 
 def _trim_log(path: Path, steps_done: int) -> None:
-    """Drop log rows of steps after the checkpoint being resumed (they will be run again)."""
+    """Keep the log rows of steps up to the checkpoint being resumed (later ones will be run again), and only
+    whole rows: a run killed mid-write may have left a partial last line. Rewritten to a temporary file and
+    renamed, so a kill here leaves the old log or the new one, never a torn one."""
     if not path.exists():
         return
-    with path.open() as f:
-        rows = [r for r in csv.DictReader(f) if int(r["step"]) <= steps_done]
-    with path.open("w", newline="") as f:
+    rows = _log_rows(path)
+    kept = [r for r in rows if int(r["step"]) <= steps_done]
+    tmp = path.with_name(f".{path.name}.tmp")
+    with tmp.open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=LOG_FIELDS, restval="")
         writer.writeheader()
-        writer.writerows({k: r.get(k, "") for k in LOG_FIELDS} for r in rows)
+        writer.writerows({k: r.get(k, "") for k in LOG_FIELDS} for r in kept)  # a log of an older version too
+    os.replace(tmp, path)
+
+
+def _log_rows(path: Path) -> list[dict]:
+    """The log's complete rows, in step order: a row with a missing field or an unreadable step (a line cut
+    short by a kill, a stray header) is left out rather than failing the next run."""
+    rows: dict[int, dict] = {}
+    with path.open(newline="") as f:
+        for row in csv.DictReader(f):
+            if None in row.values() or None in row or not (row.get("step") or "").isdigit():
+                continue
+            rows[int(row["step"])] = row
+    return [rows[step] for step in sorted(rows)]
 
 
 def _silent(message: str) -> None:
@@ -271,22 +288,27 @@ def train(
     name: str = "jstip",
     stop_after: int | None = None,
     on_log: Callable[[str], None] | None = None,
+    allow_test_set: bool = False,
 ) -> TrainResult:
     """Train (or resume training) a speech-LLM on a dataset version and register it in the catalog.
 
-    dataset_version: id or unique prefix; None: the latest published. init_model: a registered model id to
+    dataset_version: id, unique prefix or dataset name; None: the newest training version. A held-out version
+    (dev, test) is refused unless `allow_test_set`. init_model: a registered model id to
     continue from (the nightly loop's "from the promoted model"); None: from scratch. name: the model
     family name in the catalog. stop_after: stop (with a checkpoint) after this many steps in total, for a
     time-boxed run to be resumed later; the model is registered only when all `config.steps` are done.
 
-    Under torchrun every rank calls this with the same arguments and gets the same result
-    (jstip.tasks.distributed); rank 0 alone logs through `on_log`.
+    One run per model at a time: training holds the model's lock (DatasetStore.model_lock), and a second run
+    of the same model stops at once naming the holder. Under torchrun every rank calls this with the same
+    arguments and gets the same result (jstip.tasks.distributed); rank 0 alone decides (version, roles,
+    integrity, model id), holds the lock, writes and logs through `on_log`; the other ranks are told.
     """
     config = config or TrainConfig()
     ctx = distributed.init_from_env(pick_device(config.device).type, config.distributed.timeout_minutes)
     try:
-        return _train(ctx, Path(store), dataset_version, config, init_model, name, stop_after,
-                      (on_log or log.info) if ctx.is_main else _silent)
+        with contextlib.ExitStack() as held:  # rank 0's lock on the model, for the whole run
+            return _train(ctx, Path(store), dataset_version, config, init_model, name, stop_after,
+                          (on_log or log.info) if ctx.is_main else _silent, allow_test_set, held)
     finally:
         distributed.shutdown(ctx)
 
@@ -306,10 +328,17 @@ class _Plan:
 
 
 def _plan(store: DatasetStore, dataset_version: str | None, config: TrainConfig, init_model: str | None,
-          name: str, say: Callable[[str], None]) -> tuple[_Plan, SequencePools]:
+          name: str, say: Callable[[str], None], allow_test_set: bool,
+          held: contextlib.ExitStack) -> tuple[_Plan, SequencePools]:
+    """Rank 0's decisions; enters the model's lock into `held` (kept until the run ends)."""
     from jstip.storage.registry import ModelRegistry
 
     registry = ModelRegistry(store)
+    # never a held-out version unasked; the files are those that were published (tamper evidence), or
+    # training stops naming the one that differs
+    chosen = store.training_version(dataset_version, allow_held_out=allow_test_set)
+    dataset_version = store.ensure_intact(resolve_version(store, chosen.version_id).version_id,
+                                          purpose="training").version_id
     pools = build_sequences(store, dataset_version, config.mix, config.asr_prompt, config.on_missing_audio)
     if config.epochs is not None:
         sequences = sum(n for pool, n in pools.counts().items() if getattr(config.mix, pool) > 0)
@@ -320,6 +349,9 @@ def _plan(store: DatasetStore, dataset_version: str | None, config: TrainConfig,
     plan = _Plan(pools.version_id, pools.missing_audio, config.model_dump_json(), model_id,
                  parent.model_id if parent else prior.model_id if prior else None,
                  str(parent.path) if parent else None, str(prior.path) if prior else None)
+    # one run per model at a time: a second run of the same model stops here, naming the one that holds it
+    held.enter_context(store.model_lock(model_id, purpose=f"train model {model_id} on dataset version "
+                                                          f"{pools.version_id}"))
     final_dir = store.root / "models" / model_id / FINAL
     if (final_dir / MODEL_FILE).exists():
         record = registry.register_model(model_id=model_id, name=name, dataset_version=pools.version_id,
@@ -332,13 +364,14 @@ def _plan(store: DatasetStore, dataset_version: str | None, config: TrainConfig,
 
 
 def _train(ctx: DistributedContext, store: Path, dataset_version: str | None, config: TrainConfig,
-           init_model: str | None, name: str, stop_after: int | None, say: Callable[[str], None]) -> TrainResult:
+           init_model: str | None, name: str, stop_after: int | None, say: Callable[[str], None],
+           allow_test_set: bool, held: contextlib.ExitStack) -> TrainResult:
     data_store = DatasetStore(store)
     # Rank 0 reads the catalog, builds the sequence index, checks the audio files and prepares the model's
     # LLM; the others wait, are told what it found, and open the same index.
     if ctx.is_main:
         try:
-            plan, pools = _plan(data_store, dataset_version, config, init_model, name, say)
+            plan, pools = _plan(data_store, dataset_version, config, init_model, name, say, allow_test_set, held)
         except Exception as e:
             ctx.broadcast(f"{type(e).__name__}: {e}")
             raise
@@ -471,8 +504,7 @@ def _train(ctx: DistributedContext, store: Path, dataset_version: str | None, co
 
 def _metrics(log_path: Path, pools: SequencePools, elapsed: float, sequences_seen: int, device: torch.device,
              ctx: DistributedContext, config: TrainConfig) -> dict:
-    with log_path.open() as f:
-        losses = [float(r["loss"]) for r in csv.DictReader(f)]
+    losses = [float(r["loss"]) for r in _log_rows(log_path)]
     window = max(1, min(10, len(losses) // 4 or 1))
     return {
         "first_loss": sum(losses[:window]) / window,
@@ -491,7 +523,7 @@ def _metrics(log_path: Path, pools: SequencePools, elapsed: float, sequences_see
 
 def launch_training(store: str | Path, dataset_version: str, launch: distributed.LaunchSpec, *,
                     config_path: str | Path | None = None, steps: int | None = None, init_model: str | None = None,
-                    name: str = "jstip", base_llm: str | None = None,
+                    name: str = "jstip", base_llm: str | None = None, allow_test_set: bool = False,
                     on_line: Callable[[str], None] = print) -> TrainResult:
     """Run `train` as a distributed job under torchrun (`launch`) and wait for it: the workers run
     `jstip train` with these arguments (the entry point a user runs under torchrun by hand), and each
@@ -511,6 +543,8 @@ def launch_training(store: str | Path, dataset_version: str, launch: distributed
             args += ["--init-model", init_model]
         if base_llm is not None:
             args += ["--base-llm", base_llm]
+        if allow_test_set:
+            args.append("--allow-test-set")
         distributed.run_launcher(distributed.launch_command(launch, args), on_line)
         if not result_file.is_file():
             raise distributed.DistributedTrainingError(f"torchrun finished but wrote no result ({result_file})")

@@ -208,7 +208,8 @@ def test_wrong_transcript_and_silence_are_quarantined_never_partial(tmp_path):
         "no_audio": "skipped"}
     checks = dict(zip(result.quarantine.column("utterance_id").to_pylist(),
                       result.quarantine.column("check_name").to_pylist()))
-    assert checks == {"wrong": "align_failed", "silence": "no_speech", "other": "untranscribed_speech",
+    # too many words and another sentence's words: transcript verification finds words the audio does not say
+    assert checks == {"wrong": "transcript_mismatch", "silence": "no_speech", "other": "transcript_mismatch",
                       "empty": "no_words"}
     for reason in result.quarantine.column("reason").to_pylist():
         assert reason.startswith("test.jsonl:") and "utterance " in reason

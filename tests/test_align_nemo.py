@@ -253,3 +253,25 @@ def test_pretrained_name_offline_names_the_model():
 
     with pytest.raises(RuntimeError, match="stt_xx_no_such_model_ctc"):
         NemoAligner(AlignConfig(aligner="nemo", model="stt_xx_no_such_model_ctc"))
+
+
+def test_transcript_verification_compares_the_models_greedy_transcript(char_model, speech):
+    """align.verify.max_ctc_cer on the CTC log-probs the alignment computes anyway: a random model's greedy
+    transcript is nothing like the text, so a limit of 0 quarantines (with the CER), no limit aligns."""
+    from jstip.tasks.align_nemo import NemoAligner
+
+    strict = NemoAligner(AlignConfig(aligner="nemo", model=char_model, verify={"max_ctc_cer": 0.0}))
+    with pytest.raises(AlignmentFailed) as info:
+        strict.align(SENTENCES[0], speech[0], RATE)
+    assert info.value.check == "transcript_mismatch" and float(info.value.value) > 0
+    loose = NemoAligner(AlignConfig(aligner="nemo", model=char_model, verify={"max_ctc_cer": 1e9}))
+    assert len(loose.align(SENTENCES[0], speech[0], RATE).words) == len(split_words(SENTENCES[0]))
+
+
+def test_ctc_greedy_text_merges_repeats_and_drops_blanks():
+    from jstip.tasks.align import ctc_greedy_text
+
+    letters = {0: "a", 1: "b", 2: " "}
+    frames = [3, 0, 0, 3, 0, 1, 1, 2, 1, 3]  # blank = 3: "a", "a" again after a blank, "b", " ", "b"
+    assert ctc_greedy_text(np.array(frames), 3, lambda ids: "".join(letters[i] for i in ids)) == "aab b"
+    assert ctc_greedy_text(np.array([], dtype=int), 3, lambda ids: "x") == ""

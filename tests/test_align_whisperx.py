@@ -202,3 +202,33 @@ def test_a_bad_model_path_is_named(tmp_path):
     not_a_model = re.escape(repr(str(tmp_path)))
     with pytest.raises(AlignModelError, match=f"{not_a_model}.*cannot load.*preprocessor_config.json"):
         WhisperXAligner(AlignConfig(aligner="whisperx", model=str(tmp_path)))
+
+
+def test_transcript_verification_compares_the_models_greedy_transcript(model_dir, no_nltk_download):
+    """align.verify.max_ctc_cer: the CER of the model's own greedy transcript against the text. Random weights
+    transcribe nothing like the text, so a limit of 0 quarantines with the measured CER; no limit aligns."""
+    text = "Start 250 milligrams on the 3rd."
+    pcm = _speech(text)
+    strict = WhisperXAligner(AlignConfig(aligner="whisperx", model=str(model_dir), verify={"max_ctc_cer": 0.0}))
+    with pytest.raises(AlignmentFailed) as info:
+        strict.align(text, pcm, RATE)
+    assert info.value.check == "transcript_mismatch" and info.value.threshold == "0"
+    assert 0 < float(info.value.value) and "the model's own transcript" in info.value.reason
+    loose = WhisperXAligner(AlignConfig(aligner="whisperx", model=str(model_dir), verify={"max_ctc_cer": 1e9}))
+    assert len(loose.align(text, pcm, RATE).words) == len(split_words(text))
+
+
+def test_frame_times_sit_between_wav2vec2_frame_centres():
+    from jstip.tasks.align_whisperx import _FrameGeometry
+
+    class Config:  # wav2vec2 base: 400-sample receptive field, 320-sample stride
+        conv_kernel, conv_stride = (10, 3, 3, 3, 3, 2, 2), (5, 2, 2, 2, 2, 2, 2)
+
+    class Model:
+        config = Config()
+
+    geometry = _FrameGeometry.of(Model(), 16000)  # 1 s: floor((16000 - 400) / 320) + 1 = 49 frames
+    assert (geometry.stride_s, geometry.offset_s) == (0.02, 0.0025)
+    assert geometry.whisperx_frame_s == pytest.approx(1 / 49)
+    # whisperx's boundary 10 (10 x 1/49 s, rounded to ms) -> midway between the centres of frames 9 and 10
+    assert geometry.boundary(round(10 / 49, 3)) == pytest.approx(0.2025)

@@ -5,11 +5,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import duckdb
 import pytest
 import soundfile as sf
 from typer.testing import CliRunner
 
+from jstip.storage import DatasetStore
 from jstip.tasks.synth import synthesize_corpus
 from jstip.tasks.text import split_words
 
@@ -55,15 +55,15 @@ def test_build_publishes_with_exact_accounting_then_rebuilds_with_lineage(prefec
 
     assert (published.ingested, published.accepted, published.quarantined) == (9, 5, 4)
     good_ids = sorted(g["id"] for g in corpus["good"])
-    with duckdb.connect(str(store / "catalog.duckdb"), read_only=True) as con:
+    with DatasetStore(store).connect(read_only=True) as con:
         assert [r[0] for r in con.execute("SELECT utterance_id FROM utterances ORDER BY 1").fetchall()] == good_ids
         quarantine = con.execute("SELECT stage, check_name, source FROM quarantine ORDER BY stage, check_name").fetchall()
-        manifest = str(corpus["manifest"])
+        manifest = Path(corpus["manifest"])
         assert quarantine == [
-            ("ingest", "audio_not_found", f"{manifest}:5"),
-            ("ingest", "empty_text", f"{manifest}:6"),
-            ("ingest", "malformed_json", f"{manifest}:4"),
-            ("normalize", "audio_unreadable", f"{manifest}:7"),
+            ("ingest", "audio_not_found", f"{manifest.name}:5"),
+            ("ingest", "empty_text", f"{manifest.name}:6"),
+            ("ingest", "malformed_json", f"{manifest.name}:4"),
+            ("normalize", "audio_unreadable", f"{manifest.name}:7"),
         ]
         # every transcript word has exactly one alignment, in order and inside the audio
         words = dict(con.execute("SELECT utterance_id, count(*) FROM word_alignments GROUP BY 1").fetchall())
@@ -88,12 +88,15 @@ def test_build_publishes_with_exact_accounting_then_rebuilds_with_lineage(prefec
 
     # the same inputs and config: the same version, no new stage work
     normalize_keys, align_keys = _work_keys(store, "normalize"), _work_keys(store, "align")
-    results = {p: p.stat().st_mtime_ns for p in (store / "work").glob("*/*") if not p.name.startswith(".")}
+    # (work/file_hashes is the cache of audio file hashes, not stage work: it may be refreshed)
+    results = {p: p.stat().st_mtime_ns for p in (store / "work").glob("*/*")
+               if not p.name.startswith(".") and p.parent.name != "file_hashes"}
     again = build_interleaved(manifest=str(corpus["manifest"]), store=str(store),
                               text_corpus=str(corpus["text_corpus"]), shard_size=2)
     assert again.version_id == published.version_id
     # no stage work: not one stage result was added or rewritten
-    assert {p: p.stat().st_mtime_ns for p in (store / "work").glob("*/*") if not p.name.startswith(".")} == results
+    assert {p: p.stat().st_mtime_ns for p in (store / "work").glob("*/*")
+            if not p.name.startswith(".") and p.parent.name != "file_hashes"} == results
 
     # a changed plan config: a new version whose parent is the first; audio and alignments are reused
     config = tmp_path / "f2.yaml"
@@ -103,7 +106,7 @@ def test_build_publishes_with_exact_accounting_then_rebuilds_with_lineage(prefec
     assert changed.version_id != published.version_id
     assert changed.parent_version == published.version_id
     assert _work_keys(store, "normalize") == normalize_keys and _work_keys(store, "align") == align_keys
-    with duckdb.connect(str(store / "catalog.duckdb"), read_only=True) as con:
+    with DatasetStore(store).connect(read_only=True) as con:
         assert con.execute("SELECT count(*) FROM spans WHERE role = 'transcript'").fetchone() == (0,)
         assert con.execute(f"SELECT count(*) FROM v_{published.version_id}.spans WHERE role = 'transcript'"
                            ).fetchone()[0] > 0

@@ -142,7 +142,7 @@ def test_every_failed_check_is_a_row_and_each_utterance_ends_in_exactly_one_plac
         _utt("good-too", text="well, hello there", duration=3.0),
     )
     rows = [(r["utterance_id"], r["check_name"]) for r in result.quarantine.to_pylist()]
-    assert rows == [("bad-twice", "clipping"), ("bad-twice", "text_nonprintable"), ("bad-once", "speech_ratio")]
+    assert rows == [("bad-twice", "text_nonprintable"), ("bad-twice", "clipping"), ("bad-once", "speech_ratio")]
     assert result.accepted_ids == ["good", "good-too"]
     assert set(result.accepted_ids).isdisjoint(u for u, _ in rows)
 
@@ -248,9 +248,9 @@ def published(built):
 
 
 def test_accounting_holds_under_a_mix_of_good_and_bad_items(built, published):
-    manifest, good = built["manifest"], built["good"]
+    manifest, good = Path(built["manifest"]).name, built["good"]  # sources name the manifest relative to its directory
     assert (published.ingested, published.accepted, published.quarantined) == (8, 3, 5)
-    with duckdb.connect(str(Path(built["store"]) / "catalog.duckdb"), read_only=True) as con:
+    with DatasetStore(built["store"]).connect(read_only=True) as con:
         accepted = {r[0] for r in con.execute("SELECT utterance_id FROM utterances").fetchall()}
         assert accepted == {g["id"] for g in good} - {built["longest"]["id"]}
         rows = con.execute("SELECT stage, check_name, utterance_id, source, duration IS NOT NULL FROM quarantine "
@@ -271,10 +271,53 @@ def test_accounting_holds_under_a_mix_of_good_and_bad_items(built, published):
                            ("check", "text_nonprintable", 1, True, 0), ("ingest", "audio_not_found", 1, False, 1),
                            ("ingest", "malformed_json", 1, False, 1)]
         [(docs,)] = con.execute("SELECT data_docs_path FROM dataset_versions").fetchall()
+    assert docs == f"gx/data_docs/{published.version_id}/index.html"  # relative to the store root: relocatable
+    docs = str(DatasetStore(built["store"]).resolve(docs))
     assert docs == published.data_docs_path == str(DatasetStore(built["store"]).data_docs_dir(published.version_id)
                                                    / "index.html")
     assert Path(docs).is_file() and "integrity" in Path(docs).read_text()
     assert published.suite_failures == ()
+
+
+def test_data_docs_read_offline_and_the_index_lists_every_validation(published):
+    """Parsed as a browser would: no page loads anything from the network, every local asset exists, and the
+    index links each suite's validation page with its status."""
+    from html.parser import HTMLParser
+
+    from jstip.schemas import DATASET_TABLES
+
+    class Assets(HTMLParser):
+        def __init__(self):
+            super().__init__()
+            self.loaded, self.links = [], []
+
+        def handle_starttag(self, tag, attrs):
+            a = dict(attrs)
+            if tag in ("script", "img") and a.get("src"):
+                self.loaded.append(a["src"])
+            if tag == "link" and a.get("href"):
+                self.loaded.append(a["href"])
+            if tag == "a" and a.get("href"):
+                self.links.append(a["href"])
+
+    docs = Path(published.data_docs_path).parent
+    pages = sorted(docs.rglob("*.html"))
+    assert len(pages) >= 1 + 2 * (len(DATASET_TABLES) + 1)  # the index, a suite and a validation page per suite
+    for page in pages:
+        parser = Assets()
+        parser.feed(page.read_text())
+        for url in parser.loaded:
+            assert not url.startswith(("http:", "https:", "//")), f"{page.name} loads {url} from the network"
+            assert (page.parent / url).resolve().is_file(), f"{page.name}: {url} is missing"
+
+    index = Assets()
+    text = (docs / "index.html").read_text()
+    index.feed(text)
+    validations = [link for link in index.links if link.startswith("validations/")]
+    suites = [*DATASET_TABLES, "integrity"]
+    assert sorted(link.split("/")[1] for link in validations) == sorted(suites)
+    assert all((docs / link).is_file() for link in index.links)
+    assert f"all {len(suites)} suites passed" in text and text.count("passed</span>") == len(suites)
 
 
 def test_a_lost_entry_fails_the_accounting_and_publishes_nothing(built, tmp_path):
@@ -376,7 +419,7 @@ def test_jstip_quarantine_lists_items_by_reason_with_examples(built, published):
     one = runner.invoke(app, ["quarantine", "latest", "--check", "text_nonprintable", "--store", built["store"]])
     assert one.exit_code == 0 and "zz-tab" in one.output and "zz-copy" not in one.output
     missing = runner.invoke(app, ["quarantine", "nope", "--store", built["store"]])
-    assert missing.exit_code == 1 and "no dataset version 'nope'" in missing.output
+    assert missing.exit_code == 1 and "no dataset version or dataset named 'nope'" in missing.output
 
 
 

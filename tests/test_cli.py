@@ -23,11 +23,16 @@ def test_synth_writes_a_corpus(tmp_path):
     assert result.exit_code == 0, result.output
     assert len(list((tmp_path / "c" / "audio").glob("*.wav"))) == 2
     assert (tmp_path / "c" / "nemo_manifest.jsonl").read_text().count("\n") == 2
+    # a short summary a person reads, not a Python repr
+    assert result.output.startswith("synthesised 2 utterances (") and "SynthResult(" not in result.output
+    # rich folds a long path over lines padded to the table's width
+    assert str(tmp_path / "c" / "nemo_manifest.jsonl") in "".join(result.output.split())
 
 
 def test_catalog_and_query_on_an_empty_store_say_so(tmp_path):
+    # a --store without a catalog is no store: an error, not an empty list
     listing = runner.invoke(app, ["catalog", "list", "--store", str(tmp_path)])
-    assert listing.exit_code == 0 and "no published versions" in listing.output
+    assert listing.exit_code == 1 and "nothing has been published to this store yet" in listing.output
     query = runner.invoke(app, ["query", "SELECT 1", "--store", str(tmp_path)])
     assert query.exit_code == 1 and "nothing has been published to this store yet" in query.output
 

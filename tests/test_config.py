@@ -49,3 +49,13 @@ def test_the_38k_config_loads_and_differs_only_where_it_says():
         2000, "mixed", 0.3, "dask")
     assert config.plan.word.poisson_lambda == 10.0
     assert config.align == BuildConfig().align and config.checks == BuildConfig().checks
+
+
+def test_gx_off_as_the_docs_write_it_is_accepted(tmp_path):
+    # YAML 1.1 reads a bare `off` as a boolean; `checks.gx: off` means the suites are off, not an error
+    config = tmp_path / "build.yaml"
+    config.write_text("checks:\n  gx: off\n")
+    assert load_config(config).checks.gx == "off"
+    config.write_text("checks:\n  gx: on\n")
+    with pytest.raises(ConfigError, match="checks.gx"):
+        load_config(config)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -44,7 +45,8 @@ def _expected(store: Path, version_id: str) -> dict:
     """Per utterance (and text_id), what every export must carry, straight from the version's tables."""
     data = DatasetStore(store)
     read = lambda table: data.read_table(version_id, table).to_pylist()  # noqa: E731
-    audio = {r["utterance_id"]: r for r in read("normalized_audio")}
+    # flac_path is relative to the store root (relocatable stores)
+    audio = {r["utterance_id"]: dict(r, flac_path=str(data.resolve(r["flac_path"]))) for r in read("normalized_audio")}
     words: dict[str, list] = {}
     for r in sorted(read("word_alignments"), key=lambda r: (r["utterance_id"], r["word_index"])):
         words.setdefault(r["utterance_id"], []).append((r["word"], r["start"], r["end"], r["score"]))
@@ -169,6 +171,8 @@ def test_every_plan_of_a_version_is_exported_and_told_apart_by_plan_id(built, tm
         tables[table] = [original, copy]
     two = DatasetStore(tmp_path / "store").publish("two-plans", tables, input_hash="test", config_json="{}",
                                                    code_version="test")
+    # the audio the version names (an export verifies every file a version uses before reading it)
+    shutil.copytree(Path(store) / "audio", tmp_path / "store" / "audio")
     export_version(tmp_path / "store", two.version_id, "nemo", tmp_path / "out")
     expected = _expected(store, version_id)["utterances"]
     for line in (tmp_path / "out" / "manifest.jsonl").read_text().splitlines():
@@ -207,7 +211,7 @@ def test_out_is_refused_when_not_empty_and_replaced_whole_with_overwrite(built, 
 
 def test_unknown_version_and_format_are_clear_errors(built, tmp_path):
     store, version_id, _ = built
-    with pytest.raises(StoreError, match="no dataset version 'ffff'"):
+    with pytest.raises(StoreError, match="no dataset version or dataset named 'ffff'"):
         export_version(store, "ffff", "nemo", tmp_path / "out")
     with pytest.raises(ExportError, match="--format must be one of lhotse, lhotse-shar, nemo"):
         export_version(store, version_id, "kaldi", tmp_path / "out")
@@ -235,7 +239,7 @@ def test_cli_export(built, tmp_path):
     unknown = runner.invoke(app, ["export", "ffff", "--format", "nemo", "--out", str(tmp_path / "x"),
                                   "--store", str(store)])
     assert unknown.exit_code == 1
-    assert "no dataset version 'ffff'" in unknown.output and "Traceback" not in unknown.output
+    assert "no dataset version or dataset named 'ffff'" in unknown.output and "Traceback" not in unknown.output
     bad_format = runner.invoke(app, ["export", version_id, "--format", "kaldi", "--out", str(tmp_path / "x"),
                                      "--store", str(store)])
     assert bad_format.exit_code == 1 and "--format must be one of" in bad_format.output

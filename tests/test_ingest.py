@@ -92,21 +92,21 @@ def test_lhotse_supervisions_with_recordings_beside_them(tmp_path, lhotse_corpus
     assert result.num_entries == 3
     assert result.quarantine.num_rows == 0
     sup_file = tmp_path / "corpus_supervisions_train.jsonl.gz"
-    assert result.utterances.to_pylist() == [
-        dict(utterance_id="s1", recording_id="rec-a", audio_path=str(tmp_path / "audio/a.wav"), start=0.0,
+    assert result.utterances.drop_columns(["audio_sha256"]).to_pylist() == [
+        dict(utterance_id="s1", recording_id="rec-a", audio_path="audio/a.wav", start=0.0,
              duration=0.2, text="take two tablets", channel=0, language="en", speaker="spk1", domain="medical",
-             entities=["tablets"], source=f"{sup_file}:1"),
-        dict(utterance_id="s2", recording_id="rec-a", audio_path=str(tmp_path / "audio/a.wav"), start=0.2,
+             entities=["tablets"], source=f"{sup_file.name}:1"),
+        dict(utterance_id="s2", recording_id="rec-a", audio_path="audio/a.wav", start=0.2,
              duration=0.3, text="daily", channel=0, language=None, speaker=None, domain=None, entities=None,
-             source=f"{sup_file}:2"),
-        dict(utterance_id="s3", recording_id="rec-b", audio_path=str(tmp_path / "audio/b.wav"), start=0.1,
+             source=f"{sup_file.name}:2"),
+        dict(utterance_id="s3", recording_id="rec-b", audio_path="audio/b.wav", start=0.1,
              duration=0.3, text="hello there", channel=0, language=None, speaker=None, domain=None,
-             entities=None, source=f"{sup_file}:3"),
+             entities=None, source=f"{sup_file.name}:3"),
     ]
-    assert result.recordings.to_pylist() == [
-        dict(recording_id="rec-a", audio_path=str(tmp_path / "audio/a.wav"), sampling_rate=SR, num_samples=8000,
+    assert result.recordings.drop_columns(["audio_sha256"]).to_pylist() == [
+        dict(recording_id="rec-a", audio_path="audio/a.wav", sampling_rate=SR, num_samples=8000,
              duration=0.5, num_channels=1),
-        dict(recording_id="rec-b", audio_path=str(tmp_path / "audio/b.wav"), sampling_rate=SR, num_samples=8000,
+        dict(recording_id="rec-b", audio_path="audio/b.wav", sampling_rate=SR, num_samples=8000,
              duration=0.5, num_channels=1),
     ]
     _assert_accounted(result)
@@ -145,17 +145,17 @@ def test_lhotse_cutset(tmp_path, lhotse_corpus):
     result = ingest_manifest(manifest)
 
     assert result.format == "lhotse_cuts"
-    utterances = result.utterances.to_pylist()
+    utterances = result.utterances.drop_columns(["audio_sha256"]).to_pylist()
     assert [(u["utterance_id"], u["recording_id"], u["start"], u["duration"]) for u in utterances] == [
         ("s1", "rec-a", 0.0, 0.2), ("s2", "rec-a", 0.2, 0.3), ("s3", "rec-b", pytest.approx(0.1), 0.3)]
     assert utterances[0]["domain"] == "medical" and utterances[0]["entities"] == ["tablets"]
-    assert utterances[2]["audio_path"] == str(tmp_path / "audio/b.wav")
+    assert utterances[2]["audio_path"] == "audio/b.wav"
     # one source per entry: the supervisions of a cut that holds two are told apart
-    assert [u["source"] for u in utterances] == [f"{manifest}:1#1", f"{manifest}:1#2", f"{manifest}:2"]
+    assert [u["source"] for u in utterances] == [f"{manifest.name}:1#1", f"{manifest.name}:1#2", f"{manifest.name}:2"]
     assert result.recordings.column("recording_id").to_pylist() == ["rec-a", "rec-b"]
     assert _quarantine(result) == [
-        ("cuts_train:line3", "malformed_json", f"{manifest}:3"),
-        ("cuts_train:line4", "no_supervision", f"{manifest}:4"),
+        ("cuts_train:line3", "malformed_json", f"{manifest.name}:3"),
+        ("cuts_train:line4", "no_supervision", f"{manifest.name}:4"),
     ]
     assert result.num_entries == 5
     _assert_accounted(result)
@@ -188,19 +188,19 @@ def test_lhotse_bad_lines_are_quarantined(tmp_path, lhotse_corpus):
 
     assert result.utterances.column("utterance_id").to_pylist() == ["s1", "s3"]
     assert _quarantine(result) == [
-        ("x_recordings:line4", "missing_field", f"{rec_file}:4"),
-        ("x_supervisions:line2", "malformed_json", f"{sup_file}:2"),
-        ("s2", "empty_text", f"{sup_file}:3"),
-        ("s-neg", "invalid_duration", f"{sup_file}:4"),
-        ("s-nostart", "missing_field", f"{sup_file}:5"),
-        ("x_supervisions:line6", "duplicate_id", f"{sup_file}:6"),  # filed under its line
-        ("s-ghost", "audio_not_found", f"{sup_file}:7"),
-        ("s-unknown", "unknown_recording", f"{sup_file}:8"),
-        ("s-bad", "bad_recording", f"{sup_file}:9"),
+        ("x_recordings:line4", "missing_field", f"{rec_file.name}:4"),
+        ("x_supervisions:line2", "malformed_json", f"{sup_file.name}:2"),
+        ("s2", "empty_text", f"{sup_file.name}:3"),
+        ("s-neg", "invalid_duration", f"{sup_file.name}:4"),
+        ("s-nostart", "missing_field", f"{sup_file.name}:5"),
+        ("x_supervisions:line6", "duplicate_id", f"{sup_file.name}:6"),  # filed under its line
+        ("s-ghost", "audio_not_found", f"{sup_file.name}:7"),
+        ("s-unknown", "unknown_recording", f"{sup_file.name}:8"),
+        ("s-bad", "bad_recording", f"{sup_file.name}:9"),
     ]
     reasons = result.quarantine.column("reason").to_pylist()
-    assert reasons[6] == f"{sup_file}:7: audio file not found: {tmp_path / 'audio/ghost.wav'}"
-    assert reasons[5] == f"{sup_file}:6: duplicate utterance id 's1' (first at {sup_file}:1)"
+    assert reasons[6] == f"{sup_file.name}:7: audio file not found: audio/ghost.wav"
+    assert reasons[5] == f"{sup_file.name}:6: duplicate utterance id 's1' (first at {sup_file.name}:1)"
     assert result.num_entries == 11  # 10 supervision lines + 1 quarantined recordings line
     _assert_accounted(result)
 
@@ -208,10 +208,10 @@ def test_lhotse_bad_lines_are_quarantined(tmp_path, lhotse_corpus):
 # ---------------------------------------------------------------------------------------------- NeMo
 
 
-def _nemo_id(audio_path: Path, offset: float, duration: float | None) -> str:
-    """The documented derivation: <audio stem>-<sha1(path|offset|duration)[:12]>."""
+def _nemo_id(audio_path: str, offset: float, duration: float | None) -> str:
+    """The documented derivation: <audio stem>-<sha1(path relative to the manifest|offset|duration)[:12]>."""
     key = f"{audio_path}|{offset:.3f}|{'' if duration is None else f'{duration:.3f}'}"
-    return f"{audio_path.stem}-{hashlib.sha1(key.encode()).hexdigest()[:12]}"
+    return f"{Path(audio_path).stem}-{hashlib.sha1(key.encode()).hexdigest()[:12]}"
 
 
 def test_nemo_manifest(tmp_path):
@@ -228,24 +228,26 @@ def test_nemo_manifest(tmp_path):
 
     assert result.format == "nemo"
     assert result.num_entries == 3 and result.quarantine.num_rows == 0
-    rec_a = f"a-{hashlib.sha1(str(a).encode()).hexdigest()[:12]}"
-    rec_b = f"b-{hashlib.sha1(str(b).encode()).hexdigest()[:12]}"
-    assert result.utterances.to_pylist() == [
-        dict(utterance_id=_nemo_id(a, 0.0, 0.2), recording_id=rec_a, audio_path=str(a), start=0.0, duration=0.2,
+    # paths relative to the manifest's directory: the same corpus elsewhere gives the same ids and rows
+    a, b = "audio/a.wav", "../elsewhere/b.flac"
+    rec_a = f"a-{hashlib.sha1(a.encode()).hexdigest()[:12]}"
+    rec_b = f"b-{hashlib.sha1(b.encode()).hexdigest()[:12]}"
+    assert result.utterances.drop_columns(["audio_sha256"]).to_pylist() == [
+        dict(utterance_id=_nemo_id(a, 0.0, 0.2), recording_id=rec_a, audio_path=a, start=0.0, duration=0.2,
              text="take two tablets", channel=None, language="en", speaker="7", domain="medical",
-             entities=["tablets"], source=f"{manifest}:1"),
-        dict(utterance_id=_nemo_id(a, 0.2, 0.3), recording_id=rec_a, audio_path=str(a), start=0.2, duration=0.3,
+             entities=["tablets"], source=f"{manifest.name}:1"),
+        dict(utterance_id=_nemo_id(a, 0.2, 0.3), recording_id=rec_a, audio_path=a, start=0.2, duration=0.3,
              text="daily", channel=None, language=None, speaker=None, domain=None, entities=None,
-             source=f"{manifest}:2"),
-        dict(utterance_id="utt-b", recording_id=rec_b, audio_path=str(b), start=0.0, duration=None,
+             source=f"{manifest.name}:2"),
+        dict(utterance_id="utt-b", recording_id=rec_b, audio_path=b, start=0.0, duration=None,
              text="hello there", channel=None, language=None, speaker=None, domain=None, entities=None,
-             source=f"{manifest}:3"),
+             source=f"{manifest.name}:3"),
     ]
     # one recordings row per audio file, metadata left to the normaliser
-    assert result.recordings.to_pylist() == [
-        dict(recording_id=rec_a, audio_path=str(a), sampling_rate=None, num_samples=None, duration=None,
+    assert result.recordings.drop_columns(["audio_sha256"]).to_pylist() == [
+        dict(recording_id=rec_a, audio_path=a, sampling_rate=None, num_samples=None, duration=None,
              num_channels=None),
-        dict(recording_id=rec_b, audio_path=str(b), sampling_rate=None, num_samples=None, duration=None,
+        dict(recording_id=rec_b, audio_path=b, sampling_rate=None, num_samples=None, duration=None,
              num_channels=None),
     ]
     _assert_accounted(result)
@@ -274,17 +276,17 @@ def test_nemo_bad_lines_are_quarantined(tmp_path, caplog):
 
     assert result.utterances.column("utterance_id").to_pylist() == ["u1", "u10"]
     assert _quarantine(result) == [
-        ("manifest:line2", "malformed_json", f"{manifest}:2"),
-        ("u3", "audio_not_found", f"{manifest}:3"),
-        ("u5", "empty_text", f"{manifest}:5"),
-        ("manifest:line6", "duplicate_id", f"{manifest}:6"),
-        ("u7", "missing_field", f"{manifest}:7"),
-        ("u8", "invalid_duration", f"{manifest}:8"),
-        ("u9", "missing_field", f"{manifest}:9"),
+        ("manifest:line2", "malformed_json", f"{manifest.name}:2"),
+        ("u3", "audio_not_found", f"{manifest.name}:3"),
+        ("u5", "empty_text", f"{manifest.name}:5"),
+        ("manifest:line6", "duplicate_id", f"{manifest.name}:6"),
+        ("u7", "missing_field", f"{manifest.name}:7"),
+        ("u8", "invalid_duration", f"{manifest.name}:8"),
+        ("u9", "missing_field", f"{manifest.name}:9"),
     ]
     reasons = result.quarantine.column("reason").to_pylist()
-    assert reasons[1] == f"{manifest}:3: audio file not found: {tmp_path / 'missing.flac'}"
-    assert reasons[3] == f"{manifest}:6: duplicate utterance id 'u1' (first at {manifest}:1)"
+    assert reasons[1] == f"{manifest.name}:3: audio file not found: missing.flac"
+    assert reasons[3] == f"{manifest.name}:6: duplicate utterance id 'u1' (first at {manifest.name}:1)"
     assert result.quarantine.column("value").to_pylist()[3] == "u1"
     assert result.num_entries == 9  # the blank line is not an entry
     assert [r.getMessage() for r in caplog.records] == reasons
@@ -311,21 +313,20 @@ def test_audio_directory_with_transcripts(tmp_path):
     assert result.format == "audio_dir"
     assert result.utterances.select(["utterance_id", "recording_id", "audio_path", "start", "duration", "text",
                                      "source"]).to_pylist() == [
-        dict(utterance_id="spk1_a", recording_id="spk1_a", audio_path=str(root / "spk1/a.wav"), start=0.0,
-             duration=None, text="take two tablets", source=str(root / "spk1/a.wav")),
-        dict(utterance_id="spk1_b", recording_id="spk1_b", audio_path=str(root / "spk1/b.flac"), start=0.0,
-             duration=None, text="hello there", source=str(root / "spk1/b.flac")),
+        dict(utterance_id="spk1_a", recording_id="spk1_a", audio_path="spk1/a.wav", start=0.0,
+             duration=None, text="take two tablets", source="spk1/a.wav"),
+        dict(utterance_id="spk1_b", recording_id="spk1_b", audio_path="spk1/b.flac", start=0.0,
+             duration=None, text="hello there", source="spk1/b.flac"),
     ]
-    assert result.recordings.column("audio_path").to_pylist() == [str(root / "spk1/a.wav"),
-                                                                   str(root / "spk1/b.flac")]
+    assert result.recordings.column("audio_path").to_pylist() == ["spk1/a.wav", "spk1/b.flac"]
     assert _quarantine(result) == [
-        ("e", "empty_text", str(root / "e.wav")),
-        ("spk1/b.wav", "duplicate_id", str(root / "spk1/b.wav")),
-        ("spk2_c", "no_transcript", str(root / "spk2/c.wav")),
-        ("spk2_d", "audio_not_found", str(root / "spk2/d.txt")),
+        ("e", "empty_text", "e.wav"),
+        ("spk1/b.wav", "duplicate_id", "spk1/b.wav"),
+        ("spk2_c", "no_transcript", "spk2/c.wav"),
+        ("spk2_d", "audio_not_found", "spk2/d.txt"),
     ]
     assert result.quarantine.column("reason").to_pylist()[2] == \
-        f"{root / 'spk2/c.wav'}: no transcript (expected {root / 'spk2/c.txt'})"
+        "spk2/c.wav: no transcript (expected spk2/c.txt)"
     assert result.num_entries == 6
     _assert_accounted(result)
 
@@ -378,19 +379,19 @@ def test_text_corpus_with_domain_tags(tmp_path, caplog):
     assert result.text_corpus.schema.equals(TEXT_CORPUS, check_metadata=True)
     assert result.text_corpus.to_pylist() == [
         dict(text_id=_text_id("medical", "Take two tablets daily."), domain="medical",
-             text="Take two tablets daily.", source=f"{corpus}:1"),
+             text="Take two tablets daily.", source=f"{corpus.name}:1"),
         dict(text_id=_text_id("legal", "The lessee shall pay rent."), domain="legal",
-             text="The lessee shall pay rent.", source=f"{corpus}:3"),
+             text="The lessee shall pay rent.", source=f"{corpus.name}:3"),
         dict(text_id=_text_id("legal", "Take two tablets daily."), domain="legal",
-             text="Take two tablets daily.", source=f"{corpus}:5"),
+             text="Take two tablets daily.", source=f"{corpus.name}:5"),
     ]
     assert _quarantine(result) == [
-        ("domain_text:line4", "duplicate_sentence", f"{corpus}:4"),
-        ("domain_text:line6", "missing_domain", f"{corpus}:6"),
-        ("domain_text:line7", "empty_text", f"{corpus}:7"),
+        ("domain_text:line4", "duplicate_sentence", f"{corpus.name}:4"),
+        ("domain_text:line6", "missing_domain", f"{corpus.name}:6"),
+        ("domain_text:line7", "empty_text", f"{corpus.name}:7"),
     ]
     assert result.quarantine.column("reason").to_pylist()[0] == \
-        f"{corpus}:4: duplicate sentence (first at {corpus}:1)"
+        f"{corpus.name}:4: duplicate sentence (first at {corpus.name}:1)"
     assert result.num_lines == 6 == result.text_corpus.num_rows + result.quarantine.num_rows
     assert len(caplog.records) == 3
 

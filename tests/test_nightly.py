@@ -39,6 +39,21 @@ def test_nightly_promotes_the_first_model_then_only_a_better_one(prefect_server,
     (model1,) = registry.models()
     assert first.promote and registry.promoted("nightly").model_id == model1.model_id
     assert model1.parent_model is None
+    # what `jstip demo` prints of such a run: every decoding with its meaning, the metrics explained,
+    # examples, the decision
+    from jstip import cli
+
+    width, cli.console.width = cli.console.width, 250  # no wrapping inside the table's cells
+    try:
+        with cli.console.capture() as captured:
+            cli.print_downstream(store, first)
+    finally:
+        cli.console.width = width
+    printed = " ".join(captured.get().split())
+    assert f"model {model1.model_id}" in printed and "held-out test set demo-test" in printed
+    assert "greedy" in printed and "the LLM alone, greedy" in printed and "(best)" in printed
+    assert "WER: word errors" in printed and "entity accuracy: share of entity mentions" in printed
+    assert printed.count("reference:") == 3 and "promotion on channel nightly: promoted (no incumbent" in printed
 
     second = nightly_retrain(manifest=str(night2.nemo_manifest), **common)
     model2 = next(m for m in registry.models() if m.model_id != model1.model_id)
@@ -56,3 +71,14 @@ def test_nightly_promotes_the_first_model_then_only_a_better_one(prefect_server,
     winner = model2 if expected.promote else model1
     assert registry.promoted("nightly").model_id == winner.model_id
     assert json.loads(model2.config_json)["steps"] == 6
+
+    # the test set was built after night 1's training data, yet every default is training data (dataset roles)
+    from jstip.storage import DatasetStore
+
+    data = DatasetStore(store)
+    (test_set,) = data.versions("demo-test")
+    assert test_set.role == "test" and test_set.created_at > data.version(model1.dataset_version).created_at
+    assert data.version().version_id == model2.dataset_version
+    assert data.training_version().version_id == model2.dataset_version
+    columns, rows = data.user_query("SELECT count(*) FROM utterances")  # the unqualified views
+    assert rows == [(data.version().row_counts["utterances"],)] and rows != [(test_set.row_counts["utterances"],)]

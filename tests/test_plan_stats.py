@@ -134,15 +134,16 @@ def test_jstip_stats_prints_every_summary_and_runs_bound_read_only_sql(published
                               "-p", "word", "-p", "1"])
     assert sql.exit_code == 0 and str(words) in sql.output, sql.output
     write = runner.invoke(app, ["stats", "--store", str(store.root), "--sql", "CREATE TABLE x (a INTEGER)"])
-    assert write.exit_code == 1 and "query failed" in write.output and "read-only" in write.output
+    assert write.exit_code == 1 and "query refused" in write.output and "read-only" in write.output
     missing = runner.invoke(app, ["stats", "ffff", "--store", str(store.root)])
-    assert missing.exit_code == 1 and "no dataset version 'ffff'" in missing.output
+    assert missing.exit_code == 1 and "no dataset version or dataset named 'ffff'" in missing.output
 
 
 def test_stats_and_report_on_an_empty_store_say_so(tmp_path):
     for command in (["stats"], ["report"]):
         result = runner.invoke(app, [*command, "--store", str(tmp_path)])
-        assert result.exit_code == 1 and "no published versions" in result.output and "Traceback" not in result.output
+        assert result.exit_code == 1 and "nothing has been published to this store yet" in result.output
+        assert "Traceback" not in result.output
         assert runner.invoke(app, [*command, "--help"]).exit_code == 0
 
 
@@ -166,3 +167,25 @@ def test_report_writes_plots_and_links_the_data_docs(published):
                     [str(docs), version.version_id])
     runner.invoke(app, ["report", version.version_id, "--store", str(store.root)])
     assert f"href='../../gx/data_docs/{version.version_id}/index.html'" in (out / "index.html").read_text()
+
+
+def test_report_shows_the_build_config_as_yaml_a_user_can_rebuild_with(tmp_path):
+    import html
+    import re
+
+    import yaml
+
+    from jstip.config import BuildConfig, load_config
+
+    config = BuildConfig(name="demo", plan=PlanConfig(strategy="mixed", text_share=0.2))
+    store = DatasetStore(tmp_path / "data")
+    version = store.publish("demo", _tables(), input_hash="y", config_json=config.version_config_json(),
+                            code_version="test")
+    result = runner.invoke(app, ["report", version.version_id, "--store", str(store.root)])
+    assert result.exit_code == 0, result.output
+    page = (store.root / "reports" / version.version_id / "index.html").read_text()
+    shown = html.unescape(re.search(r"<h2>Configuration</h2>.*?<pre>(.*?)</pre>", page, re.S).group(1))
+    assert shown.startswith("name: demo\nrole: train\nshard_size: ") and shown.count("\n") > 40
+    (tmp_path / "rebuild.yaml").write_text(shown)
+    assert load_config(tmp_path / "rebuild.yaml").version_config_json() == config.version_config_json()
+    assert yaml.safe_load(shown)["plan"]["strategy"] == "mixed"

@@ -179,12 +179,12 @@ def bad_corpus(speech):
         (_entry(bad / "stereo.wav", g[2]["text"], "stereo"), "stereo", None),
         (_entry(bad / "8k.wav", g[3]["text"], "rate-8k"), "rate-8k", ("check", "source_sampling_rate")),
         (_entry(bad / "48k.wav", g[4]["text"], "rate-48k"), "rate-48k", None),
-        (_entry(bad / "hour.flac", "a whole hour of nothing at all", "one-hour"), "one-hour", ("align", "no_speech")),
+        (_entry(bad / "hour.flac", "a whole hour of nothing at all", "one-hour"), "one-hour", ("check", "duration_max")),
         (_entry(bad / "silence.wav", "nothing to hear here", "silence"), "silence", ("align", "no_speech")),
         (_entry(bad / "clipped.wav", g[5]["text"], "clipped"), "clipped", ("check", "clipping")),
         (_entry(g[6]["audio_filepath"], " \t ", "blank-text"), "blank-text", ("ingest", "empty_text")),
         (_entry(g[6]["audio_filepath"], "caf\udce9 au lait", "latin-1"), "manifest:line12", ("ingest", "malformed_text")),
-        (_entry(g[6]["audio_filepath"], g[7]["text"], "wrong-text"), "wrong-text", ("align", "untranscribed_speech")),
+        (_entry(g[6]["audio_filepath"], g[7]["text"], "wrong-text"), "wrong-text", ("align", "transcript_mismatch")),
         (_entry(corpus / "oov.wav", OOV_TEXT, "oov-heavy"), "oov-heavy", None),
         (_entry(corpus / "numbers.wav", NUMBERS_TEXT, "numbers"), "numbers", None),
         (_entry(g[0]["audio_filepath"], g[0]["text"], "a-good"), "manifest:line16", ("ingest", "duplicate_id")),
@@ -218,7 +218,7 @@ def test_a_build_over_every_kind_of_bad_input_accounts_for_each_entry_with_its_r
     assert published.ingested == bad_corpus["entries"]
     assert published.accepted + published.quarantined == published.ingested
     assert (published.accepted, published.quarantined) == (len(bad_corpus["accepted"]), len(bad_corpus["quarantined"]))
-    with duckdb.connect(str(store / "catalog.duckdb"), read_only=True) as con:
+    with DatasetStore(store).connect(read_only=True) as con:
         accepted = {uid for (uid,) in con.execute("SELECT utterance_id FROM utterances").fetchall()}
         rows = con.execute("SELECT utterance_id, stage, check_name, reason, source FROM quarantine").fetchall()
         # counted in SQL too: every manifest line is exactly one accepted utterance or one quarantined source
@@ -227,9 +227,9 @@ def test_a_build_over_every_kind_of_bad_input_accounts_for_each_entry_with_its_r
     assert accepted == bad_corpus["accepted"]
     assert {(uid, stage, check) for uid, stage, check, _, _ in rows} == bad_corpus["quarantined"]
     assert len(rows) == len(bad_corpus["quarantined"])  # one specific reason each, none doubled
-    manifest = str(bad_corpus["manifest"])
+    manifest = Path(bad_corpus["manifest"])
     for uid, stage, check, reason, source in rows:
-        assert source.startswith(f"{manifest}:") and reason.startswith(f"{source}: "), (uid, reason)
+        assert source.startswith(f"{manifest.name}:") and reason.startswith(f"{source}: "), (uid, reason)
     reasons = {uid: reason for uid, _, _, reason, _ in rows}
     assert "outside the allowed roots" in reasons["escape-dotdot"] and "ingest.allowed_roots" in reasons["escape-dotdot"]
     assert "resolves to" in reasons["escape-symlink"]  # the symlink's target is named
@@ -300,7 +300,7 @@ def test_builds_into_one_store_at_once_all_succeed_and_the_catalog_stays_consist
 
     assert _assert_every_visible_version_is_complete(store) == 2
     assert {(v.name, v.version_id) for v in DatasetStore(store).versions()} == {("alpha", alpha), ("beta", beta)}
-    with duckdb.connect(str(store / "catalog.duckdb"), read_only=True) as con:
+    with DatasetStore(store).connect(read_only=True) as con:
         assert con.execute("PRAGMA database_size").fetchone()[0] == "catalog"
         assert con.execute("SELECT count(*) FROM dataset_versions").fetchone() == (2,)
         for vid in (alpha, beta):

@@ -26,7 +26,7 @@ def test_rows_round_trip_with_lists_and_nulls(tmp_path):
     path = tmp_path / "u.parquet"
     pq.write_table(from_rows("utterances", rows), path)
     back = pq.read_table(path).to_pylist()
-    assert back == [{**rows[0], "channel": None, "language": None, "speaker": None}]
+    assert back == [{**rows[0], "channel": None, "language": None, "speaker": None, "audio_sha256": None}]
 
 
 def test_conform_casts_and_fills_optional_columns():

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -42,7 +41,7 @@ def test_publish_writes_every_table_and_registers_views(tmp_path):
     assert version.row_counts == {"recordings": 0, "utterances": 3, "normalized_audio": 0, "word_alignments": 0,
                                   "quarantine": 0, "interleave_plans": 0, "spans": 3, "text_corpus": 0}
     assert sorted(p.name for p in version.path.iterdir()) == sorted(version.row_counts)
-    with duckdb.connect(str(store.catalog_path), read_only=True) as con:
+    with store.connect(read_only=True) as con:
         assert con.execute("SELECT count(*) FROM spans").fetchone() == (3,)
         assert con.execute("SELECT count(*) FROM word_alignments").fetchone() == (0,)
         assert con.execute("SELECT version_id, status FROM dataset_versions").fetchall() == [
@@ -71,7 +70,7 @@ def test_lineage_and_old_versions_stay_readable(tmp_path):
     assert store.latest("demo").version_id == new.version_id
     assert store.read_table(old.version_id, "spans").num_rows == 2
     assert store.read_table(new.version_id[:8], "spans").num_rows == 5
-    with duckdb.connect(str(store.catalog_path), read_only=True) as con:
+    with store.connect(read_only=True) as con:
         assert con.execute("SELECT count(*) FROM spans").fetchone() == (5,)  # latest
         assert con.execute(f"SELECT count(*) FROM v_{old.version_id}.spans").fetchone() == (2,)
         assert con.execute(f"SELECT count(*) FROM v_{new.version_id}.spans").fetchone() == (5,)
@@ -98,7 +97,7 @@ def test_a_failure_mid_publish_leaves_no_visible_version(tmp_path, monkeypatch):
     assert [v.version_id for v in store.versions()] == [good.version_id]
     assert sorted(p.name for p in (tmp_path / "datasets" / "demo").iterdir()) == [good.version_id]
     assert not any((tmp_path / ".staging").iterdir())
-    with duckdb.connect(str(store.catalog_path), read_only=True) as con:
+    with store.connect(read_only=True) as con:
         assert con.execute("SELECT count(*) FROM spans").fetchone() == (2,)
         assert con.execute("SELECT count(*) FROM dataset_versions").fetchone() == (1,)
 
@@ -128,7 +127,7 @@ def test_publish_rejects_tables_that_break_their_schema(tmp_path):
 def test_unknown_version_is_a_clear_error(tmp_path):
     store = DatasetStore(tmp_path)
     _publish(store, 1)
-    with pytest.raises(StoreError, match="no dataset version 'zzz'"):
+    with pytest.raises(StoreError, match="no dataset version or dataset named 'zzz'"):
         store.version("zzz")
 
 
@@ -139,7 +138,7 @@ def test_derived_views_exist_for_the_latest_and_every_version(tmp_path, monkeypa
     old = _publish(store, 2, config='{"a":1}')  # published before the view existed
     monkeypatch.setitem(views.DERIVED_VIEWS, "span_count", "SELECT count(*) AS n FROM spans")
     _publish(store, 3, config='{"a":2}')
-    with duckdb.connect(str(store.catalog_path), read_only=True) as con:
+    with store.connect(read_only=True) as con:
         assert con.execute("SELECT n FROM span_count").fetchone() == (3,)
         assert con.execute(f"SELECT n FROM v_{old.version_id}.span_count").fetchone() == (2,)
 

@@ -176,8 +176,9 @@ def test_word_starts_are_events_and_ends_the_last_audible_frame_before_the_next_
         WordTiming("alpha", 0, round(1000 / sr, 6), round(3200 / sr, 6)),
         WordTiming("beta", 1, round(5400 / sr, 6), round(7000 / sr, 6)),
         WordTiming("gamma,", 2, round(7000 / sr, 6), round(8980 / sr, 6)),
-        # the last audible frame starts at 9960 and holds the sound's last 40 samples
-        WordTiming("delta.", 3, round(9200 / sr, 6), round(11180 / sr, 6)),
+        # the last audible frame starts at 9960 and holds the sound's last 40 samples: the end is where the
+        # sound stops (sample 10000), not the frame's end
+        WordTiming("delta.", 3, round(9200 / sr, 6), round(11000 / sr, 6)),
     ]
 
 

@@ -145,8 +145,9 @@ def test_one_backward_pass_reaches_the_projector_encoder_markers_and_ctc_head(da
 def test_frozen_llm_and_lora_train_only_what_they_should(tiny_llm):
     frozen = build_speech_llm(SpeechLLMConfig(freeze_llm=True, freeze_encoder=True), tiny_llm)
     trainable = {n for n, p in frozen.named_parameters() if p.requires_grad}
+    # the CTC head (default ctc_weight 1) is new, like the projector: trained even on a frozen encoder
     assert trainable == {"speech_start", "speech_end", "projector.0.weight", "projector.0.bias",
-                         "projector.2.weight", "projector.2.bias"}
+                         "projector.2.weight", "projector.2.bias", "ctc_head.weight", "ctc_head.bias"}
     lora = build_speech_llm(SpeechLLMConfig(llm={"lora": {"r": 2}}), tiny_llm)
     llm_trainable = {n for n, p in lora.named_parameters() if p.requires_grad and n.startswith("llm.")}
     assert llm_trainable and all("lora_" in n for n in llm_trainable)
@@ -191,9 +192,9 @@ def test_training_learns_resumes_exactly_and_registers_the_model(dataset, tmp_pa
 
 def test_unknown_or_unfinished_version_and_missing_audio_are_clear_errors(dataset, tmp_path):
     store, version = dataset
-    with pytest.raises(DatasetError, match="no dataset version 'ffff'"):
+    with pytest.raises(DatasetError, match="no dataset version or dataset named 'ffff'"):
         build_sequences(DatasetStore(store), "ffff", TrainConfig().mix, "p")
-    with pytest.raises(DatasetError, match="no dataset version is published"):
+    with pytest.raises(DatasetError, match="nothing has been published to this store yet"):
         build_sequences(DatasetStore(tmp_path / "empty"), None, TrainConfig().mix, "p")
 
     version_dir = DatasetStore(store).version(version).path

@@ -1,0 +1,212 @@
+"""Benchmark: transcript verification sweeps and the default aligner's cost on realistic short utterances.
+
+    .venv/bin/python benchmarks/transcript_verification.py [--utterances 120] [--seed 5] [--write]
+
+1. Sweep (synthetic demo corpus, several voices; `jstip.tasks.synth.demo_utterances`): every utterance
+   aligned with its own transcript (clean), with another utterance's transcript of similar length (one of
+   the 5 closest in characters) from the same domain and from the other domain, and with 20% / 40% of its
+   words (at least one) cut from the end or from the start. Reported: the share of each kind quarantined,
+   and by which check. Run twice: on the plain synthetic speech, and with 20 dB SNR noise + reverberation.
+2. Cost: CPU seconds (process time: other jobs share the cores) of aligning the clean utterances of 2-4 s
+   with the default config, with verification and without (`align.verify.enabled: false`), and the same
+   in a fresh process from interpreter start (imports, aligner construction, G2P) to the last utterance:
+   x real time per core including start-up. The old defaults (beams 1e-120, topn 16) for comparison.
+3. Word boundaries of the clean utterances against the synthetic reference timings (mean |error|, bias).
+
+Realistic conditions: espeak-ng speech, resampled to 16 kHz, 0.1-0.3 s of silence on each side, convolved
+with an exponentially decaying noise impulse response (RT60 0.25 s, direct path dominant), then pink noise
+(AR(1) 0.95) at 20 dB SNR against the speech samples' power.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pickle
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter, defaultdict
+from pathlib import Path
+
+import numpy as np
+
+from jstip.runtime import apply_offline_defaults
+
+apply_offline_defaults()
+
+from _report import REPO, write_section  # noqa: E402
+
+KINDS = ("clean", "swap_same", "swap_cross", "partial20_end", "partial20_start", "partial40_end", "partial40_start")
+OLD_DEFAULTS = dict(beam=1e-120, wbeam=1e-100, pbeam=1e-120, topn=16)
+
+
+def make_corpus(utterances: int, seed: int, noisy: bool) -> list[dict]:
+    import soxr
+    from scipy.signal import fftconvolve, lfilter
+
+    from jstip.tasks.synth import demo_utterances, reference_word_timings, synthesize_in_fresh_process
+
+    scripts = demo_utterances(utterances, seed)
+    rng = np.random.default_rng(seed)
+    out = []
+    for script, syn in zip(scripts, synthesize_in_fresh_process(scripts)):
+        x = soxr.resample(syn.samples.astype(np.float32) / 32768, syn.sample_rate, 16000)
+        lead = np.zeros(int(rng.uniform(0.1, 0.3) * 16000), np.float32)
+        x = np.concatenate([lead, x, np.zeros(int(rng.uniform(0.1, 0.3) * 16000), np.float32)])
+        if noisy:
+            t = np.arange(int(0.25 * 16000)) / 16000
+            rir = rng.standard_normal(len(t)) * np.exp(-6.9 * t / 0.25)
+            rir *= 0.3 / np.abs(rir[1:]).max()
+            rir[0] = 1.0
+            x = fftconvolve(x, rir)[:len(x)]
+            noise = lfilter([1], [1, -0.95], rng.standard_normal(len(x)))
+            speech = x[np.abs(x) > 0.01 * np.abs(x).max()]
+            x = x + noise * np.sqrt(np.mean(speech ** 2) / np.mean(noise ** 2) / 10 ** (20 / 10))
+        x = x / np.abs(x).max() * 0.7
+        offset = len(lead) / 16000
+        out.append(dict(id=script.id, text=script.text, domain=script.domain, voice=script.voice,
+                        pcm=(x * 32767).astype(np.int16), duration=len(x) / 16000,
+                        refs=[(r.start + offset, r.end + offset) for r in reference_word_timings(script.text, syn)]))
+    return out
+
+
+def cases(items: list[dict], seed: int) -> list[tuple[str, dict, str]]:
+    rng = np.random.default_rng(seed)
+    out = []
+    for k, item in enumerate(items):
+        words = item["text"].split()
+        out.append(("clean", item, item["text"]))
+        for kind, same in (("swap_same", True), ("swap_cross", False)):
+            others = [j for j, o in enumerate(items) if j != k and (o["domain"] == item["domain"]) == same
+                      and o["text"] != item["text"]]
+            closest = sorted(others, key=lambda j: abs(len(items[j]["text"]) - len(item["text"])))[:5]
+            out.append((kind, item, items[closest[int(rng.integers(len(closest)))]]["text"]))
+        for fraction in (0.2, 0.4):
+            m = max(1, round(fraction * len(words)))
+            out.append((f"partial{int(fraction * 100)}_end", item, " ".join(words[:-m])))
+            out.append((f"partial{int(fraction * 100)}_start", item, " ".join(words[m:])))
+    return out
+
+
+def sweep(items: list[dict], seed: int) -> dict:
+    from jstip.config import AlignConfig
+    from jstip.tasks.align import AlignmentFailed, PocketsphinxAligner, align_utterance
+
+    config = AlignConfig()
+    aligner = PocketsphinxAligner(config)
+    verdicts: dict[str, Counter] = defaultdict(Counter)
+    for kind, item, text in cases(items, seed):
+        try:
+            align_utterance(aligner, text, item["pcm"], 16000, config)
+            verdicts[kind]["accepted"] += 1
+        except AlignmentFailed as e:
+            verdicts[kind][e.check] += 1
+    return {kind: dict(verdicts[kind]) for kind in KINDS}
+
+
+# Run in a fresh interpreter: CPU time from interpreter start (imports, aligner, G2P) to the last utterance.
+_CHILD = """
+import pickle, sys, time
+import numpy as np
+from jstip.config import AlignConfig
+from jstip.tasks.align import AlignmentFailed, PocketsphinxAligner, align_utterance
+items = pickle.load(open(sys.argv[1], "rb"))
+config = AlignConfig(**pickle.loads(bytes.fromhex(sys.argv[2])))
+aligner = PocketsphinxAligner(config)
+t0 = time.process_time()
+errors, failed = [], 0
+for item in items:
+    try:
+        words = align_utterance(aligner, item["text"], item["pcm"], 16000, config).words
+    except AlignmentFailed:
+        failed += 1
+        continue
+    errors += [(w.start - a, w.end - b) for w, (a, b) in zip(words, item["refs"])]
+total = time.process_time()
+print(pickle.dumps(dict(cpu_total=total, cpu_align=total - t0, failed=failed, errors=errors)).hex())
+"""
+
+
+def cost(items: list[dict], overrides: dict) -> dict:
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "items.pkl"
+        path.write_bytes(pickle.dumps([{k: v for k, v in i.items()} for i in items]))
+        out = subprocess.run([sys.executable, "-c", _CHILD, str(path), pickle.dumps(overrides).hex()],
+                             check=True, capture_output=True, text=True, cwd=REPO).stdout.strip().splitlines()[-1]
+    m = pickle.loads(bytes.fromhex(out))
+    e = np.array(m["errors"]).reshape(-1, 2) * 1000
+    audio = sum(i["duration"] for i in items)
+    return dict(audio_s=audio, cpu_total=m["cpu_total"], cpu_align=m["cpu_align"], failed=m["failed"],
+                x_total=audio / m["cpu_total"], x_align=audio / m["cpu_align"],
+                start_mae=float(np.abs(e[:, 0]).mean()), end_mae=float(np.abs(e[:, 1]).mean()),
+                start_bias=float(e[:, 0].mean()), end_bias=float(e[:, 1].mean()), words=len(e))
+
+
+def report(args, sweeps: dict, costs: dict, n_short: int, command: str) -> str:
+    machine = f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
+    lines = [f"`{command}`\n",
+             f"{args.utterances} synthetic utterances (seed {args.seed}; demo voices, rates and pitches), "
+             f"{len(KINDS)} cases each; default AlignConfig (pocketsphinx, verification on); {machine}. "
+             "Swaps take one of the 5 transcripts closest in length; partials cut 20% / 40% of the words "
+             "(at least one). Rejected = quarantined by any align check.\n"]
+    for name, result in sweeps.items():
+        lines += [f"**{name}**\n", "| case | n | rejected | by check |", "|---|---|---|---|"]
+        for kind in KINDS:
+            verdict = result[kind]
+            n = sum(verdict.values())
+            rejected = n - verdict.get("accepted", 0)
+            checks = ", ".join(f"{c} {v}" for c, v in sorted(verdict.items()) if c != "accepted") or "-"
+            lines.append(f"| {kind} | {n} | {rejected / n:.1%} | {checks} |")
+        lines.append("")
+    lines += [f"**Cost**: {n_short} clean utterances of 2-4 s (20 dB SNR, reverberation; seed + 1, drawn from "
+              f"{args.cost_utterances}), each config in a "
+              "fresh process; CPU = process time (the machine was shared with other jobs: wall time not reported). "
+              "x real time per core = audio s / CPU s.\n",
+              "| config | audio s | CPU s from start | x real time incl. start-up | CPU s aligning | x aligning | "
+              "failed | start |err| / bias ms | end |err| / bias ms |", "|---|---|---|---|---|---|---|---|---|"]
+    for name, c in costs.items():
+        lines.append(f"| {name} | {c['audio_s']:.0f} | {c['cpu_total']:.2f} | {c['x_total']:.0f}x | {c['cpu_align']:.2f} | "
+                     f"{c['x_align']:.0f}x | {c['failed']} | {c['start_mae']:.1f} / {c['start_bias']:+.1f} | "
+                     f"{c['end_mae']:.1f} / {c['end_bias']:+.1f} |")
+    on, off = costs["default (verification on)"], costs["verification off"]
+    lines.append(f"\nVerification adds {on['cpu_align'] / off['cpu_align'] - 1:+.0%} to alignment CPU time "
+                 f"({on['cpu_align']:.2f} vs {off['cpu_align']:.2f} s).\n")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--utterances", type=int, default=120)
+    parser.add_argument("--seed", type=int, default=5)
+    parser.add_argument("--cost-utterances", type=int, default=600, help="drawn for the cost corpus (2-4 s kept)")
+    parser.add_argument("--write", action="store_true")
+    args = parser.parse_args()
+    sweeps, costs = {}, {}
+    noisy = make_corpus(args.utterances, args.seed, noisy=True)
+    for name, items in (("plain synthetic speech", make_corpus(args.utterances, args.seed, noisy=False)),
+                        ("20 dB SNR noise + reverberation", noisy)):
+        sweeps[name] = sweep(items, args.seed)
+        print(name, json.dumps(sweeps[name]), file=sys.stderr)
+    # the cost corpus: 2-4 s utterances of a larger draw (noisy), enough audio that start-up is a share of
+    # it a shard's worth of utterances would see
+    short = [i for i in make_corpus(args.cost_utterances, args.seed + 1, noisy=True) if 2.0 <= i["duration"] <= 4.0]
+    for name, overrides in (("default (verification on)", {}), ("verification off", {"verify": {"enabled": False}}),
+                            ("old defaults (1e-120, topn 16; no verification)",
+                             {**OLD_DEFAULTS, "verify": {"enabled": False}})):
+        costs[name] = cost(short, overrides)
+        print(name, costs[name], file=sys.stderr)
+    command = (f".venv/bin/python benchmarks/transcript_verification.py --utterances {args.utterances}"
+               f"{f' --cost-utterances {args.cost_utterances}' if args.cost_utterances != 600 else ''}"
+               f"{f' --seed {args.seed}' if args.seed != 5 else ''}{' --write' if args.write else ''}")
+    body = report(args, sweeps, costs, len(short), command)
+    print(body)
+    if args.write:
+        write_section("transcript verification", body)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,228 @@
+"""Transcript verification and the false verdicts of issue 16, on real espeak-ng speech with exact expectations.
+
+The sweep figures (hundreds of utterances, clean and noisy) are benchmarks/transcript_verification.py's
+(BENCHMARKS.md "transcript verification"); here a handful of utterances with the verdict each must get.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+
+import numpy as np
+import pyarrow as pa
+import pytest
+import soundfile as sf
+import soxr
+
+from jstip.config import AlignConfig, CheckConfig, NormalizeConfig
+from jstip.schemas import from_rows
+from jstip.tasks.align import _FrameClock, align_shard
+from jstip.tasks.checks import check_shard
+from jstip.tasks.synth import demo_utterances, synthesize_in_fresh_process
+from jstip.tasks.normalize import normalize_shard
+from jstip.tasks.text import split_words
+
+RATE = 16000
+# four voices; two domains; similar lengths within a pair
+SENTENCES = [
+    ("Refill gabapentin five hundred milligrams, ninety tablets, to last three months.", "en-us+m3"),
+    ("Pay Delta Airlines one hundred fifty three dollars tomorrow morning.", "en-us+f3"),
+    ("Refill metformin twenty milligrams, ninety tablets, to last three months.", "en+m2"),
+    ("Your Gold Travel card payment of forty dollars is due on May ninth.", "en-us+f2"),
+]
+
+
+def _speak(items: list[tuple[str, str]]) -> list[np.ndarray]:
+    """16 kHz int16 speech with 0.2 s of silence around it, synthesised in a fresh process: libespeak-ng's
+    output depends on what the process spoke before, and a verdict must not depend on test order."""
+    template = demo_utterances(1, 0)[0]
+    scripts = [dataclasses.replace(template, id=f"s{k}", text=text, voice=voice, rate=165, pitch=50, pitch_range=50)
+               for k, (text, voice) in enumerate(items)]
+    out = []
+    for syn in synthesize_in_fresh_process(scripts):
+        audio = soxr.resample(syn.samples.astype(np.float32) / 32768.0, syn.sample_rate, RATE)
+        pad = np.zeros(RATE // 5, np.float32)
+        out.append((np.clip(np.concatenate([pad, audio, pad]), -1, 1) * 32767).astype(np.int16))
+    return out
+
+
+def _pcm(text: str, voice: str) -> np.ndarray:
+    return _speak([(text, voice)])[0]
+
+
+def _shard(tmp_path, items: list[tuple[str, str, np.ndarray]]) -> tuple[pa.Table, pa.Table]:
+    utterances, audio = [], []
+    for utt_id, text, pcm in items:
+        path = tmp_path / f"{utt_id}.flac"
+        sf.write(path, pcm, RATE, subtype="PCM_16", format="FLAC")
+        utterances.append(dict(utterance_id=utt_id, text=text, source=f"m.jsonl:{len(utterances) + 1}"))
+        audio.append(dict(utterance_id=utt_id, flac_path=str(path), duration=len(pcm) / RATE))
+    return pa.Table.from_pylist(utterances), pa.Table.from_pylist(audio)
+
+
+@pytest.fixture(scope="module")
+def speech():
+    return _speak(SENTENCES)
+
+
+def test_swapped_and_partial_transcripts_are_quarantined_and_correct_ones_kept(tmp_path, speech):
+    items, expected = [], {}
+    for k, ((text, _), pcm) in enumerate(zip(SENTENCES, speech)):
+        words = text.split()
+        items.append((f"clean{k}", text, pcm))
+        expected[f"clean{k}"] = None
+        items.append((f"swap{k}", SENTENCES[(k + 1) % 4][0], pcm))  # across domains
+        expected[f"swap{k}"] = "transcript_mismatch"
+        cut = round(0.4 * len(words))
+        items.append((f"end{k}", " ".join(words[:-cut]), pcm))  # the last 40% of the words missing
+        items.append((f"start{k}", " ".join(words[cut:]), pcm))  # the first 40% missing
+        expected[f"end{k}"] = expected[f"start{k}"] = "transcript_incomplete"
+    # the same template, other drug and dose: only the entity words differ. Verification lets it through
+    # (few letters went to garbage, no speech at the edges); the energy check after the plain forced pass
+    # finds 1 s of speech outside every word
+    items.append(("swap-same-template", SENTENCES[2][0], speech[0]))
+    expected["swap-same-template"] = "untranscribed_speech"
+    utterances, audio = _shard(tmp_path, items)
+    result = align_shard(utterances, audio, AlignConfig())
+
+    # another sentence that leaves more speech at an edge than its letters' mismatch: the label names the
+    # check further past its limit (both are transcript verification's)
+    expected["swap0"] = expected["swap1"] = "transcript_incomplete"
+    # start-truncated, but the aligner slid the words left over the untold speech, so little speech stays
+    # before the first word and two words no longer fit their audio (garbage takes them)
+    expected["start3"] = "transcript_mismatch"
+    got = {r["utterance_id"]: r["check_name"] for r in result.status.to_pylist()}
+    assert got == expected
+    rows = {r["utterance_id"]: r for r in result.quarantine.to_pylist()}
+    swap = rows["swap3"]
+    assert swap["stage"] == "align" and float(swap["value"]) > 0.2 and swap["threshold"] == "0.2"
+    assert "'gabapentin'" in swap["reason"] and swap["reason"].startswith("m.jsonl:14: utterance swap3: ")
+    lead, trail = (float(v.split()[0]) for v in rows["start0"]["value"].split(" / "))
+    assert lead > 0.2 >= trail and "misses words at its start" in rows["start0"]["reason"]
+    lead, trail = (float(v.split()[0]) for v in rows["end0"]["value"].split(" / "))
+    assert trail > 0.2 >= lead and "misses words at its end" in rows["end0"]["reason"]
+
+
+def test_verification_can_be_turned_off(tmp_path, speech):
+    utterances, audio = _shard(tmp_path, [("swap", SENTENCES[1][0], speech[0]), ("clean", SENTENCES[0][0], speech[0])])
+    on = align_shard(utterances, audio, AlignConfig())
+    off = align_shard(utterances, audio, AlignConfig(verify={"enabled": False}))
+    assert on.status.column("check_name").to_pylist() == ["transcript_incomplete", None]
+    assert off.status.column("check_name").to_pylist()[1] is None
+    assert off.status.column("check_name").to_pylist()[0] == "untranscribed_speech"  # the energy check, later
+    # the clean utterance's words are the same with or without verification (one pass either way)
+    assert on.word_alignments.equals(off.word_alignments)
+
+
+def test_frame_boundaries_lie_between_window_centres():
+    # 100 frames/s, 25.625 ms windows: frame k covers [10k, 10k + 25.625) ms, its centre 10k + 12.8 ms;
+    # boundary k (between frames k-1 and k) is midway between their centres
+    clock = _FrameClock(100, 0.025625, duration=1.0)
+    assert clock(0) == pytest.approx(0.0078125)
+    assert clock(10) == pytest.approx(0.1078125)
+    assert clock(200) == 1.0  # clipped to the audio
+    assert _FrameClock(200, 0.025625, 1.0)(10) == pytest.approx(0.05 + 0.0103125)
+
+
+# ------------------------------------------------------------------------------- false verdicts
+
+
+def _utterance_rows(uid: str, text: str, pcm: np.ndarray, tmp_path) -> tuple[dict, Path]:
+    path = tmp_path / f"{uid}.wav"
+    sf.write(path, pcm, RATE, subtype="FLOAT" if pcm.dtype == np.float32 else "PCM_16")
+    return dict(utterance_id=uid, recording_id=uid, audio_path=str(path), start=0.0, duration=None, text=text,
+                source=f"m.jsonl:{uid}"), path
+
+
+def _build(tmp_path, rows: list[dict]):
+    """normalize -> align (with the pre-alignment checks) -> check, as the build's stages run them."""
+    utterances = from_rows("utterances", rows)
+    normalized = normalize_shard(utterances, tmp_path / "audio", NormalizeConfig())
+    aligned = align_shard(utterances, normalized.normalized_audio, AlignConfig(), precheck=CheckConfig())
+    checked = check_shard(utterances, normalized.normalized_audio, aligned.word_alignments, CheckConfig())
+    quarantine = pa.concat_tables([normalized.quarantine, aligned.quarantine, checked.quarantine])
+    return checked.accepted_ids, {(r["utterance_id"], r["stage"], r["check_name"]) for r in quarantine.to_pylist()}
+
+
+def test_numbers_speech_with_dc_offset_and_spaced_text_are_accepted(tmp_path):
+    texts = {"money-time": "Pay $1,250.50 at 3:45pm.", "millions": "Transfer $1,234,567.89 today.",
+             "spaces": "Refill   metformin   twenty   milligrams   today."}
+    spoken = _speak([(text, "en-us") for text in texts.values()]
+                    + [("Please refill my atorvastatin prescription today.", "en-us+f3")])
+    rows = [_utterance_rows(uid, text, pcm, tmp_path)[0] for (uid, text), pcm in zip(texts.items(), spoken)]
+    speech = spoken[-1].astype(np.float32) / 32768
+    for offset in (0.1, 0.5):  # good speech riding on a DC offset
+        rows.append(_utterance_rows(f"dc{offset}", "Please refill my atorvastatin prescription today.",
+                                    (0.45 * speech + offset).astype(np.float32), tmp_path)[0])
+    accepted, quarantined = _build(tmp_path, rows)
+    assert quarantined == set()
+    assert sorted(accepted) == sorted(r["utterance_id"] for r in rows)
+
+
+def test_spoken_word_duration_limit_counts_the_words_a_token_is_spoken_as():
+    def utt(uid, text, spans):
+        return dict(utterance=dict(utterance_id=uid, recording_id=uid, audio_path="/a.wav", start=0.0, duration=6.0,
+                                   text=text, source=f"m:{uid}"),
+                    audio=dict(utterance_id=uid, audio_hash=uid, flac_path="/a.flac", sampling_rate=RATE,
+                               num_samples=6 * RATE, duration=6.0),
+                    words=[dict(utterance_id=uid, word_index=i, word=w, start=a, end=b, score=None,
+                                aligner="pocketsphinx") for i, (w, (a, b)) in enumerate(zip(split_words(text), spans))])
+    cases = [utt("money", "Pay $1,250.50 now", [(0.2, 0.5), (0.5, 4.0), (4.1, 4.5)]),  # 3.5 s for 8 words
+             utt("word", "Pay hello now", [(0.2, 0.5), (0.5, 4.0), (4.1, 4.5)])]  # 3.5 s for one word
+    result = check_shard(from_rows("utterances", [c["utterance"] for c in cases]),
+                         from_rows("normalized_audio", [c["audio"] for c in cases]),
+                         from_rows("word_alignments", [w for c in cases for w in c["words"]]), CheckConfig())
+    assert result.accepted_ids == ["money"]
+    row, = result.quarantine.to_pylist()
+    assert (row["utterance_id"], row["check_name"], row["value"]) == ("word", "word_duration_max", "3.5")
+
+
+def test_whitespace_runs_do_not_count_towards_the_character_rate():
+    text = "a" + " " * 30 + "b"  # 32 characters as written, 3 once the run is one space
+    rows = dict(utterance_id="u", recording_id="u", audio_path="/a.wav", start=0.0, duration=1.0, text=text, source="m:1")
+    audio = dict(utterance_id="u", audio_hash="u", flac_path="/a.flac", sampling_rate=RATE, num_samples=RATE, duration=1.0)
+    words = [dict(utterance_id="u", word_index=i, word=w, start=0.1 + 0.4 * i, end=0.4 + 0.4 * i, score=None,
+                  aligner="pocketsphinx") for i, w in enumerate(["a", "b"])]
+    config = CheckConfig(min_chars_per_second=0.5)
+    result = check_shard(from_rows("utterances", [rows]), from_rows("normalized_audio", [audio]),
+                         from_rows("word_alignments", words), config)
+    assert result.accepted_ids == ["u"], result.quarantine.to_pylist()
+    result = check_shard(from_rows("utterances", [rows]), from_rows("normalized_audio", [audio]),
+                         from_rows("word_alignments", words), CheckConfig(min_chars_per_second=3.001))
+    assert result.quarantine.column("value").to_pylist() == ["3"]
+
+
+def test_duration_and_script_are_decided_before_any_decoding(tmp_path):
+    """6 s of speech then 30 minutes of low noise is `duration_max`, a Chinese or Arabic transcript
+    `text_charset`: decided from the normalised duration and the text, without reading the audio (the FLAC
+    paths here do not even exist)."""
+    utterances = pa.Table.from_pylist([
+        dict(utterance_id="long", text="Please refill my prescription today.", source="m:1"),
+        dict(utterance_id="chinese", text="请给我续开处方。", source="m:2"),
+        dict(utterance_id="arabic", text="من فضلك أعد صرف الوصفة", source="m:3"),
+    ])
+    audio = pa.Table.from_pylist([dict(utterance_id="long", flac_path="/nonexistent/long.flac", duration=1806.0),
+                                  dict(utterance_id="chinese", flac_path="/nonexistent/zh.flac", duration=3.0),
+                                  dict(utterance_id="arabic", flac_path="/nonexistent/ar.flac", duration=3.0)])
+    started = time.process_time()
+    result = align_shard(utterances, audio, AlignConfig(), precheck=CheckConfig())
+    assert time.process_time() - started < 1.0
+    assert {(r["utterance_id"], r["stage"], r["check_name"]) for r in result.quarantine.to_pylist()} == {
+        ("long", "check", "duration_max"), ("chinese", "check", "text_charset"), ("arabic", "check", "text_charset")}
+    assert result.status.column("status").to_pylist() == ["skipped"] * 3
+    assert result.word_alignments.num_rows == 0
+
+
+def test_six_seconds_of_speech_then_thirty_minutes_of_noise_is_too_long_not_silent(tmp_path):
+    speech = _pcm("Please refill my atorvastatin prescription today. Call me tomorrow morning.", "en-us")
+    rng = np.random.default_rng(0)
+    with sf.SoundFile(tmp_path / "long.flac", "w", RATE, 1, subtype="PCM_16", format="FLAC") as f:
+        f.write(speech)
+        for _ in range(30):  # a minute at a time of noise at -60 dBFS
+            f.write((rng.standard_normal(60 * RATE) * 32.0).astype(np.int16))
+    row = dict(utterance_id="long", recording_id="long", audio_path=str(tmp_path / "long.flac"), start=0.0,
+               duration=None, text="Please refill my atorvastatin prescription today. Call me tomorrow morning.",
+               source="m:1")
+    accepted, quarantined = _build(tmp_path, [row])
+    assert accepted == [] and quarantined == {("long", "check", "duration_max")}
