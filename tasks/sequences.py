@@ -296,6 +296,7 @@ def _write_index(store: DatasetStore, version: DatasetVersion, out: Path, transc
         con.execute(f"SET memory_limit = '{INDEX_BUILD_MEMORY}'")
         con.execute("SET temp_directory = '{}'".format(str(work).replace("'", "''")))
         con.execute("SET preserve_insertion_order = false")
+        con.execute("SET enable_progress_bar = false")  # a training log is no terminal
         rates = con.execute(f"SELECT DISTINCT sampling_rate FROM {tables['normalized_audio']}").fetchall()
         if any(r != SAMPLE_RATE for (r,) in rates):
             raise DatasetError(f"dataset version {version_id}: normalised audio at {sorted(r for (r,) in rates)} "

@@ -249,3 +249,44 @@ def test_jstip_train_refuses_bad_launch_options(dataset, monkeypatch):
         monkeypatch.setenv(name, value)
     nested = runner.invoke(app, ["train", "--store", str(store), "--nproc-per-node", "2"])
     assert nested.exit_code == 1 and "already running under torchrun" in nested.output
+
+
+def test_under_torchrun_rank_0_refuses_a_held_out_version_and_a_busy_model_for_every_rank(dataset, two_processes,
+                                                                                         tmp_path):
+    """Rank 0 alone resolves the version (roles) and takes the model's lock; whatever it refuses, every rank
+    stops at once (no rank left waiting in a collective) and nothing of the job keeps running."""
+    from jstip.storage.store import DatasetStore
+
+    store = _store_copy(dataset, tmp_path / "data")
+    config = dataset[2]
+    held_out = build_in_process(str(dataset[0].parent / "synth" / "nemo_manifest.jsonl"), None, str(store),
+                                load_config(None).model_copy(update={"role": "test", "name": "held-out"}))
+    assert DatasetStore(store).version(held_out.version_id).role == "test"
+
+    def job(extra: list[str]) -> tuple[int, str, list[psutil.Process]]:
+        log = tmp_path / "torchrun.log"
+        launcher = subprocess.Popen(launch_command(LaunchSpec(nproc_per_node=2), [*_jstip_train(store, config), *extra]),
+                                    stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True,
+                                    env=launch_environment())
+        seen: list[psutil.Process] = []
+        deadline = time.monotonic() + 240
+        while launcher.poll() is None:
+            try:
+                seen += psutil.Process(launcher.pid).children(recursive=True)
+            except psutil.Error:
+                pass
+            assert time.monotonic() < deadline, "a rank is left waiting: " + log.read_text()[-3000:]
+            time.sleep(0.2)
+        return launcher.returncode, log.read_text(), seen
+
+    code, output, seen = job(["--version", held_out.version_id])
+    assert code != 0 and "is a held-out test set" in output and "--allow-test-set" in output, output[-3000:]
+    assert "rank 1: rank 0 failed before training" in output  # rank 1 was told, not left waiting
+    assert not _running(seen) and not (store / "models").exists()
+
+    model_id = two_processes[0].model_id
+    with DatasetStore(store).model_lock(model_id, purpose="held by the test"):
+        code, output, seen = job([])
+    assert code != 0 and f"model {model_id} is busy" in output and "held by the test" in output, output[-3000:]
+    assert "rank 1: rank 0 failed before training" in output
+    assert not _running(seen) and not list((store / "models" / model_id).glob("checkpoints/*"))
