@@ -128,7 +128,8 @@ class LoaderConfig(_Section):
     of the loop (jstip.tasks.loader). The batches do not depend on these settings."""
 
     # 1: decoding overlaps the step; more when a step reads more audio than one core decodes in a step's
-    # time (BENCHMARKS.md "training scale"). 0: batches are made in the training process.
+    # time (train_log.csv's data_wait_s says; BENCHMARKS.md "training scale (1 and 2 processes)"). 0: batches
+    # are made in the training process.
     workers: int = Field(1, ge=0)
     prefetch: int = Field(2, ge=1, description="batches each worker prepares ahead")
 
@@ -141,7 +142,8 @@ class DistributedConfig(_Section):
     # (docs/SCALING.md, memory arithmetic).
     sharding: Literal["ddp", "fsdp"] = "ddp"
     # How long a rank waits in a collective, including while rank 0 builds the sequence index of a new
-    # version and checks its audio files (minutes at 38k hours: BENCHMARKS.md "sequence index at 38k hours").
+    # version and checks its audio files (at 38k hours ~10 CPU-minutes for the index: BENCHMARKS.md
+    # "sequence index at 38k hours").
     timeout_minutes: float = Field(60.0, gt=0)
 
 
