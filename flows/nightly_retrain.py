@@ -2,7 +2,7 @@
 
     build-interleaved (incremental: unchanged shards come from the stage cache)
       -> build the held-out test set (cached likewise)
-      -> train (from the model promoted on the channel, or from scratch)
+      -> train (from the model promoted on the channel, or from scratch; on nproc_per_node processes)
       -> evaluate the candidate (and the incumbent, if it has no scores on this test version yet)
       -> promote only if the candidate beats the incumbent on `metric` beyond noise (paired bootstrap over the
          test utterances) and is not worse on `guard_metric` by more than `guard_margin`
@@ -77,6 +77,7 @@ def nightly_retrain(
     guard_metric: str | None = "wer",
     guard_margin: float = 0.02,
     decoding: str = "best",
+    nproc_per_node: int = 1,
 ) -> PromotionDecision:
     """Rebuild, retrain, evaluate, and promote if better.
 
@@ -89,7 +90,8 @@ def nightly_retrain(
     metric / min_gain / confidence / guard_metric / guard_margin: the promotion rule
     (jstip.storage.registry.PromotionPolicy: promote when entity accuracy is better beyond noise and WER is
     not worse by more than 0.02).  decoding: the decoding the comparison uses; `best`: joint CTC/LLM beam
-    search when the model has a CTC head, else beam search.
+    search when the model has a CTC head, else beam search.  nproc_per_node: training processes (> 1: the
+    train flow runs a torchrun DDP/FSDP2 job on this machine and waits for it).
     """
     if init not in ("promoted", "scratch"):
         raise ValueError(f"init must be 'promoted' or 'scratch', not {init!r}")
@@ -105,7 +107,8 @@ def nightly_retrain(
                              name=f"{published.name}-test", role="test")
     incumbent = incumbent_model(store, channel)
     trained = train(store=store, dataset_version=published.version_id, config_path=train_config, steps=steps,
-                    init_model=incumbent if init == "promoted" else None, name=published.name, base_llm=base_llm)
+                    init_model=incumbent if init == "promoted" else None, name=published.name, base_llm=base_llm,
+                    nproc_per_node=nproc_per_node)
     if decoding == "best":
         decoding = best_decoding(store, trained.model_id)
     # every decoding of the candidate is reported; the promotion compares `decoding`

@@ -822,31 +822,100 @@ def train(
     base_llm: Annotated[Optional[str], typer.Option(
         "--base-llm", help="The LLM to start from, overriding the config's model.llm.path: an LM prior's model id "
                            "(jstip pretrain-lm), a hub id or a local transformers directory.")] = None,
+    nproc_per_node: Annotated[int, typer.Option(
+        "--nproc-per-node", min=1, help="Training processes on this machine (one per GPU): > 1 runs torchrun "
+                                        "with DDP, or FSDP2 (the config's distributed.sharding).")] = 1,
+    nnodes: Annotated[str, typer.Option(
+        "--nnodes", help="Machines (N, or MIN:MAX): run the same command on each, with --rdzv-endpoint.")] = "1",
+    rdzv_endpoint: Annotated[Optional[str], typer.Option(
+        "--rdzv-endpoint", help="host:port of the rendezvous (one of the machines), the same on every "
+                                "machine.")] = None,
+    max_restarts: Annotated[int, typer.Option(
+        "--max-restarts", min=0, help="torchrun restarts the job this many times after a failure, each time "
+                                      "resuming from the last checkpoint.")] = 0,
+    result_file: Annotated[Optional[Path], typer.Option(hidden=True, help="Under torchrun: where each machine's "
+                                                                          "local rank 0 writes the result (JSON).")] = None,
 ):
-    """Train a speech-LLM on a dataset version (Prefect flow `train`); resumes from the last checkpoint."""
-    from jstip.flows.train import train as train_flow
+    """Train a speech-LLM on a dataset version (Prefect flow `train`); resumes from the last checkpoint.
+
+    Under torchrun (`torchrun --nproc-per-node 8 -m jstip train ...`) each worker runs this command as one
+    rank of a DDP/FSDP2 job, without Prefect; `--nproc-per-node N` runs exactly that from the train flow.
+    """
     from jstip.model.config import TrainConfigError, load_train_config
     from jstip.storage.store import StoreError
+    from jstip.tasks.distributed import DistributedTrainingError, LaunchSpec, under_launcher
     from jstip.tasks.sequences import DatasetError, resolve_version
     from jstip.storage import DatasetStore
 
     try:  # validate at the edge: a bad config or version is one line, not a failed flow run
         load_train_config(config, steps=steps)
-        chosen = DatasetStore(store).training_version(version, allow_held_out=allow_test_set)
-        resolve_version(DatasetStore(store), chosen.version_id)
-    except (TrainConfigError, DatasetError, StoreError) as e:
+        if not under_launcher():  # under torchrun, rank 0 alone reads the catalog (jstip.tasks.train)
+            chosen = DatasetStore(store).training_version(version, allow_held_out=allow_test_set)
+            resolve_version(DatasetStore(store), chosen.version_id)
+        launch = LaunchSpec(nproc_per_node=nproc_per_node, nnodes=nnodes, rdzv_endpoint=rdzv_endpoint,
+                            max_restarts=max_restarts)
+    except (TrainConfigError, DatasetError, StoreError, ValueError) as e:
         _fail(str(e))
+    if under_launcher():
+        if launch.distributed:
+            _fail("already running under torchrun: give --nproc-per-node / --nnodes to torchrun, not to jstip train")
+        _train_rank(store, version, config, steps, init_model, name, base_llm, allow_test_set, result_file)
+        return
+    from jstip.flows.train import train as train_flow
+
     try:
-        with _running_flows("training", "rerun the same command to resume from the last checkpoint."):
+        with _running_flows("training", "rerun the same command to resume from the last checkpoint.",
+                            expected=(DistributedTrainingError,)):
             result = train_flow(store=str(store), dataset_version=version,
                                 config_path=None if config is None else str(config), steps=steps,
-                                init_model=init_model, name=name, allow_test_set=allow_test_set, base_llm=base_llm)
-    except (DatasetError, StoreError) as e:
+                                init_model=init_model, name=name, allow_test_set=allow_test_set, base_llm=base_llm,
+                                nproc_per_node=nproc_per_node, nnodes=nnodes, rdzv_endpoint=rdzv_endpoint,
+                                max_restarts=max_restarts)
+    except (DatasetError, StoreError, DistributedTrainingError) as e:
         _fail(str(e))
+    _print_trained(result)
+
+
+def _print_trained(result) -> None:
     _say(("model", "bold green"), f" {result.model_id}  trained on dataset version {result.dataset_version}")
     console.print(f"final loss {result.metrics.get('final_loss', float('nan')):.4f} after {result.steps} steps")
     console.print(f"model:  {result.model_dir}")
     console.print(f"log:    {result.model_dir.parent / 'train_log.csv'}")
+
+
+def _train_rank(store: Path, version: str | None, config: Path | None, steps: int | None, init_model: str | None,
+                name: str, base_llm: str | None, allow_test_set: bool, result_file: Path | None) -> None:
+    """One rank of a torchrun job: train in this process; rank 0 prints, each machine's local rank 0 writes
+    the result file (the launching flow reads it)."""
+    import os
+
+    from torch.distributed.elastic.multiprocessing.errors import record
+
+    from jstip.model.config import load_train_config, with_base_llm
+    from jstip.storage.store import StoreError
+    from jstip.tasks.distributed import DistributedTrainingError
+    from jstip.tasks.sequences import DatasetError
+    from jstip.tasks.train import train as train_task
+
+    rank = int(os.environ["RANK"])
+
+    @record  # torchrun's summary then carries this rank's traceback
+    def run():
+        train_config = with_base_llm(load_train_config(config, steps=steps), base_llm)
+        return train_task(store, version, train_config, init_model=init_model, name=name,
+                          allow_test_set=allow_test_set,
+                          on_log=lambda line: console.print(line, highlight=False, soft_wrap=True))
+
+    try:
+        result = run()
+    except (DatasetError, StoreError, DistributedTrainingError) as e:
+        _fail(f"rank {rank}: {e}")
+    if result_file is not None and os.environ.get("LOCAL_RANK") == "0":
+        tmp = result_file.with_name(result_file.name + ".tmp")
+        tmp.write_text(result.to_json())
+        tmp.rename(result_file)
+    if rank == 0:
+        _print_trained(result)
 
 
 @app.command("pretrain-lm")

@@ -141,6 +141,6 @@ def model_code_version() -> str:
     """`<package version>+<hash of the model and training sources>`: part of every model id."""
     roots = _package_roots("model", "schemas", "tasks")
     training = {"tasks/train.py", "tasks/sequences.py", "schemas/sequences.py", "tasks/pretrain_lm.py",
-                "tasks/general_text.py"}
+                "tasks/general_text.py", "tasks/distributed.py", "tasks/loader.py"}
     # decoding never changes a trained model's weights: a decoder fix keeps the model ids (and the models)
     return f"{__version__}+{_digest(roots, lambda rel: (rel.startswith('model/') and rel != 'model/decode.py') or rel in training)}"

@@ -24,6 +24,7 @@ import numpy as np
 import soundfile as sf
 import torch
 
+from jstip.model.ctc import TokenUnits
 from jstip.model.speech_llm import (IGNORE_INDEX, KIND_SPEECH, KIND_SPEECH_END, KIND_SPEECH_START, KIND_TEXT,
                                     Batch)
 from jstip.schemas.sequences import AudioSlice, TrainingSequence
@@ -120,3 +121,26 @@ def collate(layouts: list[Layout], tokenizer, load=load_slice) -> Batch:
     speech = [load(a) for x in layouts for a in x.speech]
     targets = [t for x in layouts for t in x.speech_targets]
     return Batch(input_ids, labels, attention, kinds, speech, targets, [x.sequence_id for x in layouts])
+
+
+@dataclass(frozen=True)
+class BatchLayout:
+    """What laying out and collating a batch needs from a model, without the model (SpeechLLM.batch_layout):
+    small and picklable, so DataLoader workers build batches whatever their start method."""
+
+    tokenizer: object
+    num_frames: Callable[[int], int]  # encoder frames of a span of n samples (the encoder's pure arithmetic)
+    stack: int  # encoder frames per LLM embedding
+    token_units: TokenUnits
+
+    def embeddings_for_samples(self, num_samples: int) -> int:
+        return -(-self.num_frames(num_samples) // self.stack)
+
+    def ctc_targets(self, text: str) -> list[int]:
+        return self.token_units.targets(text, self.tokenizer)
+
+    def __call__(self, sequences: list[TrainingSequence], load=load_slice) -> Batch:
+        """The sequences laid out, padded into one batch, their speech spans read from the audio pool."""
+        layouts = [lay_out(s, self.tokenizer, self.embeddings_for_samples, ctc_targets=self.ctc_targets)
+                   for s in sequences]
+        return collate(layouts, self.tokenizer, load)

@@ -123,6 +123,30 @@ class MixConfig(_Section):
         return self
 
 
+class LoaderConfig(_Section):
+    """DataLoader workers per training process: they draw, lay out and read (FLAC) each step's batch ahead
+    of the loop (jstip.tasks.loader). The batches do not depend on these settings."""
+
+    # 1: decoding overlaps the step; more when a step reads more audio than one core decodes in a step's
+    # time (train_log.csv's data_wait_s says; BENCHMARKS.md "training scale (1 and 2 processes)"). 0: batches
+    # are made in the training process.
+    workers: int = Field(1, ge=0)
+    prefetch: int = Field(2, ge=1, description="batches each worker prepares ahead")
+
+
+class DistributedConfig(_Section):
+    """Used when training runs on several processes (torchrun / `jstip train --nproc-per-node N`)."""
+
+    # ddp: a full model replica per rank (DistributedDataParallel). fsdp: parameters, gradients and Adam
+    # state sharded over the ranks (PyTorch FSDP2 `fully_shard`), for LLMs that do not fit one device
+    # (docs/SCALING.md, memory arithmetic).
+    sharding: Literal["ddp", "fsdp"] = "ddp"
+    # How long a rank waits in a collective, including while rank 0 builds the sequence index of a new
+    # version and checks its audio files (at 38k hours ~10 CPU-minutes for the index: BENCHMARKS.md
+    # "sequence index at 38k hours").
+    timeout_minutes: float = Field(60.0, gt=0)
+
+
 class TrainConfig(_Section):
     model: SpeechLLMConfig = SpeechLLMConfig()
     mix: MixConfig = MixConfig()
@@ -147,11 +171,14 @@ class TrainConfig(_Section):
     on_missing_audio: Literal["error", "skip"] = "error"
     device: str = Field("auto", description="auto: cuda when available (bf16 autocast), else cpu")
     log_every: int = Field(10, ge=1)
+    loader: LoaderConfig = LoaderConfig()
+    distributed: DistributedConfig = DistributedConfig()
 
     def canonical_json(self) -> str:
-        """The configuration that shapes the model (device and logging excluded): part of the model id."""
+        """The configuration that shapes the model (device, logging, data loading and the distribution over
+        processes excluded: they change how fast, not what is learned): part of the model id."""
         return json.dumps(self.model_dump(mode="json", exclude={"device", "log_every", "checkpoint_every",
-                                                                "keep_checkpoints"}),
+                                                                "keep_checkpoints", "loader", "distributed"}),
                           sort_keys=True, separators=(",", ":"))
 
     def fingerprint(self) -> str:
@@ -160,6 +187,14 @@ class TrainConfig(_Section):
 
 class TrainConfigError(ValueError):
     pass
+
+
+def with_base_llm(config: TrainConfig, base_llm: str | None) -> TrainConfig:
+    """The config with model.llm.path set to `base_llm` (an LM prior's model id, a hub id or a directory)."""
+    if base_llm is None:
+        return config
+    return TrainConfig.model_validate({**config.model_dump(), "model": {
+        **config.model.model_dump(), "llm": {**config.model.llm.model_dump(), "path": base_llm}}})
 
 
 def load_train_config(path: str | Path | None = None, **overrides) -> TrainConfig:

@@ -115,19 +115,44 @@ class SpeechLLM(nn.Module):
 
     # -- training ------------------------------------------------------------------------------------
 
-    def forward(self, batch: Batch) -> dict[str, torch.Tensor]:
+    def forward(self, batch: Batch, num_label_tokens: int | None = None,
+                num_speech_spans: int | None = None) -> dict[str, torch.Tensor]:
+        """The losses of a batch: `llm_loss` = sum of the label tokens' cross-entropies / num_label_tokens,
+        `ctc_loss` = sum over speech spans of (span loss / its target length) / num_speech_spans, `loss` =
+        llm_loss + ctc_weight * ctc_loss. The counts default to the batch's own (means over the batch);
+        under data parallelism they are the global batch's, so the ranks' losses add up to the loss of the
+        global batch (jstip.tasks.distributed)."""
+        if num_label_tokens is None:
+            num_label_tokens = batch.num_label_tokens
+        if num_speech_spans is None:
+            num_speech_spans = len(batch.speech)
         speech_embeddings, frames, lengths = (self.encode_speech(batch.speech) if batch.speech
                                               else (None, None, None))
         embeddings = self.input_embeddings(batch.input_ids, batch.kinds, speech_embeddings)
-        out = self.llm(inputs_embeds=embeddings, attention_mask=batch.attention_mask, labels=batch.labels)
+        # transformers' causal-LM loss: sum / num_items_in_batch (its own convention for gradient accumulation
+        # and data parallelism), which equals the mean when the count is the batch's own
+        out = self.llm(inputs_embeds=embeddings, attention_mask=batch.attention_mask, labels=batch.labels,
+                       num_items_in_batch=num_label_tokens)
         losses = {"llm_loss": out.loss}
         loss = out.loss
         if self.ctc_head is not None and frames is not None:
-            ctc = self.ctc_loss(frames, lengths, batch.speech_targets)
+            ctc = self.ctc_loss(frames, lengths, batch.speech_targets, num_speech_spans)
             losses["ctc_loss"] = ctc
             loss = loss + self.config.ctc_weight * ctc
+        elif frames is None and num_speech_spans > 0:
+            # This rank's share has no speech but the global batch has: run the speech path on a silent
+            # placeholder with weight 0, so every rank runs (and, under FSDP, gathers) the same modules.
+            loss = loss + 0.0 * self._placeholder_speech_loss()
         losses["loss"] = loss
         return losses
+
+    def _placeholder_speech_loss(self) -> torch.Tensor:
+        wave = torch.zeros(1280, device=self.speech_start.device)
+        embeddings, frames, _ = self.encode_speech([wave])
+        total = embeddings.float().sum()
+        if self.ctc_head is not None:
+            total = total + self.ctc_head(frames).float().sum()
+        return total
 
     def ctc_targets(self, text: str) -> list[int]:
         """The CTC target of a speech span's words."""
@@ -136,7 +161,10 @@ class SpeechLLM(nn.Module):
     def ctc_log_probs(self, frames: torch.Tensor) -> torch.Tensor:
         return self.ctc_head(frames).float().log_softmax(-1)
 
-    def ctc_loss(self, frames: torch.Tensor, lengths: torch.Tensor, targets: list[list[int]]) -> torch.Tensor:
+    def ctc_loss(self, frames: torch.Tensor, lengths: torch.Tensor, targets: list[list[int]],
+                 num_spans: int | None = None) -> torch.Tensor:
+        """Sum over spans of (span loss / target length) / num_spans (default: the number of spans, i.e.
+        torch's `mean` reduction)."""
         log_probs = self.ctc_log_probs(frames).transpose(0, 1)  # (T, spans, vocab + 1)
         flat = torch.tensor([t for target in targets for t in target], dtype=torch.long, device=frames.device)
         target_lengths = torch.tensor([len(t) for t in targets], dtype=torch.long, device=frames.device)
@@ -146,8 +174,16 @@ class SpeechLLM(nn.Module):
                              "the batch was laid out without this model's ctc_targets (lay_out(..., "
                              "ctc_targets=model.ctc_targets))")
         # zero_infinity: a short span can have fewer frames than units; its loss is dropped, not inf
-        return nn.functional.ctc_loss(log_probs, flat, lengths, target_lengths, blank=self.token_units.blank,
-                                      zero_infinity=True)
+        per_span = nn.functional.ctc_loss(log_probs, flat, lengths, target_lengths, blank=self.token_units.blank,
+                                          reduction="none", zero_infinity=True)
+        return (per_span / target_lengths.clamp(min=1)).sum() / (len(targets) if num_spans is None else num_spans)
+
+    def batch_layout(self):
+        """What a DataLoader worker needs to lay out and collate batches for this model (no weights)."""
+        from jstip.model.batching import BatchLayout
+
+        return BatchLayout(self.tokenizer, type(self.encoder).num_frames, self.config.projector.stack,
+                           self.token_units)
 
 
 # -- building, saving, loading ------------------------------------------------------------------------
@@ -184,12 +220,14 @@ def trainable_state(model: SpeechLLM) -> dict[str, torch.Tensor]:
     return {name: t.detach().cpu() for name, t in model.state_dict().items() if name in trainable}
 
 
-def save_speech_llm(model: SpeechLLM, out_dir: str | Path, llm_source: str, extra: dict | None = None) -> Path:
+def save_speech_llm(model: SpeechLLM, out_dir: str | Path, llm_source: str, extra: dict | None = None,
+                    weights: dict[str, torch.Tensor] | None = None) -> Path:
     """Write the model directory. `llm_source`: where the base LLM comes from when loading: LLM_DIR (saved
-    here) or the hub id / path it was loaded from."""
+    here) or the hub id / path it was loaded from. `weights`: the trainable tensors, when the model's own
+    are sharded (FSDP: gathered by the caller); default trainable_state(model)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    torch.save(trainable_state(model), out_dir / WEIGHTS_FILE)
+    torch.save(trainable_state(model) if weights is None else weights, out_dir / WEIGHTS_FILE)
     meta = {"config": model.config.model_dump(mode="json"), "llm_source": llm_source, **(extra or {})}
     (out_dir / MODEL_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True))
     return out_dir

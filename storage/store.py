@@ -375,13 +375,15 @@ class DatasetStore(StoreLayout):
                              f"training version (`jstip catalog list`), or pass --allow-test-set if you mean it")
         return version
 
-    def table_sql(self, version: DatasetVersion, table: str) -> str:
+    def table_sql(self, version: DatasetVersion, table: str, recorded_paths: bool = False) -> str:
         """A DuckDB subquery reading one table of a version, with the paths it holds (normalized_audio's
-        flac_path, relative to the store root) resolved for this machine: `FROM {store.table_sql(v, t)} x`."""
+        flac_path, relative to the store root) resolved for this machine: `FROM {store.table_sql(v, t)} x`.
+        recorded_paths: the paths as the version records them instead (for what is stored in the store and
+        resolved when read, such as the sequence index: it moves with the store)."""
         if table not in DATASET_TABLES:
             raise StoreError(f"unknown table {table!r}; a version holds {', '.join(DATASET_TABLES)}")
         glob = str(version.path / table / "*.parquet").replace("'", "''")
-        if table != "normalized_audio":
+        if table != "normalized_audio" or recorded_paths:
             return f"(SELECT * FROM read_parquet('{glob}'))"
         root = (str(self.root) + os.sep).replace("'", "''")
         return (f"(SELECT * REPLACE (CASE WHEN starts_with(flac_path, '/') THEN flac_path "

@@ -14,10 +14,17 @@ run killed at step k and resumed reaches the same weights as one that never stop
 
 Device: `device: auto` trains on CUDA when available, in bf16 autocast (weights and optimizer in fp32),
 else on CPU in fp32; the same flow runs unchanged on either.
+
+Several processes: started by torchrun (`jstip train --nproc-per-node N`, or torchrun by hand), `train`
+runs as one rank of a DDP or FSDP2 job (jstip.tasks.distributed): each rank trains on its share of every
+global batch, rank 0 alone writes checkpoints, the log, the final model and the catalog, and the result
+does not depend on the number of processes beyond floating-point order. Batches are made by DataLoader
+workers (jstip.tasks.loader).
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import hashlib
 import json
@@ -33,13 +40,15 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from jstip.model.batching import collate, lay_out
 from jstip.model.config import TrainConfig
-from jstip.model.speech_llm import (LLM_DIR, MODEL_FILE, SpeechLLM, build_speech_llm, load_speech_llm,
-                                    save_speech_llm, trainable_state)
+from jstip.model.speech_llm import (LLM_DIR, MODEL_FILE, Batch, SpeechLLM, build_speech_llm, load_speech_llm,
+                                    save_speech_llm)
 from jstip.model.tiny_lm import build_tiny_lm
 from jstip.schemas.sequences import TrainingSequence
 from jstip.storage.store import DatasetStore
+from jstip.tasks import distributed
+from jstip.tasks.distributed import DistributedContext
+from jstip.tasks.loader import RankBatches, batch_loader
 from jstip.tasks.sequences import BucketSampler, SequencePools, build_sequences, resolve_version
 from jstip.version import model_code_version
 
@@ -51,8 +60,9 @@ log = logging.getLogger(__name__)
 CHECKPOINTS = "checkpoints"
 FINAL = "final"
 TRAIN_LOG = "train_log.csv"
+# data_wait_s: how long the step waited for its batch (DataLoader workers falling behind the model)
 LOG_FIELDS = ("step", "loss", "llm_loss", "ctc_loss", "learning_rate", "sequences", "label_tokens",
-              "speech_seconds", "elapsed_s")
+              "speech_seconds", "elapsed_s", "data_wait_s")
 
 
 @dataclass(frozen=True)
@@ -64,23 +74,35 @@ class TrainResult:
     metrics: dict
     resumed_from_step: int | None  # None: started from scratch (or the model was already finished)
 
+    def to_json(self) -> str:
+        return json.dumps({**self.__dict__, "model_dir": str(self.model_dir)}, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> "TrainResult":
+        fields = json.loads(text)
+        return cls(**{**fields, "model_dir": Path(fields["model_dir"])})
+
 
 def model_id_for(dataset_version: str, config: TrainConfig, init_model: str | None) -> str:
     parts = (dataset_version, config.canonical_json(), init_model or "", model_code_version())
     return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:16]
 
 
-def pick_device(name: str) -> torch.device:
+def pick_device(name: str, local_rank: int = 0) -> torch.device:
+    """`auto`: CUDA when available (under torchrun: this rank's GPU, LOCAL_RANK), else CPU."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return torch.device("cuda", local_rank) if torch.cuda.is_available() else torch.device("cpu")
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise RuntimeError(f"device {name!r} asked for, but torch sees no CUDA device (torch {torch.__version__})")
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", local_rank)
     return device
 
 
-def _step_seed(seed: int, step: int) -> int:
-    return int.from_bytes(hashlib.sha256(f"{seed}:{step}".encode()).digest()[:8], "little") & (2**63 - 1)
+def _step_seed(seed: int, step: int, rank: int = 0) -> int:
+    parts = distributed.step_seed_parts(seed, step, rank)
+    return int.from_bytes(hashlib.sha256(parts.encode()).digest()[:8], "little") & (2**63 - 1)
 
 
 def lr_factor(step: int, config: TrainConfig) -> float:
@@ -92,14 +114,21 @@ def lr_factor(step: int, config: TrainConfig) -> float:
     return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))
 
 
-def loss_and_backward(model: SpeechLLM, sequences: list[TrainingSequence], device: torch.device) -> dict[str, float]:
-    """One forward + backward pass over a batch of sequences (gradients accumulate in the model)."""
-    layouts = [lay_out(s, model.tokenizer, model.embeddings_for_samples, ctc_targets=model.ctc_targets)
-               for s in sequences]
-    batch = collate(layouts, model.tokenizer).to(device)
+def forward_backward(model: torch.nn.Module, batch: Batch, device: torch.device, num_label_tokens: int,
+                     num_speech_spans: int, world_size: int = 1) -> dict[str, torch.Tensor]:
+    """One forward + backward pass (gradients accumulate in the model). The counts are the global batch's
+    (jstip.tasks.distributed); the loss is scaled by world_size because DDP and FSDP average gradients
+    over the ranks, and the gradient wanted is the global batch's, i.e. their sum."""
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-        losses = model(batch)
-    losses["loss"].backward()
+        losses = model(batch, num_label_tokens=num_label_tokens, num_speech_spans=num_speech_spans)
+    (losses["loss"] * world_size if world_size > 1 else losses["loss"]).backward()
+    return losses
+
+
+def loss_and_backward(model: SpeechLLM, sequences: list[TrainingSequence], device: torch.device) -> dict[str, float]:
+    """One forward + backward pass over a batch of sequences on one process (gradients accumulate)."""
+    batch = model.batch_layout()(sequences)
+    losses = forward_backward(model, batch.to(device), device, batch.num_label_tokens, len(batch.speech))
     out = {k: float(v.detach()) for k, v in losses.items()}
     out["label_tokens"] = batch.num_label_tokens
     out["speech_seconds"] = sum(w.numel() for w in batch.speech) / 16000
@@ -163,13 +192,54 @@ def _checkpoints(model_dir: Path) -> list[Path]:
     return sorted((model_dir / CHECKPOINTS).glob("step-*"))
 
 
-def _save_checkpoint(model: SpeechLLM, optimizer, scheduler, step: int, model_dir: Path, keep: int) -> Path:
+def _trainable_names(model: torch.nn.Module) -> set[str]:
+    return {name for name, p in distributed.unwrap(model).named_parameters() if p.requires_grad}
+
+
+def _gather_state(model: torch.nn.Module, optimizer, ctx: DistributedContext) -> tuple[dict, dict] | None:
+    """The trainable weights and the optimizer state as full tensors on CPU, keyed by parameter name, on
+    rank 0 (None elsewhere). Sharded (FSDP) tensors are gathered: every rank must call this then."""
+    from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,
+                                                         get_optimizer_state_dict)
+
+    sharded = distributed.is_sharded(model)
+    if not (ctx.is_main or sharded):  # replicas: rank 0 holds everything already
+        return None
+    options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    full = get_model_state_dict(model, options=options)
+    optimizer_state = get_optimizer_state_dict(model, optimizer, options=options)
+    if not ctx.is_main:
+        return None
+    trainable = _trainable_names(model)
+    return {k: v for k, v in full.items() if k in trainable}, optimizer_state
+
+
+def _load_state(model: torch.nn.Module, optimizer, checkpoint: Path, device: torch.device,
+                ctx: DistributedContext) -> None:
+    from torch.distributed.checkpoint.state_dict import (StateDictOptions, set_model_state_dict,
+                                                         set_optimizer_state_dict)
+
+    # FSDP: rank 0 reads the files and broadcasts the shards (one copy in host memory per machine, not per rank)
+    from_rank0 = distributed.is_sharded(model)
+    if from_rank0 and not ctx.is_main:
+        weights, optimizer_state = {}, {}
+    else:
+        location = "cpu" if from_rank0 else device
+        weights = torch.load(checkpoint / "weights.pt", map_location=location, weights_only=True)
+        optimizer_state = torch.load(checkpoint / "optimizer.pt", map_location=location, weights_only=True)["optimizer"]
+    options = StateDictOptions(full_state_dict=True, strict=False, broadcast_from_rank0=from_rank0)
+    set_model_state_dict(model, weights, options=options)
+    set_optimizer_state_dict(model, optimizer, optimizer_state, options=options)
+
+
+def _save_checkpoint(state: tuple[dict, dict], scheduler, step: int, model_dir: Path, keep: int) -> Path:
+    weights, optimizer_state = state
     final = model_dir / CHECKPOINTS / f"step-{step:07d}"
     tmp = final.with_name(f".{final.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    torch.save(trainable_state(model), tmp / "weights.pt")
-    torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}, tmp / "optimizer.pt")
+    torch.save(weights, tmp / "weights.pt")
+    torch.save({"optimizer": optimizer_state, "scheduler": scheduler.state_dict()}, tmp / "optimizer.pt")
     (tmp / "state.json").write_text(json.dumps({"step": step}))
     tmp.rename(final)  # a checkpoint directory is complete or absent
     for old in _checkpoints(model_dir)[:-keep]:
@@ -187,9 +257,9 @@ def _trim_log(path: Path, steps_done: int) -> None:
     kept = [r for r in rows if int(r["step"]) <= steps_done]
     tmp = path.with_name(f".{path.name}.tmp")
     with tmp.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=LOG_FIELDS)
+        writer = csv.DictWriter(f, fieldnames=LOG_FIELDS, restval="")
         writer.writeheader()
-        writer.writerows(kept)
+        writer.writerows({k: r.get(k, "") for k in LOG_FIELDS} for r in kept)  # a log of an older version too
     os.replace(tmp, path)
 
 
@@ -203,6 +273,10 @@ def _log_rows(path: Path) -> list[dict]:
                 continue
             rows[int(row["step"])] = row
     return [rows[step] for step in sorted(rows)]
+
+
+def _silent(message: str) -> None:
+    pass
 
 
 def train(
@@ -223,126 +297,213 @@ def train(
     continue from (the nightly loop's "from the promoted model"); None: from scratch. name: the model
     family name in the catalog. stop_after: stop (with a checkpoint) after this many steps in total, for a
     time-boxed run to be resumed later; the model is registered only when all `config.steps` are done.
+
+    One run per model at a time: training holds the model's lock (DatasetStore.model_lock), and a second run
+    of the same model stops at once naming the holder. Under torchrun every rank calls this with the same
+    arguments and gets the same result (jstip.tasks.distributed); rank 0 alone decides (version, roles,
+    integrity, model id), holds the lock, writes and logs through `on_log`; the other ranks are told.
     """
+    config = config or TrainConfig()
+    ctx = distributed.init_from_env(pick_device(config.device).type, config.distributed.timeout_minutes)
+    try:
+        with contextlib.ExitStack() as held:  # rank 0's lock on the model, for the whole run
+            return _train(ctx, Path(store), dataset_version, config, init_model, name, stop_after,
+                          (on_log or log.info) if ctx.is_main else _silent, allow_test_set, held)
+    finally:
+        distributed.shutdown(ctx)
+
+
+@dataclass
+class _Plan:
+    """What rank 0 decides before training, and tells the other ranks."""
+
+    version_id: str
+    missing_audio: tuple[int, ...]
+    config_json: str
+    model_id: str
+    parent_id: str | None  # lineage: the model this one continues, else the LM prior it was built on
+    init_dir: str | None
+    prior_dir: str | None
+    finished: TrainResult | None = None
+
+
+def _plan(store: DatasetStore, dataset_version: str | None, config: TrainConfig, init_model: str | None,
+          name: str, say: Callable[[str], None], allow_test_set: bool,
+          held: contextlib.ExitStack) -> tuple[_Plan, SequencePools]:
+    """Rank 0's decisions; enters the model's lock into `held` (kept until the run ends)."""
     from jstip.storage.registry import ModelRegistry
 
-    say = on_log or log.info
-    config = config or TrainConfig()
-    data_store = DatasetStore(store)
-    registry = ModelRegistry(data_store)
-    # the files are those that were published (tamper evidence), or training stops naming the one that differs
-    chosen = data_store.training_version(dataset_version, allow_held_out=allow_test_set)  # never a test set unasked
-    dataset_version = data_store.ensure_intact(resolve_version(data_store, chosen.version_id).version_id,
-                                               purpose="training").version_id
-    pools = build_sequences(data_store, dataset_version, config.mix, config.asr_prompt, config.on_missing_audio)
+    registry = ModelRegistry(store)
+    # never a held-out version unasked; the files are those that were published (tamper evidence), or
+    # training stops naming the one that differs
+    chosen = store.training_version(dataset_version, allow_held_out=allow_test_set)
+    dataset_version = store.ensure_intact(resolve_version(store, chosen.version_id).version_id,
+                                          purpose="training").version_id
+    pools = build_sequences(store, dataset_version, config.mix, config.asr_prompt, config.on_missing_audio)
     if config.epochs is not None:
         sequences = sum(n for pool, n in pools.counts().items() if getattr(config.mix, pool) > 0)
         config = config.model_copy(update={"steps": max(1, math.ceil(config.epochs * sequences / config.batch_size))})
     parent = registry.model(init_model) if init_model else None  # resolves a prefix; clear error if unknown
     config, prior = resolve_base_llm(registry, config)
-    init_dir = parent.path if parent else None
     model_id = model_id_for(pools.version_id, config, parent.model_id if parent else None)
-    # lineage: the model this one continues, else the LM prior it was built on
-    parent_id = parent.model_id if parent else prior.model_id if prior else None
-    prior_dir = prior.path if prior else None
+    plan = _Plan(pools.version_id, pools.missing_audio, config.model_dump_json(), model_id,
+                 parent.model_id if parent else prior.model_id if prior else None,
+                 str(parent.path) if parent else None, str(prior.path) if prior else None)
     # one run per model at a time: a second run of the same model stops here, naming the one that holds it
-    with data_store.model_lock(model_id, purpose=f"train model {model_id} on dataset version {pools.version_id}"):
-        return _train_model(data_store, registry, pools, config, model_id, parent_id, init_dir, prior_dir, name,
-                            stop_after, say)
-
-
-def _train_model(data_store: DatasetStore, registry, pools: SequencePools, config: TrainConfig, model_id: str,
-                 parent_id: str | None, init_dir: Path | None, prior_dir: Path | None, name: str,
-                 stop_after: int | None, say: Callable[[str], None]) -> TrainResult:
-    model_dir = data_store.root / "models" / model_id
-    final_dir = model_dir / FINAL
-
+    held.enter_context(store.model_lock(model_id, purpose=f"train model {model_id} on dataset version "
+                                                          f"{pools.version_id}"))
+    final_dir = store.root / "models" / model_id / FINAL
     if (final_dir / MODEL_FILE).exists():
         record = registry.register_model(model_id=model_id, name=name, dataset_version=pools.version_id,
                                          config_json=config.canonical_json(),
                                          metrics=json.loads((final_dir / "metrics.json").read_text()),
-                                         path=final_dir, parent_model=parent_id)
+                                         path=final_dir, parent_model=plan.parent_id)
         say(f"model {model_id} is already trained on {pools.version_id}: {final_dir}")
-        return TrainResult(model_id, final_dir, pools.version_id, config.steps, record.metrics, None)
+        plan.finished = TrainResult(model_id, final_dir, pools.version_id, config.steps, record.metrics, None)
+    return plan, pools
 
-    device = pick_device(config.device)
-    say(f"training model {model_id} on dataset version {pools.version_id} ({device}); sequences per pool: "
-        f"{pools.counts()}" + (f"; left out: {pools.skipped}" if pools.skipped else ""))
-    model_dir.mkdir(parents=True, exist_ok=True)
-    model, llm_source = _initial_model(config, pools, model_dir, init_dir, prior_dir)
+
+def _train(ctx: DistributedContext, store: Path, dataset_version: str | None, config: TrainConfig,
+           init_model: str | None, name: str, stop_after: int | None, say: Callable[[str], None],
+           allow_test_set: bool, held: contextlib.ExitStack) -> TrainResult:
+    data_store = DatasetStore(store)
+    # Rank 0 reads the catalog, builds the sequence index, checks the audio files and prepares the model's
+    # LLM; the others wait, are told what it found, and open the same index.
+    if ctx.is_main:
+        try:
+            plan, pools = _plan(data_store, dataset_version, config, init_model, name, say, allow_test_set, held)
+        except Exception as e:
+            ctx.broadcast(f"{type(e).__name__}: {e}")
+            raise
+        ctx.broadcast(plan)
+    else:
+        plan = ctx.broadcast()
+        if isinstance(plan, str):
+            raise distributed.DistributedTrainingError(f"rank 0 failed before training: {plan}")
+        pools = build_sequences(data_store, plan.version_id, config.mix, config.asr_prompt, config.on_missing_audio,
+                                missing_audio=plan.missing_audio)
+    if plan.finished is not None:
+        return plan.finished
+    config = TrainConfig.model_validate_json(plan.config_json)
+    model_id = plan.model_id
+    model_dir = data_store.root / "models" / model_id
+    final_dir = model_dir / FINAL
+    device = pick_device(config.device, ctx.local_rank)
+    processes = f", {ctx.world_size} processes ({config.distributed.sharding})" if ctx.world_size > 1 else ""
+    say(f"training model {model_id} on dataset version {pools.version_id} ({device}{processes}); sequences per "
+        f"pool: {pools.counts()}" + (f"; left out: {pools.skipped}" if pools.skipped else ""))
+
+    init_dir = Path(plan.init_dir) if plan.init_dir else None
+    prior_dir = Path(plan.prior_dir) if plan.prior_dir else None
+    if ctx.is_main:  # writes the LLM directory when the model has its own (tiny LM, copied prior)
+        model_dir.mkdir(parents=True, exist_ok=True)
+        model, llm_source = _initial_model(config, pools, model_dir, init_dir, prior_dir)
+        ctx.barrier()
+    else:
+        ctx.barrier()
+        model, llm_source = _initial_model(config, pools, model_dir, init_dir, prior_dir)
     model.to(device)
-    params = [p for p in model.parameters() if p.requires_grad]
+    layout = model.batch_layout()
+    trained = distributed.wrap_model(model, ctx, device, config.distributed.sharding)
+    params = [p for p in trained.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, config))
 
     start_step, resumed_from = 0, None
-    checkpoints = _checkpoints(model_dir)
-    if checkpoints:
-        last = checkpoints[-1]
-        model.load_state_dict(torch.load(last / "weights.pt", map_location=device, weights_only=True), strict=False)
-        opt_state = torch.load(last / "optimizer.pt", map_location=device, weights_only=True)
-        optimizer.load_state_dict(opt_state["optimizer"])
-        scheduler.load_state_dict(opt_state["scheduler"])
+    checkpoint = ctx.broadcast(_checkpoints(model_dir)[-1].name if ctx.is_main and _checkpoints(model_dir) else None)
+    if checkpoint is not None:
+        last = model_dir / CHECKPOINTS / checkpoint
+        _load_state(trained, optimizer, last, device, ctx)
+        scheduler.load_state_dict(torch.load(last / "optimizer.pt", map_location="cpu", weights_only=True)["scheduler"])
         start_step = resumed_from = json.loads((last / "state.json").read_text())["step"]
         say(f"resuming {model_id} from {last.name}")
     log_path = model_dir / TRAIN_LOG
-    _trim_log(log_path, start_step)
+    if ctx.is_main:
+        _trim_log(log_path, start_step)
 
     sampler = BucketSampler(pools.pools, config.mix.model_dump(), config.batch_size, config.length_buckets,
                             config.seed)
     end_step = min(config.steps, stop_after) if stop_after is not None else config.steps
-    new_log = not log_path.exists()
-    model.train()
+    loader = batch_loader(RankBatches(sampler, layout, ctx.rank, ctx.world_size), start_step, end_step,
+                          config.loader.workers, config.loader.prefetch, pin_memory=device.type == "cuda")
+    trained.train()
     started = time.perf_counter()
     sequences_seen = 0
-    with log_path.open("a", newline="") as log_file:
-        writer = csv.DictWriter(log_file, fieldnames=LOG_FIELDS)
-        if new_log:
-            writer.writeheader()
+    has_ctc = model.ctc_head is not None
+    with contextlib.ExitStack() as stack:
+        writer = log_file = None
+        if ctx.is_main:
+            new_log = not log_path.exists()
+            log_file = stack.enter_context(log_path.open("a", newline=""))
+            writer = csv.DictWriter(log_file, fieldnames=LOG_FIELDS)
+            if new_log:
+                writer.writeheader()
+        batches = iter(loader)
         for step in range(start_step, end_step):
-            torch.manual_seed(_step_seed(config.seed, step))
-            sequences = sampler.batch(step)
-            losses = loss_and_backward(model, sequences, device)
+            waiting = time.perf_counter()
+            batch = next(batches)
+            waited = time.perf_counter() - waiting
+            torch.manual_seed(_step_seed(config.seed, step, ctx.rank))
+            label_tokens, speech_spans = ctx.sum([batch.num_label_tokens, len(batch.speech)], torch.int64)
+            losses = forward_backward(trained, batch.to(device), device, int(label_tokens), int(speech_spans),
+                                      ctx.world_size)
+            ctc = losses.get("ctc_loss")
+            loss, llm_loss, ctc_loss, sequences, tokens, speech_samples = ctx.sum([
+                float(losses["loss"].detach()), float(losses["llm_loss"].detach()),
+                float(ctc.detach()) if ctc is not None else 0.0, len(batch.sequence_ids), batch.num_label_tokens,
+                sum(w.numel() for w in batch.speech)])
             torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
-            sequences_seen += len(sequences)
+            sequences_seen += int(sequences)
             done = step + 1
-            writer.writerow({"step": done, "loss": round(losses["loss"], 6), "llm_loss": round(losses["llm_loss"], 6),
-                             "ctc_loss": round(losses.get("ctc_loss", float("nan")), 6),
-                             "learning_rate": f"{scheduler.get_last_lr()[0]:.6g}", "sequences": len(sequences),
-                             "label_tokens": losses["label_tokens"],
-                             "speech_seconds": round(losses["speech_seconds"], 3),
-                             "elapsed_s": round(time.perf_counter() - started, 3)})
+            if writer is not None:
+                writer.writerow({"step": done, "loss": round(loss, 6), "llm_loss": round(llm_loss, 6),
+                                 "ctc_loss": round(ctc_loss, 6) if has_ctc and speech_spans > 0 else float("nan"),
+                                 "learning_rate": f"{scheduler.get_last_lr()[0]:.6g}", "sequences": int(sequences),
+                                 "label_tokens": int(tokens), "speech_seconds": round(speech_samples / 16000, 3),
+                                 "elapsed_s": round(time.perf_counter() - started, 3),
+                                 "data_wait_s": round(waited, 4)})
             if done % config.log_every == 0 or done == end_step:
-                log_file.flush()
-                say(f"step {done}/{config.steps} loss {losses['loss']:.4f} lr {scheduler.get_last_lr()[0]:.2e}")
+                if log_file is not None:
+                    log_file.flush()
+                say(f"step {done}/{config.steps} loss {loss:.4f} lr {scheduler.get_last_lr()[0]:.2e}")
             if done % config.checkpoint_every == 0 or done == end_step:
-                _save_checkpoint(model, optimizer, scheduler, done, model_dir, config.keep_checkpoints)
+                state = _gather_state(trained, optimizer, ctx)
+                if ctx.is_main:
+                    _save_checkpoint(state, scheduler, done, model_dir, config.keep_checkpoints)
+        del batches
     elapsed = time.perf_counter() - started
     if end_step < config.steps:
         say(f"stopped after step {end_step} of {config.steps}; rerun to resume from the checkpoint")
         return TrainResult(model_id, model_dir / CHECKPOINTS, pools.version_id, end_step, {}, resumed_from)
 
-    metrics = _metrics(log_path, pools, elapsed, sequences_seen, device)
-    tmp = model_dir / f".{FINAL}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    save_speech_llm(model, tmp, llm_source,
-                    extra={"model_id": model_id, "dataset_version": pools.version_id, "steps": config.steps})
-    if llm_source == LLM_DIR:
-        shutil.copytree(model_dir / LLM_DIR, tmp / LLM_DIR)
-    (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True))
-    (tmp / "train_config.json").write_text(config.model_dump_json(indent=2))
-    tmp.rename(final_dir)
-    record = registry.register_model(model_id=model_id, name=name, dataset_version=pools.version_id,
-                                     config_json=config.canonical_json(), metrics=metrics, path=final_dir,
-                                     parent_model=parent_id)
-    say(f"model {model_id} trained: final loss {metrics['final_loss']:.4f}; {final_dir}")
-    return TrainResult(record.model_id, final_dir, pools.version_id, config.steps, metrics, resumed_from)
+    state = _gather_state(trained, optimizer, ctx)
+    result = None
+    if ctx.is_main:
+        from jstip.storage.registry import ModelRegistry
+
+        metrics = _metrics(log_path, pools, elapsed, sequences_seen, device, ctx, config)
+        tmp = model_dir / f".{FINAL}.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        save_speech_llm(model, tmp, llm_source, weights=state[0],
+                        extra={"model_id": model_id, "dataset_version": pools.version_id, "steps": config.steps})
+        if llm_source == LLM_DIR:
+            shutil.copytree(model_dir / LLM_DIR, tmp / LLM_DIR)
+        (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True))
+        (tmp / "train_config.json").write_text(config.model_dump_json(indent=2))
+        tmp.rename(final_dir)
+        record = ModelRegistry(data_store).register_model(
+            model_id=model_id, name=name, dataset_version=pools.version_id, config_json=config.canonical_json(),
+            metrics=metrics, path=final_dir, parent_model=plan.parent_id)
+        say(f"model {model_id} trained: final loss {metrics['final_loss']:.4f}; {final_dir}")
+        result = TrainResult(record.model_id, final_dir, pools.version_id, config.steps, metrics, resumed_from)
+    return ctx.broadcast(result)
 
 
-def _metrics(log_path: Path, pools: SequencePools, elapsed: float, sequences_seen: int, device: torch.device) -> dict:
+def _metrics(log_path: Path, pools: SequencePools, elapsed: float, sequences_seen: int, device: torch.device,
+             ctx: DistributedContext, config: TrainConfig) -> dict:
     losses = [float(r["loss"]) for r in _log_rows(log_path)]
     window = max(1, min(10, len(losses) // 4 or 1))
     return {
@@ -355,4 +516,37 @@ def _metrics(log_path: Path, pools: SequencePools, elapsed: float, sequences_see
         "train_seconds": round(elapsed, 3),
         "sequences_per_second": round(sequences_seen / elapsed, 3) if elapsed > 0 else None,
         "device": str(device),
+        "processes": ctx.world_size,
+        "sharding": config.distributed.sharding if ctx.world_size > 1 else None,
     }
+
+
+def launch_training(store: str | Path, dataset_version: str, launch: distributed.LaunchSpec, *,
+                    config_path: str | Path | None = None, steps: int | None = None, init_model: str | None = None,
+                    name: str = "jstip", base_llm: str | None = None, allow_test_set: bool = False,
+                    on_line: Callable[[str], None] = print) -> TrainResult:
+    """Run `train` as a distributed job under torchrun (`launch`) and wait for it: the workers run
+    `jstip train` with these arguments (the entry point a user runs under torchrun by hand), and each
+    machine's local rank 0 writes the result, read back here. A failed job raises DistributedTrainingError;
+    running this again resumes from the job's last checkpoint."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="jstip-train-") as tmp:
+        result_file = Path(tmp) / "result.json"
+        args = ["train", "--store", str(Path(store).resolve()), "--version", dataset_version, "--name", name,
+                "--result-file", str(result_file)]
+        if config_path is not None:
+            args += ["--config", str(Path(config_path).resolve())]
+        if steps is not None:
+            args += ["--steps", str(steps)]
+        if init_model is not None:
+            args += ["--init-model", init_model]
+        if base_llm is not None:
+            args += ["--base-llm", base_llm]
+        if allow_test_set:
+            args.append("--allow-test-set")
+        distributed.run_launcher(distributed.launch_command(launch, args), on_line)
+        if not result_file.is_file():
+            raise distributed.DistributedTrainingError(f"torchrun finished but wrote no result ({result_file})")
+        return TrainResult.from_json(result_file.read_text())
+

@@ -55,8 +55,10 @@ def test_nightly_promotes_the_first_model_then_only_a_better_one(prefect_server,
     assert "WER: word errors" in printed and "entity accuracy: share of entity mentions" in printed
     assert printed.count("reference:") == 3 and "promotion on channel nightly: promoted (no incumbent" in printed
 
-    second = nightly_retrain(manifest=str(night2.nemo_manifest), **common)
+    # the second night trains on 2 processes: the train flow runs a torchrun DDP job (gloo) and waits for it
+    second = nightly_retrain(manifest=str(night2.nemo_manifest), nproc_per_node=2, **common)
     model2 = next(m for m in registry.models() if m.model_id != model1.model_id)
+    assert model2.metrics["processes"] == 2 and model2.metrics["sharding"] == "ddp"
     assert model2.parent_model == model1.model_id  # init: promoted
     assert model2.dataset_version != model1.dataset_version  # trained on the grown corpus
     test_versions = {v.version_id for v in __import__("jstip").storage.DatasetStore(store).versions("demo-test")}

@@ -4,6 +4,7 @@ speech-LLM learning on real synthetic speech, exact resume, registration, and ba
 from __future__ import annotations
 
 import csv
+import pickle
 import shutil
 from pathlib import Path
 
@@ -131,6 +132,59 @@ def test_sampler_is_a_function_of_seed_and_step_and_respects_pool_weights(datase
         BucketSampler({**pools, "text": []}, {"interleaved": 0, "asr": 0, "text": 1}, 3, 2, seed=5)
 
 
+def test_rank_shares_partition_every_global_batch(dataset):
+    store, version = dataset
+    pools = build_sequences(DatasetStore(store), version, TrainConfig().mix, "p").pools
+    sampler = BucketSampler(pools, {"interleaved": 1, "asr": 1, "text": 0}, 5, 2, seed=3)
+    for world_size in (1, 2, 3, 5):
+        for step in range(10):
+            shares = [sampler.rank_batch(step, rank, world_size) for rank in range(world_size)]
+            # interleaved back (rank r holds items r, r + n, ...): exactly the global batch, in order
+            merged = [shares[i % world_size][i // world_size] for i in range(5)]
+            assert [s.sequence_id for s in merged] == [s.sequence_id for s in sampler.batch(step)]
+
+
+def test_the_sequence_index_is_mapped_once_pickles_by_path_and_moves_with_its_store(dataset, tmp_path):
+    store, version = dataset
+    pools = build_sequences(DatasetStore(store), version, TrainConfig().mix, "p")
+    index_dir = pools.index.directory
+    assert index_dir.is_relative_to(DatasetStore(store).work_dir)
+    # a DataLoader worker started by spawn receives the pool as the index's path, not its data
+    pool = pools.pools["asr"]
+    assert len(pickle.dumps(pool)) < 1000
+    assert pickle.loads(pickle.dumps(pool))[0] == pool[0]
+
+    # the store moved (the original out of reach): the same index is used and its audio paths resolve
+    # under the new root
+    built = (index_dir / "index.json").read_text()
+    moved = tmp_path / "moved"
+    shutil.copytree(store, moved, symlinks=True)
+    away = store.with_name(store.name + ".away")
+    store.rename(away)
+    try:
+        again = build_sequences(DatasetStore(moved), version, TrainConfig().mix, "p")
+        assert again.index.directory == DatasetStore(moved).work_dir / index_dir.relative_to(DatasetStore(store).work_dir)
+        assert (again.index.directory / "index.json").read_text() == built  # not rebuilt
+        speech = [seg.audio for seq in again.pools["interleaved"] for seg in seq.segments if seg.audio is not None]
+        assert speech and all(a.path.startswith(f"{moved}/") for a in speech)
+        assert all(load_slice(a).numel() == a.end_sample - a.start_sample for a in speech)
+    finally:
+        away.rename(store)
+
+
+def test_dataloader_workers_make_the_same_batches_as_the_training_process(dataset, tmp_path):
+    store, version = dataset
+    weights = {}
+    for workers in (0, 2):
+        copy = tmp_path / f"workers-{workers}"
+        shutil.copytree(store, copy, symlinks=True)
+        config = TrainConfig.model_validate({**TINY.model_dump(), "loader": {"workers": workers, "prefetch": 2}})
+        result = train(copy, version, config)
+        weights[workers] = _weights(result.model_dir)
+    assert weights[0].keys() == weights[2].keys()
+    assert all(torch.equal(weights[0][k], weights[2][k]) for k in weights[0])
+
+
 def test_one_backward_pass_reaches_the_projector_encoder_markers_and_ctc_head(dataset, tiny_llm):
     store, version = dataset
     pools = build_sequences(DatasetStore(store), version, TrainConfig().mix, "p").pools
@@ -162,8 +216,7 @@ def test_training_learns_resumes_exactly_and_registers_the_model(dataset, tmp_pa
     store, version = dataset
     resumed_store = tmp_path / "resumed"
     shutil.copytree(store, resumed_store, symlinks=True)
-    # the copied catalog points at the original version directories; a fresh catalog would need a rebuild,
-    # and the audio paths stay those of the original store: both stores train on the same files
+    # the copy is a store of its own (paths in the catalog and the audio paths are relative to its root)
     config = TINY.model_copy(update={"steps": 30, "checkpoint_every": 10, "log_every": 10})
 
     straight = train(store, version, config)

@@ -11,7 +11,9 @@ from jstip.storage.registry import ModelRegistry
 from jstip.tasks.stages import build_in_process
 from jstip.synth import synthesize_corpus
 
-pytestmark = pytest.mark.slow
+# A DataLoader worker forked from a flow run must exit cleanly (it once inherited Prefect's thread exit
+# callbacks and failed at exit: "DataLoader worker exited unexpectedly", reported as an unraisable exception)
+pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("error::pytest.PytestUnraisableExceptionWarning")]
 
 
 @pytest.fixture(scope="module")
