@@ -1,6 +1,8 @@
 """Training on several processes for real: torchrun jobs of 2 CPU processes (gloo) against 1 process, a rank
 SIGKILLed mid-run (the job fails cleanly, nothing is left running, and the `train` flow resumes it to the
-weights of an uninterrupted job), FSDP2 restarted by torchrun's agent after a kill, and the CLI's edges.
+weights of an uninterrupted job), FSDP2 restarted by torchrun's agent after a kill, two agents meeting at a
+c10d rendezvous (`--nnodes 2`), rank 0's refusals (held-out version, busy model) reaching every rank, and
+the CLI's edges.
 
 Tolerances (stated in docs/SCALING.md): per-step losses of 2 processes vs 1 within 1e-5 (the log keeps 6
 decimals; observed <= 2e-6), final weights within 1e-5 absolute (observed <= 7e-7; weights are <= 0.25) except
@@ -290,3 +292,30 @@ def test_under_torchrun_rank_0_refuses_a_held_out_version_and_a_busy_model_for_e
     assert code != 0 and f"model {model_id} is busy" in output and "held by the test" in output, output[-3000:]
     assert "rank 1: rank 0 failed before training" in output
     assert not _running(seen) and not list((store / "models" / model_id).glob("checkpoints/*"))
+
+
+def test_two_machines_rendezvous_and_train_like_two_local_processes(dataset, two_processes, tmp_path):
+    """`--nnodes 2 --rdzv-endpoint HOST:PORT`, as on two machines: two torchrun agents (here on one host, one
+    process each) meet at a c10d rendezvous and train the same model as one agent with 2 processes."""
+    import socket
+
+    store = _store_copy(dataset, tmp_path / "data")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    spec = LaunchSpec(nproc_per_node=1, nnodes="2", rdzv_endpoint=f"127.0.0.1:{port}")
+    logs = [tmp_path / f"node{i}.log" for i in range(2)]
+    agents = [subprocess.Popen(launch_command(spec, _jstip_train(store, dataset[2])), stdout=log.open("w"),
+                               stderr=subprocess.STDOUT, start_new_session=True, env=launch_environment())
+              for log in logs]
+    try:
+        codes = [agent.wait(300) for agent in agents]
+    finally:
+        for agent in agents:
+            if agent.poll() is None:
+                agent.kill()
+    assert codes == [0, 0], "\n".join(log.read_text()[-2000:] for log in logs)
+    (record,) = ModelRegistry(store).models()
+    model, log, weights, _ = two_processes
+    assert record.model_id == model.model_id and record.metrics["processes"] == 2
+    _assert_equivalent(log, weights, _log(record.path.parent), _weights(record.path.parent))
