@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/train_scale.py [--utterances 100] [--steps 40] [--batch-size 16] [--repeats 3] [--write]
 
-Steps: synthesise `--utterances` espeak-ng utterances and their domain text (jstip.tasks.synth), build one
+Steps: synthesise `--utterances` espeak-ng utterances and their domain text (jstip.synth), build one
 dataset version in process (plan strategy mixed: interleaved, asr and text pools), then train the default CPU
 speech-LLM (jstip.model.config defaults: conv encoder, character CTC head, tiny Llama-style LM) for `--steps`
 steps of a global batch of `--batch-size` sequences, each run through the entry point users run
@@ -109,7 +109,7 @@ def main() -> None:
     from jstip.config import load_config
     from jstip.model.config import TrainConfig
     from jstip.tasks.stages import build_in_process
-    from jstip.tasks.synth import synthesize_corpus
+    from jstip.synth import synthesize_corpus
 
     root = Path(tempfile.mkdtemp(prefix="train_scale-"))
     try:

@@ -30,7 +30,7 @@ from jstip.model.config import load_train_config
 from jstip.storage.registry import ModelRegistry
 from jstip.tasks.distributed import LaunchSpec, launch_command, launch_environment, run_launcher
 from jstip.tasks.stages import build_in_process
-from jstip.tasks.synth import synthesize_corpus
+from jstip.synth import synthesize_corpus
 from jstip.tasks.train import train
 
 pytestmark = pytest.mark.slow
