@@ -250,7 +250,7 @@ def run_launcher(command: Sequence[str], on_line: Callable[[str], None] = print,
     or signal, its traceback). If we are interrupted (Ctrl-C, a cancelled flow run) torchrun is asked to stop
     its workers (SIGTERM: its agent forwards it to every worker's process group) and reaped."""
     tail: deque[str] = deque(maxlen=60)
-    process = subprocess.Popen(list(command), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    process = subprocess.Popen([*command], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                bufsize=1, env=launch_environment(env), start_new_session=True,
                                preexec_fn=_stop_with_parent)
     if started is not None:
