@@ -249,6 +249,8 @@ def run_launcher(command: Sequence[str], on_line: Callable[[str], None] = print,
     A failure raises DistributedTrainingError with torchrun's account of it (the failing rank, its exit code
     or signal, its traceback). If we are interrupted (Ctrl-C, a cancelled flow run) torchrun is asked to stop
     its workers (SIGTERM: its agent forwards it to every worker's process group) and reaped."""
+    if isinstance(command, str):
+        raise TypeError("run_launcher takes an argument list, never a command line for a shell")
     tail: deque[str] = deque(maxlen=60)
     process = subprocess.Popen([*command], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                bufsize=1, env=launch_environment(env), start_new_session=True,
