@@ -5,8 +5,43 @@ Scripts run as `python benchmarks/<name>.py`, so this directory is on sys.path: 
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import multiprocessing
+import os
 import resource
+import signal
+import sys
 import time
+from concurrent.futures import ProcessPoolExecutor
+
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def die_with_parent(parent_pid: int) -> None:
+    """Worker initializer: the kernel kills this worker when the process that started it dies (Linux
+    PR_SET_PDEATHSIG), so a benchmark killed mid-run (SIGKILL included) leaves no training process behind.
+    A worker's own DataLoader workers exit by themselves when it dies (torch's watchdog)."""
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent_pid:  # the parent died before the line above took effect
+        os._exit(1)
+
+
+@contextlib.contextmanager
+def worker_pool(workers: int):
+    """A spawn-context process pool whose workers die with this process; on an exception (Ctrl-C included)
+    the running workers are terminated instead of being waited for."""
+    pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
+                               initializer=die_with_parent, initargs=(os.getpid(),))
+    try:
+        yield pool
+    except BaseException:
+        pool.shutdown(wait=False, cancel_futures=True)
+        for child in multiprocessing.active_children():  # this process's own children: the pool's workers
+            child.terminate()
+        raise
+    pool.shutdown(wait=True)
 
 
 def train_and_evaluate(store: str, version_id: str, test_version: str, config: dict, name: str,

@@ -1,6 +1,6 @@
 """Benchmark: the JSTIP paper's two claims, tested on synthetic medical/banking speech with intervals.
 
-    .venv/bin/python benchmarks/jstip_ablation.py [--utterances 400] [--test-utterances 100] [--steps 1000]
+    .venv/bin/python benchmarks/jstip_ablation.py [--utterances 400] [--test-utterances 120] [--steps 1500]
         [--seeds 3] [--workers 2] [--arms a,b] [--out benchmarks/out/jstip_ablation] [--store DIR] [--write]
     .venv/bin/python benchmarks/jstip_ablation.py --from-results benchmarks/out/jstip_ablation/results.json --write
 
@@ -52,7 +52,8 @@ statistic is a ratio of sums over the drawn seeds and utterances. Verdicts (jsti
   otherwise;
 - a claim whose arms do not all reach WER 0.25 (joint decoding) gets no verdict ("undecided").
 
-Runs go to worker processes (`--workers`, torch on one thread each). Writes `<out>/results.json` (every
+Runs go to worker processes (`--workers`, torch on one thread each) that die with the benchmark's process
+(killed or crashed, it leaves no training process behind: _runs.worker_pool). Writes `<out>/results.json` (every
 run's metrics, the intervals, the verdicts and the run's facts) and, with --write, the "JSTIP ablation"
 section of BENCHMARKS.md. `--from-results` renders a saved run again without training.
 """
@@ -67,9 +68,7 @@ import shlex
 import sys
 import tempfile
 import time
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
-from multiprocessing import get_context
 from pathlib import Path
 
 from jstip.runtime import apply_offline_defaults
@@ -77,6 +76,7 @@ from jstip.runtime import apply_offline_defaults
 apply_offline_defaults()
 
 from _report import REPO, write_section  # noqa: E402  (benchmarks/ is the script's directory)
+from _runs import worker_pool  # noqa: E402
 
 SECTION = "JSTIP ablation"
 DEFAULT_OUT = REPO / "benchmarks" / "out" / "jstip_ablation"
@@ -276,7 +276,7 @@ def main() -> None:
         # -- arms x seeds ----------------------------------------------------------------------------
         t0 = time.perf_counter()
         jobs = [(arm, seed) for seed in range(args.seeds) for arm in arms]
-        with ProcessPoolExecutor(max_workers=args.workers, mp_context=get_context("spawn")) as pool:
+        with worker_pool(args.workers) as pool:
             futures = [pool.submit(run_arm, store, versions[arm.version].version_id, test_version.version_id,
                                    {"name": arm.name, "mix": arm.mix}, seed, args.steps, args.batch_size,
                                    prior.model_id) for arm, seed in jobs]
