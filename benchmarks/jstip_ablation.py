@@ -32,10 +32,10 @@ training voices and asr_only (seed 0) reaches only WER 0.409 (CTC head alone 0.7
 utterances (94 min; the word + test builds took 213 s instead of 62 s) the same 1500 steps give asr_only 0.190
 and word 0.206 (CTC head alone 0.56), at the same ~200 CPU-s of training + ~30 CPU-s of decoding per run: 21
 runs on 2 workers are ~11 rounds of ~5 min on an idle machine, an estimate until the full run is timed.
-What remains is concentrated in the test utterances with a novel entity (39 of 117): asr_only WER 0.48 there
-vs 0.05 on the others; a model that never heard or read the name misses it (every one of the 56 novel words
-is an error) and the joint search goes off track around it, so errors on the novel words themselves are only
-~20% of the total. The decoding stays the demo's (CTC weight 0.3: 0.5 and 0.7 were
+All seven arms at seed 0: 0.18-0.22, tts_pairs 0.05. What remains is concentrated in the test utterances
+with a novel entity (39 of 117): asr_only WER 0.48 there vs 0.05 on the others (the split column of the
+table). A model that never heard or read the name misses it, but those names are only 56 of the 1386 test
+words (~0.04 of WER): the rest is the joint search going off track around a word the LLM never read. The decoding stays the demo's (CTC weight 0.3: 0.5 and 0.7 were
 worse for the 400-utterance asr_only model, 0.476 and 0.583).
 
 Arms (dataset versions are build-config defaults except the plan; mix = sampling weights of the
