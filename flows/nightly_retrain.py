@@ -46,7 +46,7 @@ def has_scores(store: str, model_id: str, test_version: str, decoding: str) -> b
 
 @task(name="best-decoding", **_TASK_OPTIONS)
 def best_decoding(store: str, model_id: str) -> str:
-    from jstip.tasks.evaluate import decodings_for
+    from jstip.model.evaluation import decodings_for
 
     record = ModelRegistry(store).model(model_id)
     return decodings_for(record.config["model"]["ctc_weight"] > 0)[-1].name

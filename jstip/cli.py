@@ -843,13 +843,13 @@ def train(
     """
     from jstip.model.config import TrainConfigError, load_train_config
     from jstip.storage.store import StoreError
-    from jstip.tasks.distributed import DistributedTrainingError, LaunchSpec, under_launcher
-    from jstip.tasks.sequences import DatasetError, resolve_version
+    from jstip.model.distributed import DistributedTrainingError, LaunchSpec, under_launcher
+    from jstip.model.sequence_pools import DatasetError, resolve_version
     from jstip.storage import DatasetStore
 
     try:  # validate at the edge: a bad config or version is one line, not a failed flow run
         load_train_config(config, steps=steps)
-        if not under_launcher():  # under torchrun, rank 0 alone reads the catalog (jstip.tasks.train)
+        if not under_launcher():  # under torchrun, rank 0 alone reads the catalog (jstip.model.training)
             chosen = DatasetStore(store).training_version(version, allow_held_out=allow_test_set)
             resolve_version(DatasetStore(store), chosen.version_id)
         launch = LaunchSpec(nproc_per_node=nproc_per_node, nnodes=nnodes, rdzv_endpoint=rdzv_endpoint,
@@ -893,9 +893,9 @@ def _train_rank(store: Path, version: str | None, config: Path | None, steps: in
 
     from jstip.model.config import load_train_config, with_base_llm
     from jstip.storage.store import StoreError
-    from jstip.tasks.distributed import DistributedTrainingError
-    from jstip.tasks.sequences import DatasetError
-    from jstip.tasks.train import train as train_task
+    from jstip.model.distributed import DistributedTrainingError
+    from jstip.model.sequence_pools import DatasetError
+    from jstip.model.training import train as train_task
 
     rank = int(os.environ["RANK"])
 
@@ -938,7 +938,7 @@ def pretrain_lm(
     from jstip.model.config import TrainConfigError, load_pretrain_config
     from jstip.storage import DatasetStore
     from jstip.storage.store import StoreError
-    from jstip.tasks.sequences import DatasetError, resolve_version
+    from jstip.model.sequence_pools import DatasetError, resolve_version
 
     try:  # validate at the edge
         load_pretrain_config(config, steps=steps, general_sentences=general_sentences)
@@ -988,7 +988,7 @@ def evaluate(
     from jstip.storage import DatasetStore
     from jstip.storage.registry import ModelRegistry
     from jstip.storage.store import StoreError
-    from jstip.tasks.sequences import DatasetError, resolve_version
+    from jstip.model.sequence_pools import DatasetError, resolve_version
 
     try:  # validate at the edge
         record = ModelRegistry(store).model(model)

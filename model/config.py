@@ -102,7 +102,7 @@ class SpeechLLMConfig(_Section):
 
 
 class MixConfig(_Section):
-    """Sampling weights of the three sequence pools (jstip.tasks.sequences); they need not add up to 1.
+    """Sampling weights of the three sequence pools (jstip.model.sequence_pools); they need not add up to 1.
 
     interleaved: the version's word/segment plans (F1 or F2, as planned); asr: every accepted utterance as
     instruction + speech -> transcript (plus `asr` plans); text: text-only sequences (the version's domain
@@ -125,7 +125,7 @@ class MixConfig(_Section):
 
 class LoaderConfig(_Section):
     """DataLoader workers per training process: they draw, lay out and read (FLAC) each step's batch ahead
-    of the loop (jstip.tasks.loader). The batches do not depend on these settings."""
+    of the loop (jstip.model.loader). The batches do not depend on these settings."""
 
     # 1: decoding overlaps the step; more when a step reads more audio than one core decodes in a step's
     # time (train_log.csv's data_wait_s says; BENCHMARKS.md "training scale (1 and 2 processes)"). 0: batches
@@ -203,9 +203,9 @@ def load_train_config(path: str | Path | None = None, **overrides) -> TrainConfi
 
 
 class PretrainConfig(_Section):
-    """Text pretraining of the LLM prior (jstip.tasks.pretrain_lm): a tiny Llama-style LM and its BPE
+    """Text pretraining of the LLM prior (jstip.model.pretraining): a tiny Llama-style LM and its BPE
     tokenizer trained on a dataset version's domain text plus general English sampled offline from the
-    pocketsphinx trigram LM (jstip.tasks.general_text)."""
+    pocketsphinx trigram LM (jstip.model.general_text)."""
 
     # a larger vocabulary than a from-scratch tiny LM's: general English and the domain's words both
     lm: TinyLMConfig = TinyLMConfig(vocab_size=2048)

@@ -7,7 +7,7 @@ Three tables beside the dataset versions in `<store>/catalog.duckdb`, created on
                   parent_model (the model it continued, or the LM prior it was built on; LM priors have config
                   "kind": "lm_prior")
     eval_results  one row per (model_id, dataset_version, test_set, decoding, domain, metric): value and
-                  created_at; the records of jstip.tasks.metrics.score_hypotheses, domain "all" overall
+                  created_at; the records of jstip.model.metrics.score_hypotheses, domain "all" overall
     promotions    every promotion decision, taken or not: channel, decided_at, candidate_id, incumbent_id,
                   promoted, metric, candidate_value, incumbent_value, reason, evidence_json (every number
                   the decision used: the policy, both models' values and the paired intervals)
@@ -91,7 +91,7 @@ PROMOTIONS_SCHEMA = pa.schema([
     ("evidence_json", pa.string()),
 ])
 
-# Which way is better, per metric of jstip.tasks.metrics (and the usual others). +1: higher is better.
+# Which way is better, per metric of jstip.model.metrics (and the usual others). +1: higher is better.
 METRIC_DIRECTIONS: dict[str, int] = {
     "entity_accuracy": +1, "accuracy": +1, "entity_hits": +1, "hits": +1, "bleu": +1,
     "wer": -1, "cer": -1, "eer": -1, "hallucination_rate": -1, "empty_hypothesis_rate": -1,
@@ -140,7 +140,7 @@ class PromotionPolicy:
     metric: the metric a candidate must improve (entity accuracy, the JSTIP paper's measure).
     min_gain: the improvement it must show, in the metric's units, *beyond noise*: the lower end of the
         `confidence` interval of the paired difference (bootstrap over the test set's utterances,
-        jstip.tasks.metrics.paired_comparison) must exceed it. 0 with confidence 0.95 is a one-sided
+        jstip.model.metrics.paired_comparison) must exceed it. 0 with confidence 0.95 is a one-sided
         test at the 2.5% level: a gain the test set cannot tell from luck does not promote.
     guard_metric / guard_margin: a candidate worse on `guard_metric` (WER) than the incumbent by more than
         `guard_margin` (absolute, point estimates on the whole test set) is never promoted, whatever it
@@ -158,7 +158,7 @@ class PromotionPolicy:
     seed: int = 0
 
     def __post_init__(self):
-        from jstip.tasks.metrics import RATIO_COUNTS
+        from jstip.model.metrics import RATIO_COUNTS
 
         for name in (self.metric, self.guard_metric):
             if name is not None and name not in RATIO_COUNTS:
@@ -205,7 +205,7 @@ def _comparison_text(comparison, confidence: float) -> str:
 
 def _improvement(comparison, direction: int):
     """The interval of candidate-minus-incumbent turned so that positive means better."""
-    from jstip.tasks.metrics import Interval
+    from jstip.model.metrics import Interval
 
     d = comparison.difference
     return d if direction > 0 else Interval(-d.value, -d.high, -d.low)
@@ -214,7 +214,7 @@ def _improvement(comparison, direction: int):
 def decide_promotion(candidate: pa.Table, incumbent: pa.Table | None,
                      policy: PromotionPolicy = PromotionPolicy()) -> PromotionDecision:
     """Whether a candidate should replace the incumbent, from both models' per-utterance scores on the
-    same test utterances (jstip.tasks.metrics.utterance_scores tables); the rule is PromotionPolicy's.
+    same test utterances (jstip.model.metrics.utterance_scores tables); the rule is PromotionPolicy's.
 
     In order: no incumbent -> promote. The guard metric worse by more than guard_margin -> keep the
     incumbent. The metric better with the whole interval above min_gain -> promote. The metric worse
@@ -222,7 +222,7 @@ def decide_promotion(candidate: pa.Table, incumbent: pa.Table | None,
     if the guard metric is better with its whole interval above 0, else keep. `evidence` holds every
     number the decision used.
     """
-    from jstip.tasks.metrics import paired_comparison, ratio_counts
+    from jstip.model.metrics import paired_comparison, ratio_counts
 
     options = dict(resamples=policy.resamples, confidence=policy.confidence, seed=policy.seed)
     metric = policy.metric
@@ -396,11 +396,11 @@ class ModelRegistry:
 
     def record_eval(self, *, model_id: str, dataset_version: str, test_set: str, decoding: str,
                     metrics: Iterable[tuple[str, str, float]], utterances: pa.Table | None = None) -> int:
-        """Store (domain, metric, value) records (jstip.tasks.metrics.score_hypotheses) of a model on a test
+        """Store (domain, metric, value) records (jstip.model.metrics.score_hypotheses) of a model on a test
         set with a decoding; returns the number of rows. Recording the same model, dataset version, test set
         and decoding again replaces its earlier rows: one evaluation is one set of figures.
 
-        utterances: the per-utterance scores (jstip.tasks.metrics.utterance_scores columns, plus any others
+        utterances: the per-utterance scores (jstip.model.metrics.utterance_scores columns, plus any others
         such as reference and hypothesis), written as Parquet to `eval_path`: what promotion's paired test
         and every interval are computed from."""
         model = self.model(model_id)
@@ -417,7 +417,7 @@ class ModelRegistry:
                                     f"({domain}, {metric}) is {value}, not a finite number")
             seen.add((domain, metric))
         if utterances is not None:
-            from jstip.tasks.metrics import _COUNT_COLUMNS
+            from jstip.model.metrics import _COUNT_COLUMNS
 
             missing = [c for c in ("utterance_id", *_COUNT_COLUMNS) if c not in utterances.column_names]
             if missing:

@@ -121,6 +121,6 @@ def test_a_stage_hashes_the_modules_it_imports_and_no_others():
     for stage in STAGES + ("publish",):
         modules = stage_modules(stage)
         assert not modules & {"jstip.storage.report", "jstip.storage.export", "jstip.cli", "jstip.synth",
-                              "jstip.flows.build_interleaved", "jstip.tasks.train"}, stage
+                              "jstip.flows.build_interleaved", "jstip.model.training"}, stage
     assert "jstip.storage.store" in stage_modules("publish") and "jstip.storage.store" not in normalize
     assert stage_code_version("align", pocketsphinx) != stage_code_version("align", ("jstip.tasks.aligners.nemo",))

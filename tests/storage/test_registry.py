@@ -18,7 +18,7 @@ from jstip.storage.registry import (
     RegistryError,
     decide_promotion,
 )
-from jstip.tasks.metrics import score_hypotheses, utterance_scores
+from jstip.model.metrics import score_hypotheses, utterance_scores
 
 runner = CliRunner(env={"COLUMNS": "200"})
 

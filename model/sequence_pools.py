@@ -192,7 +192,7 @@ class SequencePools:
     index: SequenceIndex | None = None
     asr_prompt: str = ""
     # audio ids (rows of the index's audio table) whose FLAC was missing when the files were checked: what a
-    # rank that did not check them needs to leave out the same sequences (jstip.tasks.distributed)
+    # rank that did not check them needs to leave out the same sequences (jstip.model.distributed)
     missing_audio: tuple[int, ...] = ()
 
     def counts(self) -> dict[str, int]:
@@ -250,7 +250,7 @@ def build_sequences(store: DatasetStore, version_id: str | None, mix: MixConfig,
     """The version's sequence pools, from its index (built first if this is the first use).
 
     missing_audio: None checks that every audio file exists (one stat each); a rank that was told the
-    result by the rank that checked passes it instead (audio ids, jstip.tasks.distributed)."""
+    result by the rank that checked passes it instead (audio ids, jstip.model.distributed)."""
     version = resolve_version(store, version_id)
     directory = store.work_dir / INDEX_STAGE / index_key(version.version_id, mix.transcripts_as_text, asr_prompt)
     if not (directory / "index.json").is_file():

@@ -1,6 +1,6 @@
 """Training: a speech-LLM trained on the sequences of one published dataset version.
 
-    dataset version -> sequence pools (jstip.tasks.sequences) -> BucketSampler batches -> SpeechLLM
+    dataset version -> sequence pools (jstip.model.sequence_pools) -> BucketSampler batches -> SpeechLLM
         -> checkpoints under <store>/models/<model_id>/checkpoints/, the final model in .../final/,
            a loss log (train_log.csv), and a row in the catalog's `models` table
 
@@ -16,10 +16,10 @@ Device: `device: auto` trains on CUDA when available, in bf16 autocast (weights 
 else on CPU in fp32; the same flow runs unchanged on either.
 
 Several processes: started by torchrun (`jstip train --nproc-per-node N`, or torchrun by hand), `train`
-runs as one rank of a DDP or FSDP2 job (jstip.tasks.distributed): each rank trains on its share of every
+runs as one rank of a DDP or FSDP2 job (jstip.model.distributed): each rank trains on its share of every
 global batch, rank 0 alone writes checkpoints, the log, the final model and the catalog, and the result
 does not depend on the number of processes beyond floating-point order. Batches are made by DataLoader
-workers (jstip.tasks.loader).
+workers (jstip.model.loader).
 """
 
 from __future__ import annotations
@@ -46,10 +46,10 @@ from jstip.model.speech_llm import (LLM_DIR, MODEL_FILE, Batch, SpeechLLM, build
 from jstip.model.tiny_lm import build_tiny_lm
 from jstip.schemas.sequences import TrainingSequence
 from jstip.storage.store import DatasetStore
-from jstip.tasks import distributed
-from jstip.tasks.distributed import DistributedContext
-from jstip.tasks.loader import RankBatches, batch_loader
-from jstip.tasks.sequences import BucketSampler, SequencePools, build_sequences, resolve_version
+from jstip.model import distributed
+from jstip.model.distributed import DistributedContext
+from jstip.model.loader import RankBatches, batch_loader
+from jstip.model.sequence_pools import BucketSampler, SequencePools, build_sequences, resolve_version
 from jstip.version import model_code_version
 
 if TYPE_CHECKING:
@@ -117,7 +117,7 @@ def lr_factor(step: int, config: TrainConfig) -> float:
 def forward_backward(model: torch.nn.Module, batch: Batch, device: torch.device, num_label_tokens: int,
                      num_speech_spans: int, world_size: int = 1) -> dict[str, torch.Tensor]:
     """One forward + backward pass (gradients accumulate in the model). The counts are the global batch's
-    (jstip.tasks.distributed); the loss is scaled by world_size because DDP and FSDP average gradients
+    (jstip.model.distributed); the loss is scaled by world_size because DDP and FSDP average gradients
     over the ranks, and the gradient wanted is the global batch's, i.e. their sum."""
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
         losses = model(batch, num_label_tokens=num_label_tokens, num_speech_spans=num_speech_spans)
@@ -136,7 +136,7 @@ def loss_and_backward(model: SpeechLLM, sequences: list[TrainingSequence], devic
 
 
 def resolve_base_llm(registry: ModelRegistry, config: TrainConfig) -> tuple[TrainConfig, ModelRecord | None]:
-    """`model.llm.path` may name a registered LM prior (jstip.tasks.pretrain_lm) by model id or unique
+    """`model.llm.path` may name a registered LM prior (jstip.model.pretraining) by model id or unique
     prefix: then -> (the config with the full id, the prior's record). A hub id or an existing directory
     -> (config, None)."""
     from jstip.storage.registry import RegistryError
@@ -300,7 +300,7 @@ def train(
 
     One run per model at a time: training holds the model's lock (DatasetStore.model_lock), and a second run
     of the same model stops at once naming the holder. Under torchrun every rank calls this with the same
-    arguments and gets the same result (jstip.tasks.distributed); rank 0 alone decides (version, roles,
+    arguments and gets the same result (jstip.model.distributed); rank 0 alone decides (version, roles,
     integrity, model id), holds the lock, writes and logs through `on_log`; the other ranks are told.
     """
     config = config or TrainConfig()
