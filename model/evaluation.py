@@ -22,13 +22,13 @@ import duckdb
 import pyarrow as pa
 
 from jstip.model.decode import DecodeOptions, transcribe
+from jstip.model.device import pick_device
 from jstip.model.speech_llm import load_speech_llm
 from jstip.schemas.sequences import AudioSlice
 from jstip.storage.registry import ModelRegistry
 from jstip.storage.store import DatasetStore
 from jstip.model.metrics import ALL_DOMAINS, score_hypotheses, utterance_scores
 from jstip.model.sequence_pools import resolve_version
-from jstip.model.training import pick_device
 
 log = logging.getLogger(__name__)
 

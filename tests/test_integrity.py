@@ -573,7 +573,8 @@ def test_a_second_training_of_the_same_model_names_the_first_and_a_torn_log_brea
     import csv
 
     from jstip.model.config import TrainConfig
-    from jstip.model.training import TRAIN_LOG, model_id_for, train
+    from jstip.model.checkpoints import TRAIN_LOG
+    from jstip.model.training import model_id_for, train
     from test_train import TINY
 
     source, version_id = built
