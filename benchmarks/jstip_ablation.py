@@ -40,9 +40,9 @@ domain_text with tts_pairs, on the novel entities. Only the data version and the
 
 Scoring: every model decodes the test set greedily (LLM alone), with its CTC head alone, and jointly
 (CTC/LLM beam 4, lambda 0.3: the decoding the verdicts use). Intervals are 95% percentile intervals of
-a bootstrap (jstip.model.metrics.bootstrap_ratios): each replicate draws the test utterances with
+a bootstrap (jstip.model.significance.bootstrap_ratios): each replicate draws the test utterances with
 replacement, the same draw for every arm (paired), and each arm's training seeds with replacement; a
-statistic is a ratio of sums over the drawn seeds and utterances. Verdicts (jstip.model.metrics):
+statistic is a ratio of sums over the drawn seeds and utterances. Verdicts (jstip.model.significance):
 - claim 1: `superiority_verdict` of interleaving minus asr_only and interleaving minus joint (entity
   accuracy, all entities): reproduced if both intervals lie above 0, contradicted if either lies below 0,
   undecided otherwise;
@@ -364,7 +364,7 @@ def analyse(results: dict) -> dict:
     """Intervals for every arm and the claims' differences, and the verdicts, from the per-utterance counts."""
     import numpy as np
 
-    from jstip.model.metrics import bootstrap_ratios, equivalence_verdict, percentile_interval, superiority_verdict
+    from jstip.model.significance import bootstrap_ratios, equivalence_verdict, percentile_interval, superiority_verdict
 
     meta, counts = results["meta"], results["per_utterance"]
     arms = [a for a in meta["arms"] if a in counts]

@@ -137,7 +137,8 @@ def _package_roots(*names: str) -> dict[str, Path]:
 
 
 # What never changes a trained model's weights: decoding and scoring. A fix there keeps the model ids (and models).
-_NOT_TRAINING = frozenset({"model/decode.py", "model/evaluation.py", "model/metrics.py"})
+_NOT_TRAINING = frozenset({"model/decode.py", "model/evaluation.py", "model/metrics.py",
+                           "model/significance.py"})
 
 
 @lru_cache(maxsize=1)

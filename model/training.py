@@ -311,7 +311,8 @@ def _train(ctx: DistributedContext, store: Path, dataset_version: str | None, co
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, config))
 
     start_step, resumed_from = 0, None
-    checkpoint = ctx.broadcast(list_checkpoints(model_dir)[-1].name if ctx.is_main and list_checkpoints(model_dir) else None)
+    checkpoints = list_checkpoints(model_dir) if ctx.is_main else []
+    checkpoint = ctx.broadcast(checkpoints[-1].name if checkpoints else None)
     if checkpoint is not None:
         last = model_dir / CHECKPOINTS / checkpoint
         load_state(trained, optimizer, last, device, ctx)

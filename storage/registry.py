@@ -140,7 +140,7 @@ class PromotionPolicy:
     metric: the metric a candidate must improve (entity accuracy, the JSTIP paper's measure).
     min_gain: the improvement it must show, in the metric's units, *beyond noise*: the lower end of the
         `confidence` interval of the paired difference (bootstrap over the test set's utterances,
-        jstip.model.metrics.paired_comparison) must exceed it. 0 with confidence 0.95 is a one-sided
+        jstip.model.significance.paired_comparison) must exceed it. 0 with confidence 0.95 is a one-sided
         test at the 2.5% level: a gain the test set cannot tell from luck does not promote.
     guard_metric / guard_margin: a candidate worse on `guard_metric` (WER) than the incumbent by more than
         `guard_margin` (absolute, point estimates on the whole test set) is never promoted, whatever it
@@ -205,7 +205,7 @@ def _comparison_text(comparison, confidence: float) -> str:
 
 def _improvement(comparison, direction: int):
     """The interval of candidate-minus-incumbent turned so that positive means better."""
-    from jstip.model.metrics import Interval
+    from jstip.model.significance import Interval
 
     d = comparison.difference
     return d if direction > 0 else Interval(-d.value, -d.high, -d.low)
@@ -222,7 +222,8 @@ def decide_promotion(candidate: pa.Table, incumbent: pa.Table | None,
     if the guard metric is better with its whole interval above 0, else keep. `evidence` holds every
     number the decision used.
     """
-    from jstip.model.metrics import paired_comparison, ratio_counts
+    from jstip.model.metrics import ratio_counts
+    from jstip.model.significance import paired_comparison
 
     options = dict(resamples=policy.resamples, confidence=policy.confidence, seed=policy.seed)
     metric = policy.metric

@@ -211,7 +211,7 @@ def test_bad_rows_are_named():
 def test_bootstrap_is_paired_over_utterances_and_resamples_seeds():
     import numpy as np
 
-    from jstip.model.metrics import bootstrap_ratios, percentile_interval
+    from jstip.model.significance import bootstrap_ratios, percentile_interval
 
     hits = np.array([1.0] * 60 + [0.0] * 90)
     ones = np.ones(150)
@@ -237,7 +237,7 @@ def test_bootstrap_is_paired_over_utterances_and_resamples_seeds():
     ([(-0.1, 0.1)], "undecided"),
 ])
 def test_superiority_verdict(bounds, verdict):
-    from jstip.model.metrics import Interval, superiority_verdict
+    from jstip.model.significance import Interval, superiority_verdict
 
     assert superiority_verdict([Interval((lo + hi) / 2, lo, hi) for lo, hi in bounds]) == verdict
 
@@ -249,7 +249,7 @@ def test_superiority_verdict(bounds, verdict):
     ((-0.3, -0.051), "contradicted"),
 ])
 def test_equivalence_verdict(bounds, verdict):
-    from jstip.model.metrics import Interval, equivalence_verdict
+    from jstip.model.significance import Interval, equivalence_verdict
 
     lo, hi = bounds
     assert equivalence_verdict(Interval((lo + hi) / 2, lo, hi), margin=0.05) == verdict
