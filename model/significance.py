@@ -1,5 +1,5 @@
 """How sure a difference in a metric is: the paired bootstrap over test utterances (and training seeds), the
-intervals it gives, and verdicts on a claim from them. Promotion (jstip.storage.registry.decide_promotion) and
+intervals it gives, and verdicts on a claim from them. Promotion (jstip.storage.promotion.decide_promotion) and
 the benchmarks' claims (benchmarks/jstip_ablation.py, demo_recipe.py) decide with these.
 
 Every ratio metric here is a ratio of sums of per-utterance counts, so its sampling noise on a test set

@@ -127,7 +127,7 @@ def resolve_base_llm(registry: ModelRegistry, config: TrainConfig) -> tuple[Trai
     """`model.llm.path` may name a registered LM prior (jstip.model.pretraining) by model id or unique
     prefix: then -> (the config with the full id, the prior's record). A hub id or an existing directory
     -> (config, None)."""
-    from jstip.storage.registry import RegistryError
+    from jstip.storage.store import RegistryError
 
     path = config.model.llm.path
     if path is None or Path(path).exists():

@@ -7,7 +7,8 @@ import json
 
 import pytest
 
-from jstip.storage.registry import ModelRegistry, decide_promotion
+from jstip.storage.promotion import decide_promotion
+from jstip.storage.registry import ModelRegistry
 from jstip.synth import synthesize_corpus
 
 pytestmark = pytest.mark.slow
