@@ -10,7 +10,7 @@ How a distributed run works (jstip.model.training uses these pieces):
 - Before the forward pass the ranks add up their label tokens and speech spans (one all_reduce of two
   integers), and each rank divides its loss sums by those global counts; the ranks' losses then add up to
   the loss of the global batch, and DDP's gradient average times N is the gradient of the global batch.
-  So the run does not depend on N beyond floating-point order (tests/test_train_distributed.py).
+  So the run does not depend on N beyond floating-point order (tests/model/test_distributed.py).
 - Rank 0 alone builds the sequence index and checks the audio files, builds or copies the LLM, picks the
   checkpoint to resume from, writes checkpoints, the loss log, the final model and the catalog row; the
   other ranks wait for it (`broadcast`) and are told what it found.

@@ -308,7 +308,7 @@ def test_a_moved_copied_and_rsynced_store_works_everywhere_and_never_reads_the_o
     from jstip.model.decode import DecodeOptions
     from jstip.model.evaluation import evaluate
     from jstip.model.training import train
-    from test_train import TINY
+    from tiny_model import TINY
 
     source, version_id = built
     original = tmp_path / "original"
@@ -575,7 +575,7 @@ def test_a_second_training_of_the_same_model_names_the_first_and_a_torn_log_brea
     from jstip.model.config import TrainConfig
     from jstip.model.checkpoints import TRAIN_LOG
     from jstip.model.training import model_id_for, train
-    from test_train import TINY
+    from tiny_model import TINY
 
     source, version_id = built
     store = tmp_path / "store"

@@ -26,13 +26,9 @@ from jstip.tasks.stages import build_in_process
 from jstip.synth import synthesize_corpus
 from jstip.model.training import loss_and_backward, train
 
-REPO = Path(__file__).resolve().parents[1]
-TINY = TrainConfig(steps=8, batch_size=4, warmup_steps=2, checkpoint_every=4, log_every=4,
-                   model=SpeechLLMConfig(llm={"tiny": TinyLMConfig(vocab_size=400, hidden=32, intermediate=64)},
-                                         encoder={"d_model": 32, "ffn_dim": 64, "layers": 1},
-                                         projector={"hidden": 32}))
+from tiny_model import TINY
 
-
+REPO = Path(__file__).resolve().parents[2]
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
     """A published version of 6 real synthetic utterances (word-level F1 plans, the demo config)."""
