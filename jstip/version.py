@@ -19,7 +19,7 @@ from pathlib import Path
 
 from jstip import __version__
 
-# The modules each build stage runs (the roots of its import graph); jstip.tasks.stages.stage_key_parts uses them.
+# The modules each build stage runs (the roots of its import graph); the stage keys of jstip.tasks.stages use them.
 STAGE_MODULES: dict[str, tuple[str, ...]] = {
     "ingest": ("jstip.tasks.ingest",),
     "normalize": ("jstip.tasks.normalize",),

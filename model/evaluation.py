@@ -32,6 +32,7 @@ from jstip.model.sequence_pools import resolve_version
 
 log = logging.getLogger(__name__)
 
+
 @dataclass(frozen=True)
 class EvalReport:
     model_id: str
