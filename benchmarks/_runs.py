@@ -47,14 +47,14 @@ def worker_pool(workers: int):
 def train_and_evaluate(store: str, version_id: str, test_version: str, config: dict, name: str,
                        decodings: list[str] | None = None, threads: int = 1) -> dict:
     """Train `config` (a TrainConfig as a dict) on a version, decode the test version, return the figures.
-    decodings: None -> jstip.tasks.evaluate's defaults for the model."""
+    decodings: None -> jstip.model.evaluation's defaults for the model."""
     import torch
 
     torch.set_num_threads(threads)
     from jstip.model.config import TrainConfig
     from jstip.model.decode import DecodeOptions
-    from jstip.tasks.evaluate import evaluate
-    from jstip.tasks.train import train
+    from jstip.model.evaluation import evaluate
+    from jstip.model.training import train
 
     cpu0, wall0 = time.process_time(), time.perf_counter()
     trained = train(store, version_id, TrainConfig.model_validate(config), name=name, on_log=lambda _: None)

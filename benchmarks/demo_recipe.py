@@ -26,7 +26,7 @@ interval over the test utterances; one training seed, so training noise is not i
 The LM prior's effect (issue #17: the same run with and without it) is measured on more seeds: the last two
 variants are trained with seeds 0..`--prior-seeds`-1, and their differences (WER and entity accuracy of the
 joint decoding, WER of the LLM alone) get intervals from a bootstrap over test utterances (paired) and
-training seeds (jstip.tasks.metrics.bootstrap_ratios).
+training seeds (jstip.model.significance.bootstrap_ratios).
 """
 
 from __future__ import annotations
@@ -98,7 +98,7 @@ def main() -> None:
 
     from jstip.config import load_config
     from jstip.model.config import TrainConfig
-    from jstip.tasks.pretrain_lm import pretrain_lm
+    from jstip.model.pretraining import pretrain_lm
     from jstip.tasks.stages import build_in_process
     from jstip.synth import synthesize_corpus
 
@@ -159,7 +159,7 @@ def compare(runs: list[dict]) -> list[dict | None]:
     before's best decoding (the hypotheses files must still exist: run before the store is removed)."""
     import pyarrow.parquet as pq
 
-    from jstip.tasks.metrics import paired_comparison
+    from jstip.model.significance import paired_comparison
 
     out: list[dict | None] = [None]
     for before, after in zip(runs, runs[1:]):
@@ -174,7 +174,8 @@ def prior_effect(without: list[dict], with_prior: list[dict]) -> dict:
     import numpy as np
     import pyarrow.parquet as pq
 
-    from jstip.tasks.metrics import bootstrap_ratios, percentile_interval, ratio_counts
+    from jstip.model.metrics import ratio_counts
+    from jstip.model.significance import bootstrap_ratios, percentile_interval
 
     out = {"seeds": [len(without), len(with_prior)]}
     for decoding, metric in (("joint-ctc0.3-beam4", "wer"), ("joint-ctc0.3-beam4", "entity_accuracy"),

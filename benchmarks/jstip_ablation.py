@@ -21,7 +21,7 @@ Data (jstip.synth, espeak-ng):
 - TTS pairs: the domain sentences spoken by espeak-ng (voices, rates, pitches drawn as for the corpus).
 
 Model: the default CPU speech-LLM (jstip.model.config: conv encoder, character CTC head, tiny Llama-style LM)
-started, in every arm and seed, from one LM prior pretrained (jstip.tasks.pretrain_lm) on the training
+started, in every arm and seed, from one LM prior pretrained (jstip.model.pretraining) on the training
 transcripts plus general English sampled from the pocketsphinx trigram LM: so no arm's LLM has seen the
 domain text or a novel entity unless its arm gives it. `--steps` steps x batch 8, `--seeds` training seeds.
 
@@ -39,7 +39,7 @@ words (~0.04 of WER): the rest is the joint search going off track around a word
 worse for the 400-utterance asr_only model, 0.476 and 0.583).
 
 Arms (dataset versions are build-config defaults except the plan; mix = sampling weights of the
-interleaved / asr / text pools, jstip.tasks.sequences):
+interleaved / asr / text pools, jstip.model.sequence_pools):
 - asr_only:    word version; asr 1
 - joint:       word version; asr 0.7, text 0.3 with transcripts_as_text (plain joint speech-text training)
 - word:        word-level plans (F1, Poisson(3)-word spans, eta 0.5); asr 0.7, interleaved 0.3
@@ -53,9 +53,9 @@ domain_text with tts_pairs, on the novel entities. Only the data version and the
 
 Scoring: every model decodes the test set greedily (LLM alone), with its CTC head alone, and jointly
 (CTC/LLM beam 4, lambda 0.3: the decoding the verdicts use). Intervals are 95% percentile intervals of
-a bootstrap (jstip.tasks.metrics.bootstrap_ratios): each replicate draws the test utterances with
+a bootstrap (jstip.model.significance.bootstrap_ratios): each replicate draws the test utterances with
 replacement, the same draw for every arm (paired), and each arm's training seeds with replacement; a
-statistic is a ratio of sums over the drawn seeds and utterances. Verdicts (jstip.tasks.metrics):
+statistic is a ratio of sums over the drawn seeds and utterances. Verdicts (jstip.model.significance):
 - claim 1: `superiority_verdict` of interleaving minus asr_only and interleaving minus joint (entity
   accuracy, all entities): reproduced if both intervals lie above 0, contradicted if either lies below 0,
   undecided otherwise;
@@ -225,7 +225,7 @@ def main() -> None:
     import torch
 
     from jstip.model.config import PretrainConfig
-    from jstip.tasks.pretrain_lm import pretrain_lm
+    from jstip.model.pretraining import pretrain_lm
     from jstip.tasks.stages import build_in_process
     from jstip.synth import synthesize_corpus
 
@@ -340,9 +340,9 @@ def main() -> None:
 
 def novel_entities(train_rows: list[dict], domain_rows: list[dict]) -> list[str]:
     """Entities of the domain text that no training audio can teach: with a word (as scored,
-    jstip.tasks.metrics.normalize_for_wer) that no training transcript contains. Amounts and dates made of
+    jstip.model.metrics.normalize_for_wer) that no training transcript contains. Amounts and dates made of
     words the training speech has are not novel, even when that exact amount was never spoken."""
-    from jstip.tasks.metrics import normalize_for_wer
+    from jstip.model.metrics import normalize_for_wer
 
     heard = {w for r in train_rows for w in normalize_for_wer(r["text"]).split()}
     return sorted({e for r in domain_rows for e in r["entities"]
@@ -355,7 +355,7 @@ def per_utterance_counts(runs: list[dict], novel: set[str]) -> dict:
     import numpy as np
     import pyarrow.parquet as pq
 
-    from jstip.tasks.metrics import ratio_counts, utterance_scores
+    from jstip.model.metrics import ratio_counts, utterance_scores
 
     out: dict = {}
     for run in sorted(runs, key=lambda r: (r["arm"], r["seed"])):
@@ -386,7 +386,7 @@ def analyse(results: dict) -> dict:
     """Intervals for every arm and the claims' differences, and the verdicts, from the per-utterance counts."""
     import numpy as np
 
-    from jstip.tasks.metrics import bootstrap_ratios, equivalence_verdict, percentile_interval, superiority_verdict
+    from jstip.model.significance import bootstrap_ratios, equivalence_verdict, percentile_interval, superiority_verdict
 
     meta, counts = results["meta"], results["per_utterance"]
     arms = [a for a in meta["arms"] if a in counts]

@@ -8,7 +8,7 @@ configuration (configs/38k.yaml); each shard's `utterances` (with the transcript
 (a FLAC path per utterance, relative to the store root, never opened), `interleave_plans` and `spans` are
 written as zstd Parquet. Then, each in a process of its own:
 
-1. rank 0 builds the sequence index (jstip.tasks.sequences.build_index: DuckDB, streamed, spilling beyond
+1. rank 0 builds the sequence index (jstip.model.sequence_index.build_index: DuckDB, streamed, spilling beyond
    JSTIP_INDEX_BUILD_MEMORY) — its wall time and peak RSS;
 2. two ranks of a 2-process job open the index at the same time and draw their shares of `--steps` global
    batches of `--batch-size` sequences from the BucketSampler (sequences materialised as Python objects, as
@@ -98,7 +98,7 @@ def _version(root: Path):
 
 def _build(root: str, directory: str, queue) -> None:
     from jstip.storage.store import DatasetStore
-    from jstip.tasks.sequences import build_index
+    from jstip.model.sequence_index import build_index
 
     started = time.perf_counter()
     meta = build_index(DatasetStore(root), _version(Path(root)), Path(directory), True, "Transcribe the speech.")
@@ -119,7 +119,8 @@ def _status_gib() -> dict[str, float]:
 
 def _rank(root: str, directory: str, rank: int, world_size: int, steps: int, batch_size: int, queue, go) -> None:
     from jstip.model.config import TrainConfig
-    from jstip.tasks.sequences import POOLS, BucketSampler, SequenceIndex, _open_pools
+    from jstip.model.sequence_index import SequenceIndex
+    from jstip.model.sequence_pools import POOLS, BucketSampler, _open_pools
 
     config = TrainConfig()
     before = _status_gib()

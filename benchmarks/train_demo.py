@@ -130,7 +130,7 @@ def main() -> None:
     from jstip.model.config import TrainConfig
     from jstip.tasks.stages import build_in_process
     from jstip.synth import synthesize_corpus
-    from jstip.tasks.train import train
+    from jstip.model.training import train
 
     args.out.mkdir(parents=True, exist_ok=True)
     tmp = tempfile.TemporaryDirectory(prefix="jstip-train-demo-") if args.store is None else None

@@ -54,7 +54,7 @@ RUNS = (  # name, processes, threads per process, share of the global batch per 
 
 def run_one(store: Path, version: str, config_path: Path, processes: int, threads: int) -> dict:
     from jstip.storage.registry import ModelRegistry
-    from jstip.tasks.distributed import LaunchSpec, launch_command, run_launcher
+    from jstip.model.distributed import LaunchSpec, launch_command, run_launcher
 
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
     lines: list[str] = []
@@ -167,7 +167,7 @@ def _trainable_parameters(published, store: Path) -> int:
     from jstip.model.speech_llm import build_speech_llm
     from jstip.model.tiny_lm import build_tiny_lm
     from jstip.storage.store import DatasetStore
-    from jstip.tasks.sequences import build_sequences
+    from jstip.model.sequence_pools import build_sequences
 
     config = TrainConfig()
     pools = build_sequences(DatasetStore(store), published.version_id, config.mix, config.asr_prompt)

@@ -2,7 +2,7 @@
 
     resolve test version -> decode + score (one task per decoding) -> eval_results + hypotheses Parquet
 
-The logic lives in jstip.tasks.evaluate.
+The logic lives in jstip.model.evaluation.
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ from prefect.cache_policies import NONE  # noqa: E402
 
 from jstip.model.decode import DecodeOptions  # noqa: E402
 from jstip.storage.store import DatasetStore  # noqa: E402
-from jstip.tasks import evaluate as evaluation  # noqa: E402
-from jstip.tasks.sequences import resolve_version  # noqa: E402
+from jstip.model import evaluation  # noqa: E402
+from jstip.model.sequence_pools import resolve_version  # noqa: E402
 
 _TASK_OPTIONS = dict(cache_policy=NONE, persist_result=False)
 

@@ -6,7 +6,7 @@
       -> evaluate the candidate (and the incumbent, if it has no scores on this test version yet)
       -> promote only if the candidate beats the incumbent on `metric` beyond noise (paired bootstrap over the
          test utterances) and is not worse on `guard_metric` by more than `guard_margin`
-         (jstip.storage.registry.PromotionPolicy)
+         (jstip.storage.promotion.PromotionPolicy)
 
 Every decision, taken or not, is appended to the catalog's `promotions` table with the numbers it used.
 Deployed as `nightly-retrain/nightly` with a cron schedule (prefect.yaml).
@@ -25,7 +25,8 @@ from jstip.flows.build_interleaved import build_interleaved  # noqa: E402
 from jstip.flows.evaluate import evaluate  # noqa: E402
 from jstip.flows.train import train  # noqa: E402
 from jstip.model.decode import DecodeOptions  # noqa: E402
-from jstip.storage.registry import ModelRegistry, PromotionDecision, PromotionPolicy  # noqa: E402
+from jstip.storage.promotion import PromotionDecision, PromotionPolicy  # noqa: E402
+from jstip.storage.registry import ModelRegistry  # noqa: E402
 from jstip.synth.demo import demo_test_corpus  # noqa: E402
 
 _TASK_OPTIONS = dict(cache_policy=NONE, persist_result=False)
@@ -46,7 +47,7 @@ def has_scores(store: str, model_id: str, test_version: str, decoding: str) -> b
 
 @task(name="best-decoding", **_TASK_OPTIONS)
 def best_decoding(store: str, model_id: str) -> str:
-    from jstip.tasks.evaluate import decodings_for
+    from jstip.model.evaluation import decodings_for
 
     record = ModelRegistry(store).model(model_id)
     return decodings_for(record.config["model"]["ctc_weight"] > 0)[-1].name
@@ -88,7 +89,7 @@ def nightly_retrain(
     LM prior's model id, a hub id or a directory, overriding the config's model.llm.path).  init: promoted
     (continue from the channel's promoted model, if any) or scratch.  channel: the promotion channel.
     metric / min_gain / confidence / guard_metric / guard_margin: the promotion rule
-    (jstip.storage.registry.PromotionPolicy: promote when entity accuracy is better beyond noise and WER is
+    (jstip.storage.promotion.PromotionPolicy: promote when entity accuracy is better beyond noise and WER is
     not worse by more than 0.02).  decoding: the decoding the comparison uses; `best`: joint CTC/LLM beam
     search when the model has a CTC head, else beam search.  nproc_per_node: training processes (> 1: the
     train flow runs a torchrun DDP/FSDP2 job on this machine and waits for it).

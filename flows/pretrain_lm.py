@@ -4,7 +4,7 @@ the catalog out.
     resolve dataset version -> pretrain the tiny LM (domain text + sentences sampled from the pocketsphinx
     trigram LM) -> register in `models` (name `lm-prior`, dataset_version = the version it read)
 
-The logic lives in jstip.tasks.pretrain_lm; a speech-LLM starts from the result with
+The logic lives in jstip.model.pretraining; a speech-LLM starts from the result with
 `model.llm.path: <model id>` (jstip train / the train flow's `base_llm`).
 """
 
@@ -19,8 +19,8 @@ from prefect.cache_policies import NONE  # noqa: E402
 
 from jstip.model.config import load_pretrain_config  # noqa: E402
 from jstip.storage.store import DatasetStore  # noqa: E402
-from jstip.tasks import pretrain_lm as pretraining  # noqa: E402
-from jstip.tasks.sequences import resolve_version  # noqa: E402
+from jstip.model import pretraining  # noqa: E402
+from jstip.model.sequence_pools import resolve_version  # noqa: E402
 
 _TASK_OPTIONS = dict(cache_policy=NONE, persist_result=False)
 

@@ -3,9 +3,9 @@
     resolve dataset version -> train (resuming from the model's last checkpoint) -> register in `models`
 
 With nproc_per_node > 1 (or nnodes > 1) the training task launches a distributed job with torchrun (DDP or
-FSDP2, jstip.tasks.distributed) and waits for it; its output goes to the task's log.
+FSDP2, jstip.model.distributed) and waits for it; its output goes to the task's log.
 
-The logic lives in jstip.tasks.train; this module only wires it for Prefect (run history, retries,
+The logic lives in jstip.model.training; this module only wires it for Prefect (run history, retries,
 deployments such as the nightly retraining loop).
 """
 
@@ -19,9 +19,9 @@ from prefect import flow, get_run_logger, task  # noqa: E402
 from prefect.cache_policies import NONE  # noqa: E402
 
 from jstip.model.config import load_train_config, with_base_llm  # noqa: E402
-from jstip.tasks import train as training  # noqa: E402
-from jstip.tasks.distributed import LaunchSpec  # noqa: E402
-from jstip.tasks.sequences import resolve_version  # noqa: E402
+from jstip.model import training  # noqa: E402
+from jstip.model.distributed import LaunchSpec  # noqa: E402
+from jstip.model.sequence_pools import resolve_version  # noqa: E402
 from jstip.storage.store import DatasetStore  # noqa: E402
 
 

@@ -21,7 +21,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from jstip.schemas.tables import DatasetRole
 
 
-class _Section(BaseModel):
+class ConfigSection(BaseModel):
+    """The base of every config section, the build's (here) and the model's (jstip.model.config): unknown keys
+    are errors (a typo never passes silently as a default) and a validated section never changes."""
+
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     def fingerprint(self) -> str:
@@ -29,7 +32,7 @@ class _Section(BaseModel):
         return hashlib.sha256(self.model_dump_json().encode()).hexdigest()[:16]
 
 
-class IngestConfig(_Section):
+class IngestConfig(ConfigSection):
     """Where a manifest may point (jstip.tasks.ingest). An audio path outside every allowed root, once `..`
     and symlinks are resolved, is quarantined (`path_outside_allowed_roots`) and never opened: a manifest
     cannot make the factory read, or publish, files outside its corpus."""
@@ -40,7 +43,7 @@ class IngestConfig(_Section):
     allowed_roots: tuple[str, ...] = ()
 
 
-class NormalizeConfig(_Section):
+class NormalizeConfig(ConfigSection):
     sample_rate: int = Field(16000, ge=8000, le=48000, description="target rate in Hz; 16 kHz is what ASR "
                              "encoders expect")
     # Off by default: level variation is realistic training input, and lifting a quiet, noisy recording to
@@ -71,7 +74,7 @@ class NormalizeConfig(_Section):
         return self
 
 
-class AlignRetry(_Section):
+class AlignRetry(ConfigSection):
     """pocketsphinx decoder settings for one alignment pass."""
 
     beam: float = Field(gt=0, lt=1)
@@ -84,7 +87,7 @@ class AlignRetry(_Section):
         return f"beam={self.beam:g} wbeam={self.wbeam:g} pbeam={self.pbeam:g} topn={self.topn} frate={self.frate}"
 
 
-class VerifyConfig(_Section):
+class VerifyConfig(ConfigSection):
     """Transcript verification (pocketsphinx; jstip.tasks.align "Transcript verification").
 
     The first decoder pass aligns the transcript with a garbage alternative for every token and for
@@ -115,7 +118,7 @@ class VerifyConfig(_Section):
     max_ctc_cer: float | None = Field(None, ge=0)
 
 
-class AlignConfig(_Section):
+class AlignConfig(ConfigSection):
     aligner: Literal["pocketsphinx", "whisperx", "nemo"] = "pocketsphinx"
     # whisperx: a hub id or a local directory of a transformers Wav2Vec2ForCTC + Wav2Vec2Processor;
     # nemo: a `.nemo` file or a NeMo pretrained model name. pocketsphinx uses the model in its wheel.
@@ -177,7 +180,7 @@ class AlignConfig(_Section):
         return self
 
 
-class WordScoreFloors(_Section):
+class WordScoreFloors(ConfigSection):
     """Lowest acceptable word `score`, per aligner (scores are not comparable across aligners); null: no floor."""
 
     # pocketsphinx: nats per frame relative to the best senone, <= 0, floored at -100 on underflow. Measured on
@@ -192,7 +195,7 @@ class WordScoreFloors(_Section):
     nemo: float | None = Field(None, le=0)
 
 
-class CheckConfig(_Section):
+class CheckConfig(ConfigSection):
     """Per-utterance quality checks (jstip.tasks.checks) and the publish gate (jstip.tasks.publish.suites).
 
     Bounds are inclusive: a value equal to a bound passes. Every default's source is given beside it."""
@@ -289,7 +292,7 @@ class CheckConfig(_Section):
         return f"[{classes}{literals}]"
 
 
-class WordLevelConfig(_Section):
+class WordLevelConfig(ConfigSection):
     """Span lengths of word-level plans, in words (>= 1: a draw of 0 becomes 1).
 
     The distribution gives the spans of the rarer modality (speech when speech_fraction <= 0.5, else
@@ -316,7 +319,7 @@ class WordLevelConfig(_Section):
         return self
 
 
-class SegmentLevelConfig(_Section):
+class SegmentLevelConfig(ConfigSection):
     """Where segment-level plans cut an utterance; every cut lies between two words."""
 
     # duration by default: it works on any corpus, while pauses depend on speaking style and many ASR
@@ -329,7 +332,7 @@ class SegmentLevelConfig(_Section):
                           "of a segment length before snapping to the nearest gap between words")
 
 
-class MixedConfig(_Section):
+class MixedConfig(ConfigSection):
     """strategy: mixed. Per-utterance probabilities of each strategy (they must add up to 1)."""
 
     word: float = Field(0.4, ge=0, le=1)
@@ -345,7 +348,7 @@ class MixedConfig(_Section):
         return self
 
 
-class PlanConfig(_Section):
+class PlanConfig(ConfigSection):
     """Interleave planning (jstip.tasks.plan): how utterances are cut into speech and text spans."""
 
     strategy: Literal["word", "segment", "asr", "mixed"] = "word"
@@ -364,7 +367,7 @@ class PlanConfig(_Section):
     seed: int = 0
 
 
-class RunnerConfig(_Section):
+class RunnerConfig(ConfigSection):
     """Where the shard tasks run. Execution only: it never changes what is built, so it is left out of
     the dataset version's hash (a Dask build publishes the same version as a local one)."""
 
@@ -376,7 +379,7 @@ class RunnerConfig(_Section):
     dask_threads_per_worker: int = Field(1, ge=1, description="dask LocalCluster: threads per worker")
 
 
-class BuildConfig(_Section):
+class BuildConfig(ConfigSection):
     name: str = Field("demo", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     role: DatasetRole = Field("train", description="what the version is for: train (a default for every command), "
                                                   "dev or test (held out: used only when named)")

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from jstip import __version__
 
-# The modules each build stage runs (the roots of its import graph); jstip.tasks.stages.stage_key_parts uses them.
+# The modules each build stage runs (the roots of its import graph); the stage keys of jstip.tasks.stages use them.
 STAGE_MODULES: dict[str, tuple[str, ...]] = {
     "ingest": ("jstip.tasks.ingest",),
     "normalize": ("jstip.tasks.normalize",),
@@ -136,11 +136,16 @@ def _package_roots(*names: str) -> dict[str, Path]:
     return {name: Path(importlib.import_module(f"jstip.{name}").__file__).parent for name in names}
 
 
+# What never changes a trained model's weights: decoding and scoring. A fix there keeps the model ids (and models).
+_NOT_TRAINING = frozenset({"model/decode.py", "model/evaluation.py", "model/metrics.py",
+                           "model/significance.py"})
+
+
 @lru_cache(maxsize=1)
 def model_code_version() -> str:
-    """`<package version>+<hash of the model and training sources>`: part of every model id."""
-    roots = _package_roots("model", "schemas", "tasks")
-    training = {"tasks/train.py", "tasks/sequences.py", "schemas/sequences.py", "tasks/pretrain_lm.py",
-                "tasks/general_text.py", "tasks/distributed.py", "tasks/loader.py"}
-    # decoding never changes a trained model's weights: a decoder fix keeps the model ids (and the models)
-    return f"{__version__}+{_digest(roots, lambda rel: (rel.startswith('model/') and rel != 'model/decode.py') or rel in training)}"
+    """`<package version>+<hash of the model and training sources>`: part of every model id. model/ holds the
+    network and everything that trains it; the training sequences' contract is schemas/sequences.py."""
+    def trains(rel: str) -> bool:
+        return (rel.startswith("model/") and rel not in _NOT_TRAINING) or rel == "schemas/sequences.py"
+
+    return f"{__version__}+{_digest(_package_roots('model', 'schemas'), trains)}"

@@ -14,16 +14,12 @@ import json
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
-from jstip.config import load_yaml_config
-
-
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+from jstip.config import ConfigSection, load_yaml_config
 
 
-class EncoderConfig(_Section):
+class EncoderConfig(ConfigSection):
     """The audio encoder: log-mel frames (10 ms hop) in, hidden frames out."""
 
     # conv: two stride-2 convolutions (40 ms frames) + a transformer; small enough to train on CPU.
@@ -44,7 +40,7 @@ class EncoderConfig(_Section):
     whisper_window_s: float = Field(30.0, gt=0, le=30)
 
 
-class ProjectorConfig(_Section):
+class ProjectorConfig(ConfigSection):
     """Frame stacking + MLP: `stack` consecutive encoder frames become one LLM input embedding."""
 
     stack: int = Field(2, ge=1, le=16, description="encoder frames per embedding (conv: 2 x 40 ms = 80 ms; "
@@ -52,7 +48,7 @@ class ProjectorConfig(_Section):
     hidden: int = Field(256, ge=8)
 
 
-class TinyLMConfig(_Section):
+class TinyLMConfig(ConfigSection):
     """A Llama-style LM built from scratch, with a byte-level BPE tokenizer trained on the dataset's text."""
 
     vocab_size: int = Field(1024, ge=300)
@@ -64,14 +60,14 @@ class TinyLMConfig(_Section):
     max_positions: int = Field(2048, ge=64)
 
 
-class LoraSection(_Section):
+class LoraSection(ConfigSection):
     r: int = Field(8, ge=1)
     alpha: int = Field(16, ge=1)
     dropout: float = Field(0.05, ge=0, lt=1)
     target_modules: tuple[str, ...] = ("q_proj", "v_proj")
 
 
-class LLMConfig(_Section):
+class LLMConfig(ConfigSection):
     # None: build the tiny LM below (offline, CPU). Otherwise any transformers AutoModelForCausalLM: a hub id
     # (downloaded by transformers unless HF_HUB_OFFLINE=1) or a local directory with its tokenizer.
     path: str | None = None
@@ -80,7 +76,7 @@ class LLMConfig(_Section):
                                                        "all of its weights")
 
 
-class SpeechLLMConfig(_Section):
+class SpeechLLMConfig(ConfigSection):
     encoder: EncoderConfig = EncoderConfig()
     projector: ProjectorConfig = ProjectorConfig()
     llm: LLMConfig = LLMConfig()
@@ -101,8 +97,8 @@ class SpeechLLMConfig(_Section):
         return self
 
 
-class MixConfig(_Section):
-    """Sampling weights of the three sequence pools (jstip.tasks.sequences); they need not add up to 1.
+class MixConfig(ConfigSection):
+    """Sampling weights of the three sequence pools (jstip.model.sequence_pools); they need not add up to 1.
 
     interleaved: the version's word/segment plans (F1 or F2, as planned); asr: every accepted utterance as
     instruction + speech -> transcript (plus `asr` plans); text: text-only sequences (the version's domain
@@ -123,9 +119,9 @@ class MixConfig(_Section):
         return self
 
 
-class LoaderConfig(_Section):
+class LoaderConfig(ConfigSection):
     """DataLoader workers per training process: they draw, lay out and read (FLAC) each step's batch ahead
-    of the loop (jstip.tasks.loader). The batches do not depend on these settings."""
+    of the loop (jstip.model.loader). The batches do not depend on these settings."""
 
     # 1: decoding overlaps the step; more when a step reads more audio than one core decodes in a step's
     # time (train_log.csv's data_wait_s says; BENCHMARKS.md "training scale (1 and 2 processes)"). 0: batches
@@ -134,7 +130,7 @@ class LoaderConfig(_Section):
     prefetch: int = Field(2, ge=1, description="batches each worker prepares ahead")
 
 
-class DistributedConfig(_Section):
+class DistributedConfig(ConfigSection):
     """Used when training runs on several processes (torchrun / `jstip train --nproc-per-node N`)."""
 
     # ddp: a full model replica per rank (DistributedDataParallel). fsdp: parameters, gradients and Adam
@@ -147,7 +143,7 @@ class DistributedConfig(_Section):
     timeout_minutes: float = Field(60.0, gt=0)
 
 
-class TrainConfig(_Section):
+class TrainConfig(ConfigSection):
     model: SpeechLLMConfig = SpeechLLMConfig()
     mix: MixConfig = MixConfig()
     steps: int = Field(1000, ge=1)
@@ -202,10 +198,10 @@ def load_train_config(path: str | Path | None = None, **overrides) -> TrainConfi
     return load_yaml_config(path, TrainConfig, TrainConfigError, "training config", **overrides)
 
 
-class PretrainConfig(_Section):
-    """Text pretraining of the LLM prior (jstip.tasks.pretrain_lm): a tiny Llama-style LM and its BPE
+class PretrainConfig(ConfigSection):
+    """Text pretraining of the LLM prior (jstip.model.pretraining): a tiny Llama-style LM and its BPE
     tokenizer trained on a dataset version's domain text plus general English sampled offline from the
-    pocketsphinx trigram LM (jstip.tasks.general_text)."""
+    pocketsphinx trigram LM (jstip.model.general_text)."""
 
     # a larger vocabulary than a from-scratch tiny LM's: general English and the domain's words both
     lm: TinyLMConfig = TinyLMConfig(vocab_size=2048)

@@ -1,6 +1,6 @@
 """Decoding a speech-LLM: greedy, beam search, joint CTC/LLM beam search, and the CTC head alone.
 
-Every utterance is decoded in the ASR format the model was trained with (jstip.tasks.sequences, pool
+Every utterance is decoded in the ASR format the model was trained with (jstip.model.sequence_pools, pool
 asr): `<bos> prompt <speech-start> speech <speech-end>`, then text until EOS.
 
 Joint decoding (after Watanabe et al. 2017, "Hybrid CTC/attention"; the CTC model as a hallucination

@@ -121,7 +121,7 @@ class SpeechLLM(nn.Module):
         `ctc_loss` = sum over speech spans of (span loss / its target length) / num_speech_spans, `loss` =
         llm_loss + ctc_weight * ctc_loss. The counts default to the batch's own (means over the batch);
         under data parallelism they are the global batch's, so the ranks' losses add up to the loss of the
-        global batch (jstip.tasks.distributed)."""
+        global batch (jstip.model.distributed)."""
         if num_label_tokens is None:
             num_label_tokens = batch.num_label_tokens
         if num_speech_spans is None:

@@ -152,6 +152,10 @@ class VersionIntegrityError(StoreError):
     """A published version's files differ from what was recorded when it was published."""
 
 
+class RegistryError(StoreError):
+    """A model, eval result or promotion the registry (jstip.storage.registry) cannot find or accept."""
+
+
 @dataclass(frozen=True)
 class DatasetVersion:
     version_id: str

@@ -226,7 +226,7 @@ def _flip_byte(path: Path, offset: int | None = None) -> None:
 
 def test_a_tampered_version_is_reported_and_never_used(sandbox):
     from jstip.storage.export import export_version
-    from jstip.tasks.train import train
+    from jstip.model.training import train
 
     store, version_id, tmp_path, values = sandbox
     data_store = DatasetStore(store)
@@ -306,9 +306,9 @@ def _check_store_in_place(store: Path, version_id: str, tmp_path: Path, full: bo
 def test_a_moved_copied_and_rsynced_store_works_everywhere_and_never_reads_the_original(built, tmp_path):
     from jstip.model.config import TrainConfig
     from jstip.model.decode import DecodeOptions
-    from jstip.tasks.evaluate import evaluate
-    from jstip.tasks.train import train
-    from test_train import TINY
+    from jstip.model.evaluation import evaluate
+    from jstip.model.training import train
+    from tiny_model import TINY
 
     source, version_id = built
     original = tmp_path / "original"
@@ -573,8 +573,9 @@ def test_a_second_training_of_the_same_model_names_the_first_and_a_torn_log_brea
     import csv
 
     from jstip.model.config import TrainConfig
-    from jstip.tasks.train import TRAIN_LOG, model_id_for, train
-    from test_train import TINY
+    from jstip.model.checkpoints import TRAIN_LOG
+    from jstip.model.training import model_id_for, train
+    from tiny_model import TINY
 
     source, version_id = built
     store = tmp_path / "store"

@@ -7,7 +7,8 @@ import json
 
 import pytest
 
-from jstip.storage.registry import ModelRegistry, decide_promotion
+from jstip.storage.promotion import decide_promotion
+from jstip.storage.registry import ModelRegistry
 from jstip.synth import synthesize_corpus
 
 pytestmark = pytest.mark.slow
@@ -41,14 +42,15 @@ def test_nightly_promotes_the_first_model_then_only_a_better_one(prefect_server,
     assert model1.parent_model is None
     # what `jstip demo` prints of such a run: every decoding with its meaning, the metrics explained,
     # examples, the decision
-    from jstip import cli
+    from jstip.cli.common import console
+    from jstip.cli.demo import print_downstream
 
-    width, cli.console.width = cli.console.width, 250  # no wrapping inside the table's cells
+    width, console.width = console.width, 250  # no wrapping inside the table's cells
     try:
-        with cli.console.capture() as captured:
-            cli.print_downstream(store, first)
+        with console.capture() as captured:
+            print_downstream(store, first)
     finally:
-        cli.console.width = width
+        console.width = width
     printed = " ".join(captured.get().split())
     assert f"model {model1.model_id}" in printed and "held-out test set demo-test" in printed
     assert "greedy" in printed and "the LLM alone, greedy" in printed and "(best)" in printed

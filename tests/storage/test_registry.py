@@ -11,14 +11,10 @@ from typer.testing import CliRunner
 
 from jstip.cli import app
 from jstip.storage import DatasetStore
-from jstip.storage.registry import (
-    EVAL_RESULTS_SCHEMA,
-    ModelRegistry,
-    PromotionPolicy,
-    RegistryError,
-    decide_promotion,
-)
-from jstip.tasks.metrics import score_hypotheses, utterance_scores
+from jstip.storage.promotion import PromotionPolicy, decide_promotion
+from jstip.storage.registry import EVAL_RESULTS_SCHEMA, ModelRegistry
+from jstip.storage.store import RegistryError
+from jstip.model.metrics import score_hypotheses, utterance_scores
 
 runner = CliRunner(env={"COLUMNS": "200"})
 

@@ -175,11 +175,12 @@ def test_help_lists_the_choices_and_a_wrong_one_is_refused(tmp_path):
 
 
 def test_the_command_line_choices_are_the_modules_own():
-    from jstip import cli
+    from jstip.cli.alignment import AlignerName, AlignmentFormat
+    from jstip.cli.catalog import ExportFormat
     from jstip.storage.export import EXPORT_FORMATS
     from jstip.tasks.aligners import ALIGNERS
     from jstip.tasks.aligners.align_manifest import OUTPUT_FORMATS
 
-    assert [a.value for a in cli.AlignerName] == list(ALIGNERS)
-    assert [f.value for f in cli.AlignmentFormat] == list(OUTPUT_FORMATS)
-    assert [f.value for f in cli.ExportFormat] == list(EXPORT_FORMATS)
+    assert [a.value for a in AlignerName] == list(ALIGNERS)
+    assert [f.value for f in AlignmentFormat] == list(OUTPUT_FORMATS)
+    assert [f.value for f in ExportFormat] == list(EXPORT_FORMATS)

@@ -1,7 +1,7 @@
 """Evaluation: decode a test set with a registered model, score it, record the results in the catalog.
 
     test dataset version (accepted utterances + normalised audio) -> decode (greedy | beam | joint CTC)
-        -> jstip.tasks.metrics.score_hypotheses (WER, entity accuracy, EER, insertions, hallucinations,
+        -> jstip.model.metrics.score_hypotheses (WER, entity accuracy, EER, insertions, hallucinations,
            overall and per domain) -> eval_results (catalog) + the hypotheses as Parquet
 
 A test set is a published dataset version built from held-out data (`jstip build` on the test manifest);
@@ -22,15 +22,16 @@ import duckdb
 import pyarrow as pa
 
 from jstip.model.decode import DecodeOptions, transcribe
+from jstip.model.device import pick_device
 from jstip.model.speech_llm import load_speech_llm
 from jstip.schemas.sequences import AudioSlice
 from jstip.storage.registry import ModelRegistry
 from jstip.storage.store import DatasetStore
-from jstip.tasks.metrics import ALL_DOMAINS, score_hypotheses, utterance_scores
-from jstip.tasks.sequences import resolve_version
-from jstip.tasks.train import pick_device
+from jstip.model.metrics import ALL_DOMAINS, score_hypotheses, utterance_scores
+from jstip.model.sequence_pools import resolve_version
 
 log = logging.getLogger(__name__)
+
 
 @dataclass(frozen=True)
 class EvalReport:

@@ -1,16 +1,16 @@
 """Training on several processes and machines: torch.distributed process groups, DDP / FSDP2, and torch's own
 launcher (torch.distributed.run, i.e. `torchrun`).
 
-How a distributed run works (jstip.tasks.train uses these pieces):
+How a distributed run works (jstip.model.training uses these pieces):
 - `torchrun` (or `jstip train --nproc-per-node N`, which runs it) starts one process per device; each
   joins the process group from torchrun's environment (`RANK`, `WORLD_SIZE`, `LOCAL_RANK`, `MASTER_*`):
   gloo on CPU, NCCL on CUDA (`init_from_env`).
 - Every rank draws the same global batch of a step (BucketSampler: a pure function of (seed, step)) and
-  keeps its share: sequences rank, rank + N, ... (`jstip.tasks.sequences.rank_share`).
+  keeps its share: sequences rank, rank + N, ... (`jstip.model.sequence_pools.rank_share`).
 - Before the forward pass the ranks add up their label tokens and speech spans (one all_reduce of two
   integers), and each rank divides its loss sums by those global counts; the ranks' losses then add up to
   the loss of the global batch, and DDP's gradient average times N is the gradient of the global batch.
-  So the run does not depend on N beyond floating-point order (tests/test_train_distributed.py).
+  So the run does not depend on N beyond floating-point order (tests/model/test_distributed.py).
 - Rank 0 alone builds the sequence index and checks the audio files, builds or copies the LLM, picks the
   checkpoint to resume from, writes checkpoints, the loss log, the final model and the catalog row; the
   other ranks wait for it (`broadcast`) and are told what it found.

@@ -3,7 +3,7 @@ downloaded (JSTIP's mechanism is the LLM's textual prior; a tiny LM trained only
 hundred transcripts has none).
 
     domain text of a dataset version (its text_corpus and/or accepted transcripts)
-    + general English sampled offline from the pocketsphinx trigram LM (jstip.tasks.general_text)
+    + general English sampled offline from the pocketsphinx trigram LM (jstip.model.general_text)
       -> byte-level BPE tokenizer + tiny Llama-style LM (jstip.model.tiny_lm), causal LM loss on every token
       -> <store>/models/<model_id>/final/: a transformers directory (AutoModelForCausalLM + AutoTokenizer),
          with metrics.json, pretrain_config.json, pretrain_log.csv and the general sentences it saw
@@ -11,7 +11,7 @@ hundred transcripts has none).
          whose domain text it read; config_json = this config plus the sha256 of the n-gram LM file)
 
 A speech-LLM starts from it by `model.llm.path: <model id>` (or the directory) in its training config,
-exactly as it would start from a hub checkpoint (jstip.tasks.train).
+exactly as it would start from a hub checkpoint (jstip.model.training).
 
 The model id hashes the dataset version, the config, the n-gram LM file and the model code, so the same
 inputs name the same prior: a rerun returns the finished one. The final directory is written beside its
@@ -38,8 +38,8 @@ from jstip.model.config import PretrainConfig
 from jstip.model.speech_llm import IGNORE_INDEX
 from jstip.model.tiny_lm import build_tiny_lm
 from jstip.storage.store import DatasetStore
-from jstip.tasks.general_text import pocketsphinx_lm_path, sample_sentences
-from jstip.tasks.sequences import resolve_version
+from jstip.model.general_text import pocketsphinx_lm_path, sample_sentences
+from jstip.model.sequence_pools import resolve_version
 from jstip.version import model_code_version
 
 log = logging.getLogger(__name__)
@@ -87,7 +87,7 @@ def prior_config_json(config: PretrainConfig, ngram_lm_sha256: str) -> str:
 
 
 def lr_factor(step: int, warmup: int, steps: int) -> float:
-    """Linear warmup, then cosine decay to 10% of the peak at the last step (as jstip.tasks.train)."""
+    """Linear warmup, then cosine decay to 10% of the peak at the last step (as jstip.model.training)."""
     if step < warmup:
         return (step + 1) / warmup
     progress = min(1.0, (step - warmup) / max(1, steps - warmup))

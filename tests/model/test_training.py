@@ -21,18 +21,14 @@ from jstip.model.tiny_lm import build_tiny_lm
 from jstip.schemas.sequences import AudioSlice, Segment, TrainingSequence
 from jstip.storage.registry import ModelRegistry
 from jstip.storage.store import DatasetStore
-from jstip.tasks.sequences import BucketSampler, DatasetError, build_sequences
+from jstip.model.sequence_pools import BucketSampler, DatasetError, build_sequences
 from jstip.tasks.stages import build_in_process
 from jstip.synth import synthesize_corpus
-from jstip.tasks.train import loss_and_backward, train
+from jstip.model.training import loss_and_backward, train
 
-REPO = Path(__file__).resolve().parents[1]
-TINY = TrainConfig(steps=8, batch_size=4, warmup_steps=2, checkpoint_every=4, log_every=4,
-                   model=SpeechLLMConfig(llm={"tiny": TinyLMConfig(vocab_size=400, hidden=32, intermediate=64)},
-                                         encoder={"d_model": 32, "ffn_dim": 64, "layers": 1},
-                                         projector={"hidden": 32}))
+from tiny_model import TINY
 
-
+REPO = Path(__file__).resolve().parents[2]
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
     """A published version of 6 real synthetic utterances (word-level F1 plans, the demo config)."""
@@ -325,7 +321,7 @@ def test_lm_prior_is_pretrained_registered_and_a_speech_llm_starts_from_it(datas
     from transformers import AutoModelForCausalLM
 
     from jstip.model.config import PretrainConfig
-    from jstip.tasks.pretrain_lm import pretrain_lm
+    from jstip.model.pretraining import pretrain_lm
 
     store, version = dataset
     config = PretrainConfig(lm=TinyLMConfig(vocab_size=400, hidden=32, intermediate=64), general_sentences=300,
@@ -355,7 +351,7 @@ def test_loss_and_wer_fall_on_a_tiny_set(dataset):
     """Learning happens: the default model (character CTC head, joint decoding) trained 150 steps on the 6
     utterances transcribes them; one step does not."""
     from jstip.model.decode import DecodeOptions
-    from jstip.tasks.evaluate import evaluate
+    from jstip.model.evaluation import evaluate
 
     store, version = dataset
     config = TrainConfig(steps=150, batch_size=6, warmup_steps=10, learning_rate=3e-3,

@@ -1,5 +1,5 @@
 """General English text made offline: sentences sampled from the trigram language model in the
-pocketsphinx wheel, for pretraining the LLM prior (jstip.tasks.pretrain_lm).
+pocketsphinx wheel, for pretraining the LLM prior (jstip.model.pretraining).
 
 The model is `pocketsphinx/model/en-us/en-us.lm.bin`: CMU Sphinx's general US-English trigram LM
 (72,547 words, 2,051,541 bigrams, 1,669,625 trigrams), stored in pocketsphinx's binary trie format

@@ -1,6 +1,6 @@
 """Training: a speech-LLM trained on the sequences of one published dataset version.
 
-    dataset version -> sequence pools (jstip.tasks.sequences) -> BucketSampler batches -> SpeechLLM
+    dataset version -> sequence pools (jstip.model.sequence_pools) -> BucketSampler batches -> SpeechLLM
         -> checkpoints under <store>/models/<model_id>/checkpoints/, the final model in .../final/,
            a loss log (train_log.csv), and a row in the catalog's `models` table
 
@@ -16,10 +16,13 @@ Device: `device: auto` trains on CUDA when available, in bf16 autocast (weights 
 else on CPU in fp32; the same flow runs unchanged on either.
 
 Several processes: started by torchrun (`jstip train --nproc-per-node N`, or torchrun by hand), `train`
-runs as one rank of a DDP or FSDP2 job (jstip.tasks.distributed): each rank trains on its share of every
+runs as one rank of a DDP or FSDP2 job (jstip.model.distributed): each rank trains on its share of every
 global batch, rank 0 alone writes checkpoints, the log, the final model and the catalog, and the result
 does not depend on the number of processes beyond floating-point order. Batches are made by DataLoader
-workers (jstip.tasks.loader).
+workers (jstip.model.loader); checkpoints and the loss log are jstip.model.checkpoints'.
+
+Over 400 lines because the run is one piece: the plan (model id, lock, what to start from), the step loop
+and its resume logic share their state, and split apart they would only pass it back and forth.
 """
 
 from __future__ import annotations
@@ -30,7 +33,6 @@ import hashlib
 import json
 import logging
 import math
-import os
 import shutil
 import time
 from collections.abc import Callable
@@ -40,16 +42,19 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from jstip.model import distributed
+from jstip.model.checkpoints import (CHECKPOINTS, LOG_FIELDS, TRAIN_LOG, gather_state, list_checkpoints, load_state,
+                                     log_rows, save_checkpoint, trim_log)
 from jstip.model.config import TrainConfig
+from jstip.model.device import pick_device
+from jstip.model.distributed import DistributedContext
+from jstip.model.loader import RankBatches, batch_loader
+from jstip.model.sequence_pools import BucketSampler, SequencePools, build_sequences, resolve_version
 from jstip.model.speech_llm import (LLM_DIR, MODEL_FILE, Batch, SpeechLLM, build_speech_llm, load_speech_llm,
                                     save_speech_llm)
 from jstip.model.tiny_lm import build_tiny_lm
 from jstip.schemas.sequences import TrainingSequence
 from jstip.storage.store import DatasetStore
-from jstip.tasks import distributed
-from jstip.tasks.distributed import DistributedContext
-from jstip.tasks.loader import RankBatches, batch_loader
-from jstip.tasks.sequences import BucketSampler, SequencePools, build_sequences, resolve_version
 from jstip.version import model_code_version
 
 if TYPE_CHECKING:
@@ -57,12 +62,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-CHECKPOINTS = "checkpoints"
 FINAL = "final"
-TRAIN_LOG = "train_log.csv"
-# data_wait_s: how long the step waited for its batch (DataLoader workers falling behind the model)
-LOG_FIELDS = ("step", "loss", "llm_loss", "ctc_loss", "learning_rate", "sequences", "label_tokens",
-              "speech_seconds", "elapsed_s", "data_wait_s")
 
 
 @dataclass(frozen=True)
@@ -88,18 +88,6 @@ def model_id_for(dataset_version: str, config: TrainConfig, init_model: str | No
     return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:16]
 
 
-def pick_device(name: str, local_rank: int = 0) -> torch.device:
-    """`auto`: CUDA when available (under torchrun: this rank's GPU, LOCAL_RANK), else CPU."""
-    if name == "auto":
-        return torch.device("cuda", local_rank) if torch.cuda.is_available() else torch.device("cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"device {name!r} asked for, but torch sees no CUDA device (torch {torch.__version__})")
-    if device.type == "cuda" and device.index is None:
-        device = torch.device("cuda", local_rank)
-    return device
-
-
 def _step_seed(seed: int, step: int, rank: int = 0) -> int:
     parts = distributed.step_seed_parts(seed, step, rank)
     return int.from_bytes(hashlib.sha256(parts.encode()).digest()[:8], "little") & (2**63 - 1)
@@ -117,7 +105,7 @@ def lr_factor(step: int, config: TrainConfig) -> float:
 def forward_backward(model: torch.nn.Module, batch: Batch, device: torch.device, num_label_tokens: int,
                      num_speech_spans: int, world_size: int = 1) -> dict[str, torch.Tensor]:
     """One forward + backward pass (gradients accumulate in the model). The counts are the global batch's
-    (jstip.tasks.distributed); the loss is scaled by world_size because DDP and FSDP average gradients
+    (jstip.model.distributed); the loss is scaled by world_size because DDP and FSDP average gradients
     over the ranks, and the gradient wanted is the global batch's, i.e. their sum."""
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
         losses = model(batch, num_label_tokens=num_label_tokens, num_speech_spans=num_speech_spans)
@@ -136,10 +124,10 @@ def loss_and_backward(model: SpeechLLM, sequences: list[TrainingSequence], devic
 
 
 def resolve_base_llm(registry: ModelRegistry, config: TrainConfig) -> tuple[TrainConfig, ModelRecord | None]:
-    """`model.llm.path` may name a registered LM prior (jstip.tasks.pretrain_lm) by model id or unique
+    """`model.llm.path` may name a registered LM prior (jstip.model.pretraining) by model id or unique
     prefix: then -> (the config with the full id, the prior's record). A hub id or an existing directory
     -> (config, None)."""
-    from jstip.storage.registry import RegistryError
+    from jstip.storage.store import RegistryError
 
     path = config.model.llm.path
     if path is None or Path(path).exists():
@@ -188,93 +176,6 @@ def _initial_model(config: TrainConfig, pools: SequencePools, model_dir: Path,
     return build_speech_llm(config.model, llm_dir, seed=config.seed), LLM_DIR
 
 
-def _checkpoints(model_dir: Path) -> list[Path]:
-    return sorted((model_dir / CHECKPOINTS).glob("step-*"))
-
-
-def _trainable_names(model: torch.nn.Module) -> set[str]:
-    return {name for name, p in distributed.unwrap(model).named_parameters() if p.requires_grad}
-
-
-def _gather_state(model: torch.nn.Module, optimizer, ctx: DistributedContext) -> tuple[dict, dict] | None:
-    """The trainable weights and the optimizer state as full tensors on CPU, keyed by parameter name, on
-    rank 0 (None elsewhere). Sharded (FSDP) tensors are gathered: every rank must call this then."""
-    from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,
-                                                         get_optimizer_state_dict)
-
-    sharded = distributed.is_sharded(model)
-    if not (ctx.is_main or sharded):  # replicas: rank 0 holds everything already
-        return None
-    options = StateDictOptions(full_state_dict=True, cpu_offload=True)
-    full = get_model_state_dict(model, options=options)
-    optimizer_state = get_optimizer_state_dict(model, optimizer, options=options)
-    if not ctx.is_main:
-        return None
-    trainable = _trainable_names(model)
-    return {k: v for k, v in full.items() if k in trainable}, optimizer_state
-
-
-def _load_state(model: torch.nn.Module, optimizer, checkpoint: Path, device: torch.device,
-                ctx: DistributedContext) -> None:
-    from torch.distributed.checkpoint.state_dict import (StateDictOptions, set_model_state_dict,
-                                                         set_optimizer_state_dict)
-
-    # FSDP: rank 0 reads the files and broadcasts the shards (one copy in host memory per machine, not per rank)
-    from_rank0 = distributed.is_sharded(model)
-    if from_rank0 and not ctx.is_main:
-        weights, optimizer_state = {}, {}
-    else:
-        location = "cpu" if from_rank0 else device
-        weights = torch.load(checkpoint / "weights.pt", map_location=location, weights_only=True)
-        optimizer_state = torch.load(checkpoint / "optimizer.pt", map_location=location, weights_only=True)["optimizer"]
-    options = StateDictOptions(full_state_dict=True, strict=False, broadcast_from_rank0=from_rank0)
-    set_model_state_dict(model, weights, options=options)
-    set_optimizer_state_dict(model, optimizer, optimizer_state, options=options)
-
-
-def _save_checkpoint(state: tuple[dict, dict], scheduler, step: int, model_dir: Path, keep: int) -> Path:
-    weights, optimizer_state = state
-    final = model_dir / CHECKPOINTS / f"step-{step:07d}"
-    tmp = final.with_name(f".{final.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    torch.save(weights, tmp / "weights.pt")
-    torch.save({"optimizer": optimizer_state, "scheduler": scheduler.state_dict()}, tmp / "optimizer.pt")
-    (tmp / "state.json").write_text(json.dumps({"step": step}))
-    tmp.rename(final)  # a checkpoint directory is complete or absent
-    for old in _checkpoints(model_dir)[:-keep]:
-        shutil.rmtree(old, ignore_errors=True)
-    return final
-
-
-def _trim_log(path: Path, steps_done: int) -> None:
-    """Keep the log rows of steps up to the checkpoint being resumed (later ones will be run again), and only
-    whole rows: a run killed mid-write may have left a partial last line. Rewritten to a temporary file and
-    renamed, so a kill here leaves the old log or the new one, never a torn one."""
-    if not path.exists():
-        return
-    rows = _log_rows(path)
-    kept = [r for r in rows if int(r["step"]) <= steps_done]
-    tmp = path.with_name(f".{path.name}.tmp")
-    with tmp.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=LOG_FIELDS, restval="")
-        writer.writeheader()
-        writer.writerows({k: r.get(k, "") for k in LOG_FIELDS} for r in kept)  # a log of an older version too
-    os.replace(tmp, path)
-
-
-def _log_rows(path: Path) -> list[dict]:
-    """The log's complete rows, in step order: a row with a missing field or an unreadable step (a line cut
-    short by a kill, a stray header) is left out rather than failing the next run."""
-    rows: dict[int, dict] = {}
-    with path.open(newline="") as f:
-        for row in csv.DictReader(f):
-            if None in row.values() or None in row or not (row.get("step") or "").isdigit():
-                continue
-            rows[int(row["step"])] = row
-    return [rows[step] for step in sorted(rows)]
-
-
 def _silent(message: str) -> None:
     pass
 
@@ -300,7 +201,7 @@ def train(
 
     One run per model at a time: training holds the model's lock (DatasetStore.model_lock), and a second run
     of the same model stops at once naming the holder. Under torchrun every rank calls this with the same
-    arguments and gets the same result (jstip.tasks.distributed); rank 0 alone decides (version, roles,
+    arguments and gets the same result (jstip.model.distributed); rank 0 alone decides (version, roles,
     integrity, model id), holds the lock, writes and logs through `on_log`; the other ranks are told.
     """
     config = config or TrainConfig()
@@ -410,16 +311,17 @@ def _train(ctx: DistributedContext, store: Path, dataset_version: str | None, co
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, config))
 
     start_step, resumed_from = 0, None
-    checkpoint = ctx.broadcast(_checkpoints(model_dir)[-1].name if ctx.is_main and _checkpoints(model_dir) else None)
+    checkpoints = list_checkpoints(model_dir) if ctx.is_main else []
+    checkpoint = ctx.broadcast(checkpoints[-1].name if checkpoints else None)
     if checkpoint is not None:
         last = model_dir / CHECKPOINTS / checkpoint
-        _load_state(trained, optimizer, last, device, ctx)
+        load_state(trained, optimizer, last, device, ctx)
         scheduler.load_state_dict(torch.load(last / "optimizer.pt", map_location="cpu", weights_only=True)["scheduler"])
         start_step = resumed_from = json.loads((last / "state.json").read_text())["step"]
         say(f"resuming {model_id} from {last.name}")
     log_path = model_dir / TRAIN_LOG
     if ctx.is_main:
-        _trim_log(log_path, start_step)
+        trim_log(log_path, start_step)
 
     sampler = BucketSampler(pools.pools, config.mix.model_dump(), config.batch_size, config.length_buckets,
                             config.seed)
@@ -470,16 +372,16 @@ def _train(ctx: DistributedContext, store: Path, dataset_version: str | None, co
                     log_file.flush()
                 say(f"step {done}/{config.steps} loss {loss:.4f} lr {scheduler.get_last_lr()[0]:.2e}")
             if done % config.checkpoint_every == 0 or done == end_step:
-                state = _gather_state(trained, optimizer, ctx)
+                state = gather_state(trained, optimizer, ctx)
                 if ctx.is_main:
-                    _save_checkpoint(state, scheduler, done, model_dir, config.keep_checkpoints)
+                    save_checkpoint(state, scheduler, done, model_dir, config.keep_checkpoints)
         del batches
     elapsed = time.perf_counter() - started
     if end_step < config.steps:
         say(f"stopped after step {end_step} of {config.steps}; rerun to resume from the checkpoint")
         return TrainResult(model_id, model_dir / CHECKPOINTS, pools.version_id, end_step, {}, resumed_from)
 
-    state = _gather_state(trained, optimizer, ctx)
+    state = gather_state(trained, optimizer, ctx)
     result = None
     if ctx.is_main:
         from jstip.storage.registry import ModelRegistry
@@ -504,7 +406,7 @@ def _train(ctx: DistributedContext, store: Path, dataset_version: str | None, co
 
 def _metrics(log_path: Path, pools: SequencePools, elapsed: float, sequences_seen: int, device: torch.device,
              ctx: DistributedContext, config: TrainConfig) -> dict:
-    losses = [float(r["loss"]) for r in _log_rows(log_path)]
+    losses = [float(r["loss"]) for r in log_rows(log_path)]
     window = max(1, min(10, len(losses) // 4 or 1))
     return {
         "first_loss": sum(losses[:window]) / window,

@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from jstip.model.batching import BatchLayout
 from jstip.model.speech_llm import Batch
-from jstip.tasks.sequences import BucketSampler
+from jstip.model.sequence_pools import BucketSampler
 
 
 class RankBatches(Dataset):

@@ -28,10 +28,10 @@ import torch
 from jstip.config import load_config
 from jstip.model.config import load_train_config
 from jstip.storage.registry import ModelRegistry
-from jstip.tasks.distributed import LaunchSpec, launch_command, launch_environment, run_launcher
+from jstip.model.distributed import LaunchSpec, launch_command, launch_environment, run_launcher
 from jstip.tasks.stages import build_in_process
 from jstip.synth import synthesize_corpus
-from jstip.tasks.train import train
+from jstip.model.training import train
 
 pytestmark = pytest.mark.slow
 

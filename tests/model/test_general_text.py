@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from jstip.tasks.general_text import NGramFormatError, default_lm, read_trie_lm, sample_sentences
+from jstip.model.general_text import NGramFormatError, default_lm, read_trie_lm, sample_sentences
 
 
 @pytest.fixture(scope="module")
@@ -19,7 +19,7 @@ def lm():
 def test_reader_agrees_with_pocketsphinx_on_every_kind_of_ngram(lm):
     from pocketsphinx import Config, LogMath, NGramModel
 
-    from jstip.tasks.general_text import pocketsphinx_lm_path
+    from jstip.model.general_text import pocketsphinx_lm_path
 
     reference = NGramModel(Config(), LogMath(1.0001, 0, False), str(pocketsphinx_lm_path()))
     to_ln = math.log(1.0001)
