@@ -282,3 +282,20 @@ def test_a_same_domain_swapped_transcript_is_a_transcript_mismatch(tmp_path):
     rows = _demo_rows(tmp_path, ["demo-med-0262"], {"demo-med-0262": swapped})
     accepted, quarantined = _build(tmp_path, rows)
     assert accepted == [] and quarantined == {("demo-med-0262", "align", "transcript_mismatch")}
+
+
+def test_the_noise_floor_lies_60_db_below_the_loud_level_and_is_the_same_every_time():
+    from jstip.tasks.aligners.energy import frame_energy_db
+    from jstip.tasks.aligners.pocketsphinx import _with_noise_floor
+
+    t = np.arange(RATE) / RATE
+    tone = (0.5 * 32767 * np.sin(2 * np.pi * 440 * t)).astype(np.int16)  # 1 s at -9 dBFS (power)
+    pcm = np.concatenate([np.zeros(RATE, np.int16), tone])  # 1 s of digital silence first
+    energy = frame_energy_db(pcm, RATE)
+    out = _with_noise_floor(pcm, 60.0, energy)
+    assert np.array_equal(out, _with_noise_floor(pcm, 60.0, energy))  # seeded: a verdict is repeatable
+    silence_db = 10 * np.log10(np.mean((out[:RATE].astype(float) / 32768) ** 2))
+    assert silence_db == pytest.approx(np.percentile(energy, 95) - 60.0, abs=0.5)
+    # the speech gets the same noise: 60 dB below it, inaudible
+    residual_db = 10 * np.log10(np.mean(((out[RATE:].astype(float) - tone) / 32768) ** 2))
+    assert residual_db == pytest.approx(silence_db, abs=0.5)
