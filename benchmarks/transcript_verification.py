@@ -154,25 +154,24 @@ print(pickle.dumps(dict(cpu_total=total, cpu_align=total - t0, failed=failed, er
 """
 
 
-def demo_false_rejections(utterances: int, overrides: dict) -> dict:
+def demo_false_rejections(utterances: int, overrides: dict, seed: int) -> dict:
     """The demo corpus (seed 0, as `jstip demo` builds it) through align + checks; what is quarantined."""
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
     from align_accuracy import prepare_corpus
     from jstip.config import AlignConfig, CheckConfig
-    from jstip.synth.demo import DEMO_SEED
     from jstip.tasks.align import align_shard
     from jstip.tasks.checks import check_shard
 
     with tempfile.TemporaryDirectory(prefix="jstip-verify-bench-") as tmp:
         with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
-            table, audio, _, audio_s = pool.submit(prepare_corpus, Path(tmp), utterances, DEMO_SEED).result()
+            table, audio, _, audio_s = pool.submit(prepare_corpus, Path(tmp), utterances, seed).result()
         aligned = align_shard(table, audio, AlignConfig(**overrides), precheck=CheckConfig())
         checked = check_shard(table, audio, aligned.word_alignments, CheckConfig())
     texts = dict(zip(table.column("utterance_id").to_pylist(), table.column("text").to_pylist()))
     rows = aligned.quarantine.to_pylist() + checked.quarantine.to_pylist()
-    return dict(utterances=utterances, audio_s=audio_s, rejected=[
+    return dict(utterances=utterances, seed=seed, audio_s=audio_s, rejected=[
         dict(id=r["utterance_id"], check=r["check_name"], value=r["value"], text=texts[r["utterance_id"]]) for r in rows])
 
 
@@ -224,7 +223,7 @@ def report(args, sweeps: dict, costs: dict, n_short: int, command: str, demo: di
     if demo is not None:
         rejected = demo["rejected"]
         by_check = Counter(r["check"] for r in rejected)
-        lines.append(f"**Demo corpus** (`jstip demo`'s {demo['utterances']} utterances, seed 0, "
+        lines.append(f"**Demo corpus** (`jstip demo`'s generator: {demo['utterances']} utterances, seed {demo['seed']}, "
                      f"{demo['audio_s']:.0f} s; synthesised, normalised, align stage with pre-checks, checks stage; "
                      f"default configs{f' but {args.align}' if args.align != '{}' else ''}): {len(rejected)} of {demo['utterances']} correct transcripts quarantined "
                      f"({len(rejected) / demo['utterances']:.2%})"
@@ -243,13 +242,14 @@ def main() -> None:
     parser.add_argument("--cost-utterances", type=int, default=600, help="drawn for the cost corpus (2-4 s kept)")
     parser.add_argument("--demo-utterances", type=int, default=400,
                         help="the demo corpus (seed 0) checked for clean false rejections; 0: skip")
+    parser.add_argument("--demo-seed", type=int, default=0, help="0: `jstip demo`'s corpus; 1000: its demo-test set")
     parser.add_argument("--align", default="{}", help="JSON AlignConfig overrides for the sweeps and the demo corpus")
     parser.add_argument("--noisy", action=argparse.BooleanOptionalAction, default=True,
                         help="also sweep with 20 dB SNR noise + reverberation")
     parser.add_argument("--write", action="store_true")
     args = parser.parse_args()
     overrides = json.loads(args.align)
-    if args.write and (overrides or not args.noisy or not args.cost_utterances or not args.demo_utterances):
+    if args.write and (overrides or args.demo_seed or not args.noisy or not args.cost_utterances or not args.demo_utterances):
         parser.error("--write records the default run in full: no --align, --no-noisy or skipped parts")
     sweeps, costs = {}, {}
     corpora = [("plain synthetic speech", False)] + ([("20 dB SNR noise + reverberation", True)] if args.noisy else [])
@@ -266,11 +266,12 @@ def main() -> None:
         if short:
             costs[name] = cost(short, config)
             print(name, costs[name], file=sys.stderr)
-    demo = demo_false_rejections(args.demo_utterances, overrides) if args.demo_utterances else None
+    demo = demo_false_rejections(args.demo_utterances, overrides, args.demo_seed) if args.demo_utterances else None
     if demo is not None:
         print("demo corpus", json.dumps(demo["rejected"]), file=sys.stderr)
     command = (f".venv/bin/python benchmarks/transcript_verification.py --utterances {args.utterances}"
                f"{f' --demo-utterances {args.demo_utterances}' if args.demo_utterances != 400 else ''}"
+               f"{f' --demo-seed {args.demo_seed}' if args.demo_seed else ''}"
                f"{f' --cost-utterances {args.cost_utterances}' if args.cost_utterances != 600 else ''}"
                f"{f' --seed {args.seed}' if args.seed != 5 else ''}"
                f"{f' --align {chr(39)}{args.align}{chr(39)}' if overrides else ''}{'' if args.noisy else ' --no-noisy'}"
