@@ -109,7 +109,8 @@ class VerifyConfig(_Section):
     # corpus's 400 correct transcripts rejected without the floor, 0 with it. A recording's own noise lies
     # typically 20-50 dB below its speech, so there a floor 60 dB down raises it by 0.4 dB at most. Measured
     # (BENCHMARKS.md "transcript verification: what was tried"): 50 / 60 / 70 dB rejected 0 / 0 / 2 of the
-    # demo corpus's 400, with the same sweep figures within 1-4 of 120 per case; 60: the middle of the flat part.
+    # demo corpus's 400, with sweep figures within 5 of 120 per case of each other; 60: in the flat part,
+    # 10 dB from where rejections of correct transcripts come back.
     noise_floor_db: float | None = Field(60.0, gt=0)
     # transcript_mismatch: share of the transcript's letters (spoken forms) in tokens the audio does not
     # support, above this. transcript_incomplete: seconds of speech-level frames before the first / after the
