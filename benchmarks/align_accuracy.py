@@ -73,7 +73,7 @@ def prepare_corpus(out: Path, utterances: int, seed: int):
     synth = synthesize_corpus(out / "corpus", utterances=utterances, seed=seed, text_sentences=0)
     ingested = ingest_manifest(synth.nemo_manifest)
     assert ingested.quarantine.num_rows == 0, ingested.quarantine.column("reason").to_pylist()
-    normalized = normalize_shard(ingested.utterances, out / "audio", NormalizeConfig())
+    normalized = normalize_shard(ingested.utterances, out / "audio", NormalizeConfig(), corpus_root=ingested.corpus_root)
     assert normalized.quarantine.num_rows == 0, normalized.quarantine.column("reason").to_pylist()
     return ingested.utterances, normalized.normalized_audio, synth.word_timings, synth.audio_seconds
 

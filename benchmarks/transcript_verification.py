@@ -1,6 +1,10 @@
 """Benchmark: transcript verification sweeps and the default aligner's cost on realistic short utterances.
 
     .venv/bin/python benchmarks/transcript_verification.py [--utterances 120] [--seed 5] [--write]
+        [--align '{"verify": {"noise_floor_db": null}}'] [--no-noisy] [--cost-utterances 0] [--demo-utterances 0]
+
+`--align` overrides the AlignConfig of the sweeps and the demo-corpus run (not of the cost runs), to compare a
+setting with the defaults; `--cost-utterances 0` / `--demo-utterances 0` / `--no-noisy` skip those parts.
 
 1. Sweep (synthetic demo corpus, several voices; `jstip.synth.demo_utterances`): every utterance
    aligned with its own transcript (clean), with another utterance's transcript of similar length (one of
@@ -12,6 +16,10 @@
    in a fresh process from interpreter start (imports, aligner construction, G2P) to the last utterance:
    x real time per core including start-up. The old defaults (beams 1e-120, topn 16) for comparison.
 3. Word boundaries of the clean utterances against the synthetic reference timings (mean |error|, bias).
+4. Clean false rejections on the demo corpus (`jstip demo`'s: `jstip.synth.demo`, 400 utterances, seed 0),
+   synthesised, ingested and normalised as a build does, then through the align stage (with its
+   pre-alignment checks) and the checks stage with the default configs: every quarantined utterance is a
+   correct transcript rejected.
 
 Realistic conditions: espeak-ng speech, resampled to 16 kHz, 0.1-0.3 s of silence on each side, convolved
 with an exponentially decaying noise impulse response (RT60 0.25 s, direct path dominant), then pink noise
@@ -104,12 +112,12 @@ def align_checked(aligner, text: str, pcm, config):
     return result
 
 
-def sweep(items: list[dict], seed: int) -> dict:
+def sweep(items: list[dict], seed: int, overrides: dict) -> dict:
     from jstip.config import AlignConfig
     from jstip.tasks.aligners.base import AlignmentFailed
     from jstip.tasks.aligners.pocketsphinx import PocketsphinxAligner
 
-    config = AlignConfig()
+    config = AlignConfig(**overrides)
     aligner = PocketsphinxAligner(config)
     verdicts: dict[str, Counter] = defaultdict(Counter)
     for kind, item, text in cases(items, seed):
@@ -146,6 +154,27 @@ print(pickle.dumps(dict(cpu_total=total, cpu_align=total - t0, failed=failed, er
 """
 
 
+def demo_false_rejections(utterances: int, overrides: dict, seed: int) -> dict:
+    """The demo corpus (seed 0, as `jstip demo` builds it) through align + checks; what is quarantined."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    from align_accuracy import prepare_corpus
+    from jstip.config import AlignConfig, CheckConfig
+    from jstip.tasks.align import align_shard
+    from jstip.tasks.checks import check_shard
+
+    with tempfile.TemporaryDirectory(prefix="jstip-verify-bench-") as tmp:
+        with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+            table, audio, _, audio_s = pool.submit(prepare_corpus, Path(tmp), utterances, seed).result()
+        aligned = align_shard(table, audio, AlignConfig(**overrides), precheck=CheckConfig())
+        checked = check_shard(table, audio, aligned.word_alignments, CheckConfig())
+    texts = dict(zip(table.column("utterance_id").to_pylist(), table.column("text").to_pylist()))
+    rows = aligned.quarantine.to_pylist() + checked.quarantine.to_pylist()
+    return dict(utterances=utterances, seed=seed, audio_s=audio_s, rejected=[
+        dict(id=r["utterance_id"], check=r["check_name"], value=r["value"], text=texts[r["utterance_id"]]) for r in rows])
+
+
 def cost(items: list[dict], overrides: dict) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "items.pkl"
@@ -161,11 +190,12 @@ def cost(items: list[dict], overrides: dict) -> dict:
                 start_bias=float(e[:, 0].mean()), end_bias=float(e[:, 1].mean()), words=len(e))
 
 
-def report(args, sweeps: dict, costs: dict, n_short: int, command: str) -> str:
+def report(args, sweeps: dict, costs: dict, n_short: int, command: str, demo: dict | None) -> str:
     machine = f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
     lines = [f"`{command}`\n",
              f"{args.utterances} synthetic utterances (seed {args.seed}; demo voices, rates and pitches), "
-             f"{len(KINDS)} cases each; default AlignConfig (pocketsphinx, verification on); {machine}. "
+             f"{len(KINDS)} cases each; default AlignConfig (pocketsphinx, verification on)"
+             f"{f', overridden by {args.align}' if args.align != '{}' else ''}; {machine}. "
              "Swaps take one of the 5 transcripts closest in length; partials cut 20% / 40% of the words "
              "(at least one). Rejected = quarantined by any align check.\n"]
     for name, result in sweeps.items():
@@ -177,19 +207,31 @@ def report(args, sweeps: dict, costs: dict, n_short: int, command: str) -> str:
             checks = ", ".join(f"{c} {v}" for c, v in sorted(verdict.items()) if c != "accepted") or "-"
             lines.append(f"| {kind} | {n} | {rejected / n:.1%} | {checks} |")
         lines.append("")
-    lines += [f"**Cost**: {n_short} clean utterances of 2-4 s (20 dB SNR, reverberation; seed + 1, drawn from "
-              f"{args.cost_utterances}), each config in a "
-              "fresh process; CPU = process time (the machine was shared with other jobs: wall time not reported). "
-              "x real time per core = audio s / CPU s.\n",
-              "| config | audio s | CPU s from start | x real time incl. start-up | CPU s aligning | x aligning | "
-              "failed | start |err| / bias ms | end |err| / bias ms |", "|---|---|---|---|---|---|---|---|---|"]
-    for name, c in costs.items():
-        lines.append(f"| {name} | {c['audio_s']:.0f} | {c['cpu_total']:.2f} | {c['x_total']:.0f}x | {c['cpu_align']:.2f} | "
-                     f"{c['x_align']:.0f}x | {c['failed']} | {c['start_mae']:.1f} / {c['start_bias']:+.1f} | "
-                     f"{c['end_mae']:.1f} / {c['end_bias']:+.1f} |")
-    on, off = costs["default (verification on)"], costs["verification off"]
-    lines.append(f"\nVerification adds {on['cpu_align'] / off['cpu_align'] - 1:+.0%} to alignment CPU time "
-                 f"({on['cpu_align']:.2f} vs {off['cpu_align']:.2f} s).\n")
+    if costs:
+        lines += [f"**Cost**: {n_short} clean utterances of 2-4 s (20 dB SNR, reverberation; seed + 1, drawn from "
+                  f"{args.cost_utterances}), each config in a fresh process; CPU = process time (the machine was "
+                  "shared with other jobs: wall time not reported). x real time per core = audio s / CPU s.\n",
+                  "| config | audio s | CPU s from start | x real time incl. start-up | CPU s aligning | x aligning | "
+                  "failed | start |err| / bias ms | end |err| / bias ms |", "|---|---|---|---|---|---|---|---|---|"]
+        for name, c in costs.items():
+            lines.append(f"| {name} | {c['audio_s']:.0f} | {c['cpu_total']:.2f} | {c['x_total']:.0f}x | "
+                         f"{c['cpu_align']:.2f} | {c['x_align']:.0f}x | {c['failed']} | {c['start_mae']:.1f} / "
+                         f"{c['start_bias']:+.1f} | {c['end_mae']:.1f} / {c['end_bias']:+.1f} |")
+        on, off = costs["default (verification on)"], costs["verification off"]
+        lines.append(f"\nVerification adds {on['cpu_align'] / off['cpu_align'] - 1:+.0%} to alignment CPU time "
+                     f"({on['cpu_align']:.2f} vs {off['cpu_align']:.2f} s).\n")
+    if demo is not None:
+        rejected = demo["rejected"]
+        by_check = Counter(r["check"] for r in rejected)
+        lines.append(f"**Demo corpus** (`jstip demo`'s generator: {demo['utterances']} utterances, seed {demo['seed']}, "
+                     f"{demo['audio_s']:.0f} s; synthesised, normalised, align stage with pre-checks, checks stage; "
+                     f"default configs{f' but {args.align}' if args.align != '{}' else ''}): {len(rejected)} of {demo['utterances']} correct transcripts quarantined "
+                     f"({len(rejected) / demo['utterances']:.2%})"
+                     + (": " + ", ".join(f"{c} {n}" for c, n in sorted(by_check.items())) if rejected else "") + ".\n")
+        for r in rejected:
+            lines.append(f"- {r['id']}: {r['check']} ({r['value']}): {r['text']!r}")
+        if rejected:
+            lines.append("")
     return "\n".join(lines)
 
 
@@ -198,26 +240,43 @@ def main() -> None:
     parser.add_argument("--utterances", type=int, default=120)
     parser.add_argument("--seed", type=int, default=5)
     parser.add_argument("--cost-utterances", type=int, default=600, help="drawn for the cost corpus (2-4 s kept)")
+    parser.add_argument("--demo-utterances", type=int, default=400,
+                        help="the demo corpus (seed 0) checked for clean false rejections; 0: skip")
+    parser.add_argument("--demo-seed", type=int, default=0, help="0: `jstip demo`'s corpus; 1000: its demo-test set")
+    parser.add_argument("--align", default="{}", help="JSON AlignConfig overrides for the sweeps and the demo corpus")
+    parser.add_argument("--noisy", action=argparse.BooleanOptionalAction, default=True,
+                        help="also sweep with 20 dB SNR noise + reverberation")
     parser.add_argument("--write", action="store_true")
     args = parser.parse_args()
+    overrides = json.loads(args.align)
+    if args.write and (overrides or args.demo_seed or not args.noisy or not args.cost_utterances or not args.demo_utterances):
+        parser.error("--write records the default run in full: no --align, --no-noisy or skipped parts")
     sweeps, costs = {}, {}
-    noisy = make_corpus(args.utterances, args.seed, noisy=True)
-    for name, items in (("plain synthetic speech", make_corpus(args.utterances, args.seed, noisy=False)),
-                        ("20 dB SNR noise + reverberation", noisy)):
-        sweeps[name] = sweep(items, args.seed)
+    corpora = [("plain synthetic speech", False)] + ([("20 dB SNR noise + reverberation", True)] if args.noisy else [])
+    for name, noisy in corpora:
+        sweeps[name] = sweep(make_corpus(args.utterances, args.seed, noisy=noisy), args.seed, overrides)
         print(name, json.dumps(sweeps[name]), file=sys.stderr)
     # the cost corpus: 2-4 s utterances of a larger draw (noisy), enough audio that start-up is a share of
     # it a shard's worth of utterances would see
-    short = [i for i in make_corpus(args.cost_utterances, args.seed + 1, noisy=True) if 2.0 <= i["duration"] <= 4.0]
-    for name, overrides in (("default (verification on)", {}), ("verification off", {"verify": {"enabled": False}}),
-                            ("old defaults (1e-120, topn 16; no verification)",
-                             {**OLD_DEFAULTS, "verify": {"enabled": False}})):
-        costs[name] = cost(short, overrides)
-        print(name, costs[name], file=sys.stderr)
+    short = [i for i in make_corpus(args.cost_utterances, args.seed + 1, noisy=True)
+             if 2.0 <= i["duration"] <= 4.0] if args.cost_utterances else []
+    for name, config in (("default (verification on)", {}), ("verification off", {"verify": {"enabled": False}}),
+                         ("old defaults (1e-120, topn 16; no verification)",
+                          {**OLD_DEFAULTS, "verify": {"enabled": False}})):
+        if short:
+            costs[name] = cost(short, config)
+            print(name, costs[name], file=sys.stderr)
+    demo = demo_false_rejections(args.demo_utterances, overrides, args.demo_seed) if args.demo_utterances else None
+    if demo is not None:
+        print("demo corpus", json.dumps(demo["rejected"]), file=sys.stderr)
     command = (f".venv/bin/python benchmarks/transcript_verification.py --utterances {args.utterances}"
+               f"{f' --demo-utterances {args.demo_utterances}' if args.demo_utterances != 400 else ''}"
+               f"{f' --demo-seed {args.demo_seed}' if args.demo_seed else ''}"
                f"{f' --cost-utterances {args.cost_utterances}' if args.cost_utterances != 600 else ''}"
-               f"{f' --seed {args.seed}' if args.seed != 5 else ''}{' --write' if args.write else ''}")
-    body = report(args, sweeps, costs, len(short), command)
+               f"{f' --seed {args.seed}' if args.seed != 5 else ''}"
+               f"{f' --align {chr(39)}{args.align}{chr(39)}' if overrides else ''}{'' if args.noisy else ' --no-noisy'}"
+               f"{' --write' if args.write else ''}")
+    body = report(args, sweeps, costs, len(short), command, demo)
     print(body)
     if args.write:
         write_section("transcript verification", body)

@@ -274,13 +274,18 @@ def test_phone_alignments_on_request(tmp_path, max_chunk_s):
 
     result = align_shard(utterances, audio, AlignConfig(max_chunk_s=max_chunk_s, phone_alignments=True))
     assert result.phone_alignments.schema.equals(PHONE_ALIGNMENTS)
-    # the word pass is read before the phone pass: words are the same with or without phones; in windows
-    # phones come from a second pass over the window's own words, which may move a boundary by a frame
+    # the word pass is read before the phone pass: words are the same with or without phones (checked
+    # without verification). By default, without phones, a verified utterance's words are timed by
+    # verification's pass, which decodes the audio with its noise floor; with phones, by the plain pass over
+    # the dithered audio: in this digital silence a boundary moves by up to 0.08 s. In windows (not verified)
+    # phones come from a second pass over the window's own words, which may move a boundary by a frame or two
     if max_chunk_s == 30:
-        assert result.word_alignments.equals(plain.word_alignments)
+        unverified = AlignConfig(max_chunk_s=max_chunk_s, verify={"enabled": False})
+        assert align_shard(utterances, audio, unverified.model_copy(update={"phone_alignments": True})
+                           ).word_alignments.equals(align_shard(utterances, audio, unverified).word_alignments)
     for column in ("start", "end"):
         moved = np.abs(result.word_alignments.column(column).to_numpy() - plain.word_alignments.column(column).to_numpy())
-        assert moved.max() <= 0.03
+        assert moved.max() <= (0.03 if max_chunk_s == 5 else 0.08) + 1e-9
     phones = result.phone_alignments.to_pylist()
     for word in result.word_alignments.to_pylist():
         mine = [p for p in phones if p["word_index"] == word["word_index"]]
