@@ -78,6 +78,7 @@ class Ingested:
     key: str
     tables: dict[str, str]  # recordings, quarantine, text_corpus
     shards: list[Shard] = field(default_factory=list)
+    corpus_root: str = ""  # the directory the rows' relative paths and sources start from
 
 
 def _work_dir(store: str) -> Path:
@@ -132,7 +133,7 @@ def ingest(manifest: str, text_corpus: str | None, store: str, config: BuildConf
     key = stage_key("ingest", digest.hexdigest(), stage_code_version("ingest"))
     paths, _ = cached_stage(work, "ingest", key, lambda: tables)
     return Ingested(manifest=str(manifest), format=result.format, num_entries=result.num_entries, key=key,
-                    tables={n: str(p) for n, p in paths.items()}, shards=shards)
+                    tables={n: str(p) for n, p in paths.items()}, shards=shards, corpus_root=result.corpus_root)
 
 
 def _normalize_key(shard: Shard, config: BuildConfig) -> str:
@@ -316,6 +317,19 @@ class ChainRunner(Protocol):
         """Told how many shards are already complete, before any shard work starts."""
 
 
+def run_shard_chain(runner: ChainRunner, shards: list[Shard], store: str, config: BuildConfig,
+                    until: str | None = None) -> dict[str, list[StageOutput]]:
+    """SHARD_CHAIN over `shards`, or its steps up to and including `until` (`jstip align` stops after "align"):
+    step name -> one output per shard, in shard order."""
+    names = [step.name for step in SHARD_CHAIN]
+    steps = SHARD_CHAIN if until is None else SHARD_CHAIN[:names.index(until) + 1]
+    handles: dict[str, Any] = {}
+    for step in steps:
+        handles[step.name] = runner.map(step, shards, [handles[name] for name in step.after], store, config)
+    # in chain order: a failed shard raises its own error, not its dependents' "not ready"
+    return {step.name: runner.results(step, handles[step.name]) for step in steps}
+
+
 def run_chain(runner: ChainRunner, manifest: str, text_corpus: str | None, store: str,
               config: BuildConfig) -> Published:
     """The build-interleaved DAG: ingest -> resume -> SHARD_CHAIN over the pending shards -> plan-text -> publish.
@@ -323,11 +337,8 @@ def run_chain(runner: ChainRunner, manifest: str, text_corpus: str | None, store
     ingested = runner.call("ingest", ingest, manifest, text_corpus, store, config)
     resumed = runner.call("resume", resume, ingested, store, config)
     runner.resumed(ingested, resumed)
-    handles: dict[str, Any] = {}
-    for step in SHARD_CHAIN:  # shards whose whole chain is cached are not submitted again
-        handles[step.name] = runner.map(step, resumed.pending, [handles[name] for name in step.after], store, config)
-    # in chain order: a failed shard raises its own error, not its dependents' "not ready"
-    outputs = {step.name: runner.results(step, handles[step.name]) for step in SHARD_CHAIN}
+    # shards whose whole chain is cached are not submitted again
+    outputs = run_shard_chain(runner, resumed.pending, store, config)
     checked, planned = in_shard_order(ingested, resumed, outputs["check"], outputs["plan"])
     text_planned = runner.call("plan-text", plan_text, ingested, planned, store, config)  # the text corpus
     return runner.call("publish", publish, ingested, checked, [*planned, text_planned], store, config)
@@ -335,6 +346,12 @@ def run_chain(runner: ChainRunner, manifest: str, text_corpus: str | None, store
 
 class InProcess:
     """The chain run sequentially in this process, without an orchestrator."""
+
+    def __enter__(self) -> "InProcess":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        pass
 
     def call(self, name: str, function: Callable, *args) -> Any:
         return function(*args)
@@ -347,6 +364,24 @@ class InProcess:
 
     def resumed(self, ingested: Ingested, resumed: Resumed) -> None:
         log.info(resumed.summary())
+
+
+class InProcessPool(InProcess):
+    """The chain with each step's shards spread over worker processes (`jstip align --workers`). Spawned, not
+    forked: torch and the aligners' native libraries do not survive a fork safely."""
+
+    def __init__(self, workers: int):
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        self._pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
+
+    def __exit__(self, *exc) -> None:
+        self._pool.shutdown(cancel_futures=True)
+
+    def map(self, step: ShardStep, shards: list[Shard], inputs: list, store: str, config: BuildConfig) -> list:
+        n = len(shards)
+        return list(self._pool.map(step.run, shards, *inputs, [store] * n, [config] * n))
 
 
 def build_in_process(manifest: str, text_corpus: str | None, store: str, config: BuildConfig) -> Published:

@@ -9,7 +9,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from jstip.cli.common import app, console, one_line_errors, print_relation
+from jstip.cli.common import app, console, fail, one_line_errors, print_relation
 from jstip.tasks.aligners import ALIGNERS  # the registry only; no backend is imported
 
 # Word-alignment backends, as the registry names them: a new backend is a new choice of --aligner.
@@ -36,21 +36,34 @@ def align(
     format: Annotated[AlignmentFormat, typer.Option("--format", help="Output format (a JSONL status file is "
                                                                      "written beside ctm and textgrid).")
                       ] = AlignmentFormat.jsonl,
-    config: Annotated[Optional[Path], typer.Option(help="YAML build config whose align/normalize sections to "
-                                                        "use (--aligner/--model override it).")] = None,
+    config: Annotated[Optional[Path], typer.Option(help="YAML build config whose ingest/normalize/align/checks "
+                                                        "sections to use (--aligner/--model override it).")] = None,
+    allow_root: Annotated[Optional[list[Path]], typer.Option(
+        "--allow-root", help="A directory audio may come from besides the manifest's own (repeatable; added to "
+                             "ingest.allowed_roots; / allows every path).")] = None,
 ):
     """Word-align a manifest: one output line per input line, in order, status ok or failed with a reason."""
     from pydantic import ValidationError
 
     from jstip.config import ConfigError, load_config
     from jstip.tasks.aligners.align_manifest import align_manifest
-    from jstip.tasks.ingest import ManifestError
+    from jstip.tasks.ingest import AudioOutsideAllowedRoots, ManifestError
 
     with one_line_errors(ConfigError, ManifestError, ValidationError, OSError):
         build_config = load_config(config)
-        align_config = build_config.align.model_validate(
-            {**build_config.align.model_dump(), "aligner": aligner.value, "model": model or build_config.align.model})
-        summary = align_manifest(manifest, align_config, out, format.value, workers, build_config.normalize)
+        for root in allow_root or []:
+            if not root.is_dir():
+                raise ManifestError(f"--allow-root {root}: not a directory")
+        build_config = build_config.model_validate({
+            **build_config.model_dump(),
+            "align": {**build_config.align.model_dump(), "aligner": aligner.value,
+                      "model": model or build_config.align.model},
+            "ingest": {"allowed_roots": [*build_config.ingest.allowed_roots,
+                                         *(str(r.resolve()) for r in allow_root or [])]}})
+        try:
+            summary = align_manifest(manifest, build_config, out, format.value, workers)
+        except AudioOutsideAllowedRoots as e:  # a usage error: the flag is missing
+            fail(str(e), code=2)
     console.print(f"{summary.entries} entries: {summary.aligned} aligned, {summary.failed} failed "
                   f"({summary.audio_seconds:.1f} s of audio)")
     console.print(f"wrote {summary.out}" + (f" and {summary.status_file}" if summary.status_file != summary.out else ""))

@@ -1,8 +1,9 @@
 """`jstip align`: align a NeMo-style manifest directly, outside a dataset build.
 
-Entry point: `align_manifest(manifest, config, out, fmt, workers)`. The manifest is read by the same
-ingestion code as a build (so ids and bad-line handling are the same), the audio is normalised into a
-temporary pool and aligned with the configured backend, in `workers` processes. The JSONL output has one
+Entry point: `align_manifest(manifest, config, out, fmt, workers)`. It runs the build's own stage chain
+(jstip.tasks.stages: ingest, then SHARD_CHAIN up to "align") over a temporary store, so ids, bad-line handling,
+confinement (`ingest.allowed_roots`), normalisation, the checks needing no alignment and every verdict of the
+aligner are the build's; the shards are spread over `workers` processes. The JSONL output has one
 line per non-blank input line, in input order:
 
     {"id", "audio_filepath", "status": "ok"|"failed", "reason", "words": [{"word", "start", "end", "score"}]}
@@ -17,18 +18,17 @@ from __future__ import annotations
 import json
 import logging
 import os
-import multiprocessing
 import re
 import tempfile
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 
-from jstip.config import AlignConfig, NormalizeConfig
+from jstip.config import BuildConfig
+from jstip.tasks import stages
 from jstip.tasks.aligners.alignment_io import AlignedWord, write_ctm, write_textgrid
-from jstip.tasks.ingest import ingest_manifest
 
 log = logging.getLogger(__name__)
 
@@ -51,18 +51,6 @@ def _line_order(source: str) -> tuple[int, int]:
     return (int(match.group(1)), int(match.group(2) or 0)) if match else (0, 0)
 
 
-def _align_chunk(utterances: pa.Table, config: AlignConfig, normalize_config: NormalizeConfig,
-                 audio_dir: str) -> tuple[pa.Table, pa.Table, pa.Table]:
-    """Normalise and align one chunk (runs in a worker process)."""
-    from jstip.tasks.align import align_shard
-    from jstip.tasks.normalize import normalize_shard
-
-    normalized = normalize_shard(utterances, Path(audio_dir), normalize_config)
-    aligned = align_shard(utterances, normalized.normalized_audio, config)
-    return normalized.normalized_audio, aligned.word_alignments, pa.concat_tables(
-        [normalized.quarantine, aligned.quarantine])
-
-
 def _raw_audio_path(source: str) -> str | None:
     """Best effort: the audio_filepath of a manifest line that ingestion rejected."""
     path, _, line = source.rpartition(":")
@@ -74,30 +62,29 @@ def _raw_audio_path(source: str) -> str | None:
         return None
 
 
-def align_manifest(manifest: str | Path, config: AlignConfig, out: str | Path, fmt: str = "jsonl",
-                   workers: int = 1, normalize_config: NormalizeConfig | None = None) -> AlignSummary:
+def align_manifest(manifest: str | Path, config: BuildConfig, out: str | Path, fmt: str = "jsonl",
+                   workers: int = 1) -> AlignSummary:
     if fmt not in OUTPUT_FORMATS:
         raise ValueError(f"unknown output format {fmt!r}; choose one of {', '.join(OUTPUT_FORMATS)}")
-    normalize_config = normalize_config or NormalizeConfig()
     out = Path(out)
-    ingested = ingest_manifest(manifest)
-    utterances = ingested.utterances
-    # ingest names files relative to the corpus root; this tool reports (and normalises) absolute paths
-    absolute = pa.array([os.path.join(ingested.corpus_root, p) for p in utterances.column("audio_path").to_pylist()],
-                        pa.string())
-    utterances = utterances.set_column(utterances.schema.get_field_index("audio_path"), "audio_path", absolute)
-
-    with tempfile.TemporaryDirectory(prefix="jstip-align-") as audio_dir:
-        workers = max(1, min(workers, utterances.num_rows))
-        size = -(-utterances.num_rows // workers) if utterances.num_rows else 0
-        chunks = [utterances.slice(k * size, size) for k in range(workers)] if size else []
-        if workers == 1:
-            results = [_align_chunk(c, config, normalize_config, audio_dir) for c in chunks]
-        else:
-            # spawn, not fork: torch and the aligners' native libraries do not survive a fork safely
-            with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-                results = list(pool.map(_align_chunk, chunks, [config] * len(chunks),
-                                        [normalize_config] * len(chunks), [audio_dir] * len(chunks)))
+    build = config
+    with tempfile.TemporaryDirectory(prefix="jstip-align-") as store:
+        ingested = stages.ingest(str(manifest), None, store, build)
+        accepted = sum(shard.num_utterances for shard in ingested.shards)
+        if workers > 1 and len(ingested.shards) < min(workers, accepted):
+            # one shard per worker: cut again (the audio hashes of the first pass are reused)
+            build = config.model_copy(update={"shard_size": -(-accepted // workers)})
+            ingested = stages.ingest(str(manifest), None, store, build)
+        runner = stages.InProcessPool(workers) if workers > 1 and len(ingested.shards) > 1 else stages.InProcess()
+        with runner:
+            outputs = stages.run_shard_chain(runner, ingested.shards, store, build, until="align")
+        corpus_root = ingested.corpus_root
+        ingest_quarantine = pq.read_table(ingested.tables["quarantine"])
+        utterances = [row for s in ingested.shards
+                      for row in pq.read_table(s.path, columns=["utterance_id", "audio_path", "source"]).to_pylist()]
+        results = [(o.read("normalized_audio"), a.read("word_alignments"),
+                    pa.concat_tables([o.read("quarantine"), a.read("quarantine")]))
+                   for o, a in zip(outputs["normalize"], outputs["align"])]
 
     durations: dict[str, float] = {}
     words: dict[str, list[AlignedWord]] = {}
@@ -116,19 +103,19 @@ def align_manifest(manifest: str | Path, config: AlignConfig, out: str | Path, f
             failures.setdefault(row["utterance_id"], row["reason"])
 
     entries = []
-    for row in utterances.select(["utterance_id", "audio_path", "source"]).to_pylist():
+    for row in utterances:
         uid = row["utterance_id"]
         ok = uid in words and uid not in failures
         entries.append((_line_order(row["source"]), {
-            "id": uid, "audio_filepath": row["audio_path"], "status": "ok" if ok else "failed",
+            "id": uid, "audio_filepath": os.path.join(corpus_root, row["audio_path"]), "status": "ok" if ok else "failed",
             "reason": None if ok else failures.get(uid, "not aligned"),
             "words": [{"word": w.word, "start": round(w.start, 4), "end": round(w.end, 4),
                        "score": None if w.score is None else round(w.score, 4)} for w in words.get(uid, [])] if ok else [],
         }))
-    for row in ingested.quarantine.to_pylist():
+    for row in ingest_quarantine.to_pylist():
         entries.append((_line_order(row["source"]), {
             "id": row["utterance_id"],
-            "audio_filepath": _raw_audio_path(os.path.join(ingested.corpus_root, row["source"])),
+            "audio_filepath": _raw_audio_path(os.path.join(corpus_root, row["source"])),
             "status": "failed",
             "reason": row["reason"], "words": []}))
     entries.sort(key=lambda e: e[0])

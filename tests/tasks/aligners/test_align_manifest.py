@@ -184,3 +184,21 @@ def test_the_command_line_choices_are_the_modules_own():
     assert [a.value for a in AlignerName] == list(ALIGNERS)
     assert [f.value for f in AlignmentFormat] == list(OUTPUT_FORMATS)
     assert [f.value for f in ExportFormat] == list(EXPORT_FORMATS)
+
+
+def test_align_confines_audio_like_a_build_and_allow_root_admits_it(manifest, tmp_path):
+    """`jstip align` runs the build's ingest: audio outside the manifest's directory is refused (exit 2, naming
+    --allow-root) before any audio work, and admitted with --allow-root."""
+    path, good, _ = manifest
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "m.jsonl").write_text(json.dumps(good[0]) + "\n")  # its audio lies in the fixture's directory
+    out = tmp_path / "out.jsonl"
+    refused = runner.invoke(app, ["align", str(elsewhere / "m.jsonl"), "--out", str(out)])
+    assert refused.exit_code == 2, refused.output
+    assert "--allow-root" in refused.output and not out.exists()
+    admitted = runner.invoke(app, ["align", str(elsewhere / "m.jsonl"), "--out", str(out),
+                                   "--allow-root", str(path.parent)])
+    assert admitted.exit_code == 0, admitted.output
+    row, = [json.loads(line) for line in out.read_text().splitlines()]
+    assert row["status"] == "ok" and [w["word"] for w in row["words"]] == split_words(good[0]["text"])
