@@ -25,13 +25,13 @@ started, in every arm and seed, from one LM prior pretrained (jstip.model.pretra
 transcripts plus general English sampled from the pocketsphinx trigram LM: so no arm's LLM has seen the
 domain text or a novel entity unless its arm gives it. `--steps` steps x batch 8, `--seeds` training seeds.
 
-Why these defaults (BENCHMARKS.md "JSTIP ablation", single-seed runs of one arm at a time): the cost of a run is
+Why these defaults (measured with single-seed runs of one arm at a time while choosing them): the cost of a run is
 its steps, not its data, so the corpus is as large as a cheap build allows. At 400 utterances (31 min of audio)
 1500 steps pass over each utterance ~30 times: the training CTC loss falls to 0.003, the encoder memorises the
 training voices and asr_only (seed 0) reaches only WER 0.409 (CTC head alone 0.735) on the test set. At 1200
 utterances (94 min; the word + test builds took 213 s instead of 62 s) the same 1500 steps give asr_only 0.190
 and word 0.206 (CTC head alone 0.56), at the same ~200 CPU-s of training + ~30 CPU-s of decoding per run: 21
-runs on 2 workers are ~11 rounds of ~5 min on an idle machine, an estimate until the full run is timed.
+runs on 2 workers: the full run took 61.8 min (BENCHMARKS.md "JSTIP ablation").
 All seven arms at seed 0: 0.18-0.22, tts_pairs 0.05. What remains is concentrated in the test utterances
 with a novel entity (39 of 117): asr_only WER 0.48 there vs 0.05 on the others (the split column of the
 table). A model that never heard or read the name misses it, but those names are only 56 of the 1386 test
