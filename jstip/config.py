@@ -98,8 +98,9 @@ class VerifyConfig(ConfigSection):
     """
 
     enabled: bool = True
-    # Prior probability of explaining a token by garbage instead of its words, per token (language-model
-    # units, scaled by pocketsphinx's lw 6.5). 1e-3: with 1e-4 swapped transcripts kept more of their
+    # Prior probability of explaining a token by garbage instead of its words, per token: it costs ln(1/p)
+    # nats of acoustic log-likelihood (pocketsphinx applies grammar probabilities unscaled, not times its
+    # lw 6.5: measured from the garbage segments' lscore, 6.96 nats at 1e-3). 1e-3: with 1e-4 swapped transcripts kept more of their
     # words; with 1e-2 correct words in noise went to garbage (BENCHMARKS.md). With the noise floor below,
     # 1e-2 moved the plain sweep's first-pass verdicts by at most 2 of 120 per case and left the demo corpus
     # at 0 of 400 rejected (BENCHMARKS.md "transcript verification: what was tried"): kept at 1e-3.
@@ -123,6 +124,25 @@ class VerifyConfig(ConfigSection):
     # (0.25, 0.2) 0-1, with 1-10% fewer same-domain swaps caught.
     max_mismatch: float = Field(0.2, ge=0, le=1)
     max_edge_speech_s: float = Field(0.2, ge=0)
+    # transcript_mismatch, too: seconds of speech-level frames in the gaps between words (each gap between
+    # two words the audio supports), above this: the audio says words there the transcript does not have. A
+    # wrong transcript, or one missing words at its start, is stretched over the audio with pauses (<sil>)
+    # laid over the speech it lacks (measured: 1.3 s of speech between "will" and "call"), not only at an
+    # edge. On the sweeps' correct transcripts the gaps held at most 0.2 s in all (0.3: 0 of 240 rejected).
+    max_gap_speech_s: float = Field(0.3, ge=0)
+    # transcript_incomplete, too: the first or last word lasting this many times as long per phone as the
+    # utterance's median word (its speaking rate). A transcript that lacks the first words of its audio often
+    # gets its first word stretched over them ("the" over "Please book the": 0.57 s for two phones, the median
+    # word 0.08 s per phone); on correct transcripts the edge words reached 2.8 times.
+    max_edge_word_stretch: float = Field(3.0, gt=0)
+    # transcript_mismatch, too: a number, ordinal, month or weekday of the transcript that the audio says as
+    # another member of its class ("five" for "two"). Verification offers every other member in its place at
+    # this cost (nats of acoustic log-likelihood; null: off): the other word must fit its stretch of audio this
+    # much better than the transcript's word. The acoustic model confuses number words often enough that
+    # small costs reject correct transcripts (sweeps of benchmarks/transcript_verification.py, 120 correct
+    # transcripts in 20 dB SNR noise: 16 nats (a prior of 1e-7) rejected 29 of them, 69 nats 5, 115 nats 0,
+    # while the swaps it catches are caught up to ~115 nats; BENCHMARKS.md "transcript verification").
+    substitution_cost_nats: float | None = Field(115.0, gt=0)
     # whisperx / nemo: transcript_mismatch when the character error rate of the CTC model's own greedy
     # transcript (argmax per frame, repeats and blanks removed) against the text it aligns is above this.
     # null: off. No pretrained CTC weights can be fetched here to measure a default on; NeMo SDP's dataset

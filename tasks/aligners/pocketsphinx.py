@@ -5,20 +5,32 @@ verification, frame times, long-audio windows, end extension) each change what t
 length is this account of them. The checks every backend's output goes through are in `energy`.
 
 Transcript verification (pocketsphinx, `AlignConfig.verify`, audio up to max_chunk_s). The first decoder
-pass aligns a grammar in which every token has one more alternative, a garbage word, and the audio may
-hold garbage before the first and after the last token. The garbage word is the acoustic model's +SPN+
-("speech noise") phone, a context-free model that fits any speech moderately well; one garbage word
-stretches over any length, so its prior (`garbage_probability`) is paid once per token replaced. A token
-whose pronunciation fits its stretch of audio better than garbage does (after the prior) keeps its words;
-a token the audio does not say goes to garbage. From that pass:
+pass aligns a grammar in which every token has more alternatives: a garbage word, and, for a number,
+ordinal, month or weekday, every other member of its class; and the audio may hold garbage before the first
+and after the last token. The garbage word is the acoustic model's +SPN+ ("speech noise") phone, a
+context-free model that fits any speech moderately well; one garbage word stretches over any length, so its
+prior (`garbage_probability`) is paid once per token replaced. A token whose pronunciation fits its stretch
+of audio better than garbage does (after the prior) keeps its words; a token the audio does not say goes to
+garbage. From that pass (each measure against its limit in `VerifyConfig`):
 - transcript_mismatch: the share of the transcript's letters (of each token's preferred spoken form) in
-  tokens that went to garbage, above `max_mismatch`;
+  tokens that went to garbage, above `max_mismatch`; speech-level frames in the pauses between two
+  supported words, above `max_gap_speech_s` in all (the audio says words there the transcript lacks); or
+  a closed-class word the audio says as another
+  member of its class ("five" for "two", "June" for "July"), which must fit `substitution_cost_nats`
+  better than the transcript's word. Such a transcript keeps every other word of its sentence: the garbage
+  competition, paid once per token, cannot see one wrong short word;
 - transcript_incomplete: speech-level frames (the energy frames below) before the first or after the last
   token's span, above `max_edge_speech_s` (there the edge garbage or silence took speech no token covers);
-- the larger excess over its limit names the check when both fail. The first retry setting that finds a
-  path decides, but a borderline verdict (one word in garbage, edge speech under twice the limit) must hold
-  in the next setting too. Every token aligned with its own words: that pass IS the alignment (no second
-  pass). Some token in garbage but within the limit: the plain forced passes below time the words.
+  or the first or last word lasting `max_edge_word_stretch` times as long per phone as the utterance's
+  median word. A transcript missing its first words is not always left with speech at its edge: in noise
+  the decoder spreads its words over the whole audio, stretching the first word over the missing ones
+  ("the" 0.57 s long) and laying pauses over speech between others (1.3 s between "will" and "call": the
+  gap measure above);
+- the measure furthest past its limit names the check when several fail. The first retry setting that finds
+  a path decides, but a borderline verdict (one word in garbage, the incomplete measures under twice their
+  limits; or any word heard as another) must hold in the next setting too. Every token aligned with its own
+  words: that pass IS the alignment (no second pass). Some token in garbage but within the limit: the
+  plain forced passes below time the words.
 The verification pass decodes the audio plus seeded white noise `noise_floor_db` (60) below its loud level,
 not the plain passes' 1-LSB dither: in digital silence (synthetic, gated audio) the model, trained on
 recordings, let <sil> + garbage beat long correct words ("milligrams", "appendectomy") and called a final
@@ -29,14 +41,17 @@ test_verify.py) that the energy check after the plain pass catches. So in digita
 times (verification's pass) differ from a plain pass's by up to ~0.1 s at some boundaries; on the synthetic
 references the two are equally accurate (BENCHMARKS.md "word boundaries"). Tried and not
 kept (BENCHMARKS.md "transcript verification: what was tried"): espeak-ng pronunciations of CMUdict words
-as alternatives, a per-segment garbage bonus, a 10x garbage prior.
-Cost: the garbage alternatives are context-independent single-phone words, so the pass costs ~25% more
-than plain forced alignment (BENCHMARKS.md "transcript verification"; an all-phone loop or free decoding
-with pocketsphinx costs 1-30x the alignment). What it cannot catch: a transcript differing in short words
-(a, the, on) or in words that sound alike; a same-template sentence whose few differing words fit the audio
-tolerably (measured: every same-domain swap accepted differs from the spoken sentence in 1-6 words, half of
-them in one: "one thousand" for "two thousand", one drug name for another); speech at the edges quieter than
-the energy threshold. Long audio (windows) is not verified.
+as alternatives, a per-segment garbage bonus, a 10x garbage prior, per-word acoustic scores (raw, or against
+an all-phone loop's over the same frames: correct and wrong words overlap too much on this model).
+A grammar probability is applied as it is (pocketsphinx scales the FSG's transition log-probabilities by
+1, not by its language weight `lw`: measured from the segments' lscore), so a prior p costs ln(1/p) nats.
+Cost: the garbage alternatives are context-independent single-phone words and the substitutes sit only
+inside closed-class tokens, so the pass costs ~25-30% more than plain forced alignment (BENCHMARKS.md
+"transcript verification"; an all-phone loop costs ~2x the alignment, free decoding with pocketsphinx
+1-30x). What it cannot catch: a transcript differing in short words (a, the, on) or in words that sound
+alike; a same-template sentence whose few differing words are open-class (one drug name for another) and
+fit the audio tolerably; speech at the edges quieter than the energy threshold. Long audio (windows) is
+not verified.
 
 pocketsphinx traps handled here (pocketsphinx 5.1.1, measured on synthesized speech):
 - its lattice "bestpath" pass may end on any word that exits in the last frame, so with the default
@@ -97,9 +112,10 @@ from __future__ import annotations
 
 import logging
 import re
-from typing import ClassVar
+from typing import Callable, ClassVar, NamedTuple
 
 import numpy as np
+from num2words import num2words
 from pocketsphinx import Decoder
 
 from jstip.config import AlignConfig, AlignRetry
@@ -160,6 +176,8 @@ class PocketsphinxAligner:
                 decoder.add_word(word, phones, True)
             decoder.add_word(_GARBAGE, "+SPN+", True)
             decoder.add_word(_EDGE_GARBAGE, "+SPN+", True)
+            for word in _CLASS_OF:
+                decoder.add_word(_SUBSTITUTE + word, decoder.lookup_word(word), True)
             self._decoders[attempt] = decoder
         return decoder
 
@@ -234,55 +252,85 @@ class PocketsphinxAligner:
         pending: AlignmentFailed | None = None
         for attempt in range(len(self.settings)):
             try:
-                words, garbage = self._decode(attempt, forms, window, duration, verify=True)
+                found = self._decode(attempt, forms, window, duration, verify=True)
             except AlignmentFailed:
                 continue
-            verdict = self._verdict(tokens, forms, words, garbage, speech, attempt + 1)
+            verdict = self._verdict(tokens, forms, found, speech, attempt + 1)
             if verdict is not None:
                 if pending is not None or not verdict.borderline:
                     raise verdict
                 pending = verdict
                 continue
-            if garbage or self.config.phone_alignments:
+            if found.garbage or self.config.phone_alignments:
                 return None
-            return words, attempt + 1
+            return found.words, attempt + 1
         if pending is not None:
             raise pending
         return None  # no path even with garbage: the plain passes report why
 
-    def _verdict(self, tokens: list[str], forms: list[list[tuple[str, ...]]], words: list[WordTiming],
-                 garbage: list[int], speech: np.ndarray, attempts: int) -> AlignmentFailed | None:
-        """transcript_mismatch / transcript_incomplete for one verification pass, or None when it passes."""
-        verify = self.config.verify
+    def _verdict(self, tokens: list[str], forms: list[list[tuple[str, ...]]], found: _VerificationPass,
+                 speech: np.ndarray, attempts: int) -> AlignmentFailed | None:
+        """transcript_mismatch / transcript_incomplete for one verification pass, or None when it passes.
+
+        Each measure is compared with its limit; when several exceed theirs (another sentence often also
+        leaves speech at an edge), the one furthest past its limit names the verdict."""
+        verify, words, garbage = self.config.verify, found.words, found.garbage
         letters = np.array([max(len("".join(alternatives[0])), 1) for alternatives in forms], dtype=float)
         mismatch = float(letters[garbage].sum() / letters.sum()) if garbage else 0.0
         centres = np.arange(len(speech)) * HOP_S + WINDOW_S / 2
         lead = float(np.count_nonzero(speech[centres < words[0].start])) * HOP_S
         trail = float(np.count_nonzero(speech[centres > words[-1].end])) * HOP_S
-        # both at once (another sentence often also leaves speech at an edge): the one further past its limit
-        mismatch_excess = mismatch / max(verify.max_mismatch, 1e-9)
-        edge_excess = max(lead, trail) / max(verify.max_edge_speech_s, 1e-9)
-        if max(mismatch_excess, edge_excess) <= 1.0:
-            return None
-        failure = self._failure(tokens, garbage, mismatch, lead, trail, mismatch_excess >= edge_excess, attempts)
-        failure.borderline = len(garbage) <= 1 and edge_excess <= 2.0
-        return failure
-
-    def _failure(self, tokens: list[str], garbage: list[int], mismatch: float, lead: float, trail: float,
-                 is_mismatch: bool, attempts: int) -> AlignmentFailed:
-        verify = self.config.verify
-        if is_mismatch:
-            unheard = [tokens[i] for i in garbage]
-            return AlignmentFailed(
-                "transcript_mismatch", f"the audio does not support {len(unheard)} of {len(tokens)} words "
-                f"({', '.join(repr(t) for t in unheard[:8])}{' ...' if len(unheard) > 8 else ''}): {mismatch:.0%} of "
-                f"the transcript's letters, above {verify.max_mismatch:.0%}: the transcript belongs to other audio or "
-                "is wrong in places", attempts=attempts, value=f"{mismatch:.3f}", threshold=f"{verify.max_mismatch:g}")
+        gaps = _speech_in_gaps(words, set(garbage), speech, centres)
+        between = sum(gaps.values())
+        stretch = _edge_word_stretch(words, found.phones, set(garbage))
         side = "start" if lead >= trail else "end"
-        return AlignmentFailed(
-            "transcript_incomplete", f"{max(lead, trail):.2f} s of speech {'before the first' if side == 'start' else 'after the last'} "
-            f"transcript word, above {verify.max_edge_speech_s:g} s: the transcript misses words at its {side}",
-            attempts=attempts, value=f"{lead:.2f} s / {trail:.2f} s", threshold=f"{verify.max_edge_speech_s:g} s")
+        candidates: list[tuple[float, Callable[[], AlignmentFailed]]] = [
+            (mismatch / max(verify.max_mismatch, 1e-9), lambda: AlignmentFailed(
+                "transcript_mismatch", f"the audio does not support {len(garbage)} of {len(tokens)} words "
+                f"({', '.join(repr(tokens[i]) for i in garbage[:8])}{' ...' if len(garbage) > 8 else ''}): "
+                f"{mismatch:.0%} of the transcript's letters, above {verify.max_mismatch:.0%}: the transcript belongs "
+                "to other audio or is wrong in places", value=f"{mismatch:.3f}", threshold=f"{verify.max_mismatch:g}")),
+            (max(lead, trail) / max(verify.max_edge_speech_s, 1e-9), lambda: AlignmentFailed(
+                "transcript_incomplete", f"{max(lead, trail):.2f} s of speech "
+                f"{'before the first' if side == 'start' else 'after the last'} transcript word, above "
+                f"{verify.max_edge_speech_s:g} s: the transcript misses words at its {side}",
+                value=f"{lead:.2f} s / {trail:.2f} s", threshold=f"{verify.max_edge_speech_s:g} s")),
+        ]
+        if gaps:
+            widest = max(gaps, key=gaps.get)
+            candidates.append((between / max(verify.max_gap_speech_s, 1e-9), lambda: AlignmentFailed(
+                "transcript_mismatch", f"{between:.2f} s of speech between transcript words that no word covers "
+                f"(most, {gaps[widest]:.2f} s, between {tokens[widest]!r} and {tokens[widest + 1]!r}), above "
+                f"{verify.max_gap_speech_s:g} s: the audio says words the transcript does not have",
+                value=f"{between:.2f} s between words", threshold=f"{verify.max_gap_speech_s:g} s between words")))
+        if stretch is not None:
+            index, ratio = stretch
+            where = "first" if index == min(i for i in range(len(words)) if i not in garbage) else "last"
+            candidates.append((ratio / max(verify.max_edge_word_stretch, 1e-9), lambda: AlignmentFailed(
+                "transcript_incomplete", f"the {where} word {tokens[index]!r} lasts "
+                f"{words[index].end - words[index].start:.2f} s, {ratio:.1f} times as long per sound as the "
+                f"utterance's median word, above {verify.max_edge_word_stretch:g}: it is stretched over speech the "
+                f"transcript does not have at its {'start' if where == 'first' else 'end'}",
+                value=f"{ratio:.2f}", threshold=f"{verify.max_edge_word_stretch:g}")))
+        if found.heard:  # names the verdict only when no measure is past its limit: a whole other sentence
+            first = min(found.heard)  # or a cut one also shifts numbers onto other numbers' audio
+            candidates.append((1.0 + 1e-9, lambda: AlignmentFailed(
+                "transcript_mismatch", f"the audio says {found.heard[first]!r} where the transcript has "
+                f"{tokens[first]!r}{f' (and {len(found.heard) - 1} more such word(s))' if len(found.heard) > 1 else ''}: "
+                "the transcript is wrong in a number or a date", value=f"{tokens[first]} -> {found.heard[first]}",
+                threshold="no number, month or weekday heard as another")))
+        excess, failure = max(candidates, key=lambda c: c[0])
+        if excess <= 1.0:
+            return None
+        failure = failure()
+        failure.attempts = attempts
+        incomplete_excess = max(c[0] for c in candidates[1:len(candidates) - bool(found.heard)])
+        # A pass that heard a substitute is confirmed by the next setting whatever it found: the substitutes
+        # widen the grammar, and a narrow pass that pruned the right path can escape through them (measured:
+        # "Pay $1,250.50 at 3:45pm." decoded as "... fifty <sil> forty at" + garbage, 2 words unsupported;
+        # without substitutes that pass finds no path and the next one aligns every word).
+        failure.borderline = bool(found.heard) or len(garbage) <= 1 and incomplete_excess <= 2.0
+        return failure
 
     def _align_long(self, forms: list[list[tuple[str, ...]]], pcm: np.ndarray, speech: np.ndarray,
                     energy_db: np.ndarray) -> tuple[list[WordTiming], list[PhoneTiming], int]:
@@ -379,12 +427,16 @@ class PocketsphinxAligner:
 
     def _decode(self, attempt: int, forms: list[list[tuple[str, ...]]], pcm: bytes, duration: float,
                 early_end: bool = False, verify: bool = False):
-        """One decoder pass: (word timings, phone timings); with `verify`, the verification grammar and
-        (word timings, indices of the tokens garbage took) instead."""
+        """One decoder pass: (word timings, phone timings); with `verify`, the verification grammar (garbage
+        and closed-class substitutes: module docstring) and a `_VerificationPass` instead."""
         decoder = self._decoder(attempt)
         # A linear grammar, one branch per spoken form of each token ("250": with and without "and"),
         # instead of set_align_text's single word sequence. With early_end, a null transition from every
         # token boundary to the final state lets the audio end after any prefix of the tokens.
+        # With `verify`, any closed-class word of a form may be said as another member of its class
+        # (`_CLASS_OF`), at a prior per replacement: an arc beside the word's own.
+        cost = self.config.verify.substitution_cost_nats if verify else None
+        substitution = None if cost is None else float(np.exp(-cost))
         transitions, n_states, state, boundaries = [], 1, 0, [0]
         for alternatives in forms:
             end, n_states = n_states, n_states + 1
@@ -396,6 +448,9 @@ class PocketsphinxAligner:
                     else:
                         dst, n_states = n_states, n_states + 1
                     transitions.append((src, dst, 1.0, word))
+                    if substitution is not None:
+                        transitions += [(src, dst, substitution, _SUBSTITUTE + other) for other in _CLASS_OF.get(word, ())
+                                        if other != word]
                     src = dst
             state = end
             boundaries.append(end)
@@ -468,13 +523,73 @@ class PocketsphinxAligner:
             for _, entries in (phone_entries or [])[first:last + 1]:
                 phones += [PhoneTiming(index, phone, to_time(s), to_time(s + d)) for phone, s, d in entries]
         if verify:
-            return timings, [i for i, (first, _) in enumerate(spans) if spoken[first][0] == _GARBAGE]
+            garbage = [i for i, (first, _) in enumerate(spans) if spoken[first][0] == _GARBAGE]
+            heard = {i: [w[len(_SUBSTITUTE):] for w, *_ in spoken[first:last + 1] if w.startswith(_SUBSTITUTE)]
+                     for i, (first, last) in enumerate(spans)}
+            phones = [sum(len((decoder.lookup_word(w) or "x").split()) for w, *_ in spoken[first:last + 1])
+                      for first, last in spans]
+            return _VerificationPass(timings, garbage, {i: words[0] for i, words in heard.items() if words}, phones)
         return timings, phones
+
+
+# Closed word classes (numbers, ordinals, months, weekdays): a transcript that has the wrong member says a wrong
+# fact ("two thousand" for "one thousand", "June" for "July") and keeps every other word of the sentence, so the
+# garbage competition (a per-token prior against a generic speech model) lets it through. Verification offers
+# every other member of the class in its place, as a dictionary word of its own (_SUBSTITUTE + word, the same
+# pronunciation), so the decoder says which member the audio holds.
+_SUBSTITUTE = "jstip_heard_"
+_WORD_CLASSES = (tuple(num2words(n) for n in range(10)), tuple(num2words(n) for n in range(10, 20)),
+                 tuple(num2words(n) for n in range(20, 100, 10)), ("hundred", "thousand", "million", "billion"),
+                 tuple(num2words(n, to="ordinal") for n in range(1, 10)),
+                 tuple(num2words(n, to="ordinal") for n in range(10, 20)),
+                 tuple(num2words(n, to="ordinal") for n in range(20, 100, 10)),
+                 ("january", "february", "march", "april", "may", "june", "july", "august", "september", "october",
+                  "november", "december"),
+                 ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday"))
+_CLASS_OF = {word: members for members in _WORD_CLASSES for word in members}
+
+
+def _same_words(decoded: list[str], form: tuple[str, ...]) -> bool:
+    """Whether decoded words are `form`, a closed-class word heard as another of its class (_SUBSTITUTE)
+    standing for the form's word."""
+    return len(decoded) == len(form) and all(
+        got == word or got.startswith(_SUBSTITUTE) and got[len(_SUBSTITUTE):] in _CLASS_OF.get(word, ())
+        for got, word in zip(decoded, form))
 
 
 # Transcript verification's garbage words (dictionary words of the acoustic model's +SPN+ speech-noise
 # phone): one stands in for a token, the other for speech before the first / after the last token.
 _GARBAGE, _EDGE_GARBAGE = "jstip_garbage", "jstip_edge_garbage"
+
+
+class _VerificationPass(NamedTuple):
+    words: list[WordTiming]
+    garbage: list[int]  # tokens garbage took
+    heard: dict[int, str]  # token -> the other member of its word class the audio says instead (first one)
+    phones: list[int]  # phones of each token as decoded
+
+
+def _edge_word_stretch(words: list[WordTiming], phones: list[int], garbage: set[int]) -> tuple[int, float] | None:
+    """(token, ratio) for the first or last supported word, whichever lasts longer per phone relative to the
+    median word of the utterance (its own speaking rate); None with fewer than three supported words."""
+    supported = [i for i in range(len(words)) if i not in garbage]
+    if len(supported) < 3:
+        return None
+    per_phone = {i: (words[i].end - words[i].start) / max(phones[i], 1) for i in supported}
+    rate = float(np.median(list(per_phone.values())))
+    edge = max((supported[0], supported[-1]), key=per_phone.get)
+    return edge, per_phone[edge] / max(rate, 1e-9)
+
+
+def _speech_in_gaps(words: list[WordTiming], garbage: set[int], speech: np.ndarray,
+                    centres: np.ndarray) -> dict[int, float]:
+    """Seconds of speech-level frames between word i and word i+1, for the gaps between two tokens that kept
+    their words (a gap next to a garbage token is that token's audio: the mismatch share counts it)."""
+    starts = np.searchsorted(centres, [w.start for w in words])
+    ends = np.searchsorted(centres, [w.end for w in words])
+    speech_before = np.concatenate([[0], np.cumsum(speech)])
+    return {i: float(speech_before[starts[i + 1]] - speech_before[ends[i]]) * HOP_S
+            for i in range(len(words) - 1) if i not in garbage and i + 1 not in garbage and starts[i + 1] > ends[i]}
 
 
 def _with_noise_floor(samples: np.ndarray, floor_db: float, energy_db: np.ndarray) -> np.ndarray:
@@ -483,8 +598,10 @@ def _with_noise_floor(samples: np.ndarray, floor_db: float, energy_db: np.ndarra
     pcm = np.asarray(samples, dtype=np.int16)
     loud = float(np.percentile(energy_db, 95))
     sigma = 32768.0 * 10.0 ** ((loud - floor_db) / 20.0)
-    noise = np.random.default_rng(0).standard_normal(len(pcm)) * sigma
-    return np.clip(np.rint(pcm + noise), -32768, 32767).astype(np.int16)
+    noise = np.random.default_rng(0).standard_normal(len(pcm), dtype=np.float32)  # float32: half the cost
+    noise *= np.float32(sigma)
+    noise += pcm
+    return np.clip(np.rint(noise), -32768, 32767).astype(np.int16)
 
 
 class _FrameClock:
@@ -524,7 +641,7 @@ def _match_forms(forms: list[list[tuple[str, ...]]], decoded: list[str],
         nxt: dict[int, tuple[int, int]] = {}
         for pos in reach[-1]:
             for k, form in enumerate(alternatives):
-                if tuple(decoded[pos:pos + len(form)]) == form:
+                if _same_words(decoded[pos:pos + len(form)], form):
                     nxt.setdefault(pos + len(form), (pos, k))
         if not nxt:
             if prefix:
