@@ -100,10 +100,10 @@ class VerifyConfig(ConfigSection):
     enabled: bool = True
     # Prior probability of explaining a token by garbage instead of its words, per token: it costs ln(1/p)
     # nats of acoustic log-likelihood (pocketsphinx applies grammar probabilities unscaled, not times its
-    # lw 6.5: measured from the garbage segments' lscore, 6.96 nats at 1e-3). 1e-3: with 1e-4 swapped transcripts kept more of their
-    # words; with 1e-2 correct words in noise went to garbage (BENCHMARKS.md). With the noise floor below,
-    # 1e-2 moved the plain sweep's first-pass verdicts by at most 2 of 120 per case and left the demo corpus
-    # at 0 of 400 rejected (BENCHMARKS.md "transcript verification: what was tried"): kept at 1e-3.
+    # lw 6.5: measured from the garbage segments' lscore, 6.96 nats at 1e-3). 1e-3: with 1e-4 swapped
+    # transcripts kept more of their words; with 1e-2 correct words in noise went to garbage (BENCHMARKS.md).
+    # With the noise floor below, 1e-2 moved the plain sweep's first-pass verdicts by at most 2 of 120 per
+    # case and left the demo corpus at 0 of 400 rejected (BENCHMARKS.md "transcript verification: what was tried"): kept at 1e-3.
     garbage_probability: float = Field(1e-3, gt=0, le=1)
     # The verification pass decodes the audio plus seeded white noise this many dB below its loud level (the
     # 95th percentile of its 10 ms frame energies); null: the 1-LSB dither of `align.dither` only. Digital
@@ -133,15 +133,18 @@ class VerifyConfig(ConfigSection):
     # transcript_incomplete, too: the first or last word lasting this many times as long per phone as the
     # utterance's median word (its speaking rate). A transcript that lacks the first words of its audio often
     # gets its first word stretched over them ("the" over "Please book the": 0.57 s for two phones, the median
-    # word 0.08 s per phone); on correct transcripts the edge words reached 2.8 times.
+    # word 0.08 s per phone); on the sweeps' correct transcripts the edge words reached 2.8 times, in the demo
+    # corpus one of 400 reached 3.03 (rejected: "... twice a day." with a long final "day").
     max_edge_word_stretch: float = Field(3.0, gt=0)
     # transcript_mismatch, too: a number, ordinal, month or weekday of the transcript that the audio says as
     # another member of its class ("five" for "two"). Verification offers every other member in its place at
     # this cost (nats of acoustic log-likelihood; null: off): the other word must fit its stretch of audio this
-    # much better than the transcript's word. The acoustic model confuses number words often enough that
-    # small costs reject correct transcripts (sweeps of benchmarks/transcript_verification.py, 120 correct
-    # transcripts in 20 dB SNR noise: 16 nats (a prior of 1e-7) rejected 29 of them, 69 nats 5, 115 nats 0,
-    # while the swaps it catches are caught up to ~115 nats; BENCHMARKS.md "transcript verification").
+    # much better than the transcript's word. The acoustic model confuses number words often enough that small
+    # costs reject correct transcripts: on the noisy sweep of benchmarks/transcript_verification.py (seed 5, 120
+    # correct transcripts; measured with whole-form substitutes and one class for all cardinals) 6.9 nats (a
+    # prior of 1e-3) rejected 29 of them, 28 nats 13, 46 nats 7, 69 nats 5, 115 nats 0, while the same-domain
+    # swaps it caught stayed 6-7 of 12 up to 115 nats and fell to 3 at 184 (BENCHMARKS.md "transcript
+    # verification: what was tried").
     substitution_cost_nats: float | None = Field(115.0, gt=0)
     # whisperx / nemo: transcript_mismatch when the character error rate of the CTC model's own greedy
     # transcript (argmax per frame, repeats and blanks removed) against the text it aligns is above this.

@@ -46,7 +46,7 @@ an all-phone loop's over the same frames: correct and wrong words overlap too mu
 A grammar probability is applied as it is (pocketsphinx scales the FSG's transition log-probabilities by
 1, not by its language weight `lw`: measured from the segments' lscore), so a prior p costs ln(1/p) nats.
 Cost: the garbage alternatives are context-independent single-phone words and the substitutes sit only
-inside closed-class tokens, so the pass costs ~25-30% more than plain forced alignment (BENCHMARKS.md
+inside closed-class tokens, so the pass costs ~30% more than plain forced alignment (BENCHMARKS.md
 "transcript verification"; an all-phone loop costs ~2x the alignment, free decoding with pocketsphinx
 1-30x). What it cannot catch: a transcript differing in short words (a, the, on) or in words that sound
 alike; a same-template sentence whose few differing words are open-class (one drug name for another) and
