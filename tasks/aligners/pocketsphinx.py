@@ -15,10 +15,10 @@ garbage. From that pass (each measure against its limit in `VerifyConfig`):
 - transcript_mismatch: the share of the transcript's letters (of each token's preferred spoken form) in
   tokens that went to garbage, above `max_mismatch`; speech-level frames in the pauses between two
   supported words, above `max_gap_speech_s` in all (the audio says words there the transcript lacks); or
-  a closed-class word the audio says as another
-  member of its class ("five" for "two", "June" for "July"), which must fit `substitution_cost_nats`
-  better than the transcript's word. Such a transcript keeps every other word of its sentence: the garbage
-  competition, paid once per token, cannot see one wrong short word;
+  a closed-class word the audio says as another member of its class ("five" for "two", "June" for
+  "July"), which must fit `substitution_cost_nats` better than the transcript's word. Such a transcript
+  keeps every other word of its sentence: the garbage competition, paid once per token, cannot see one
+  wrong short word;
 - transcript_incomplete: speech-level frames (the energy frames below) before the first or after the last
   token's span, above `max_edge_speech_s` (there the edge garbage or silence took speech no token covers);
   or the first or last word lasting `max_edge_word_stretch` times as long per phone as the utterance's
@@ -27,8 +27,8 @@ garbage. From that pass (each measure against its limit in `VerifyConfig`):
   ("the" 0.57 s long) and laying pauses over speech between others (1.3 s between "will" and "call": the
   gap measure above);
 - the measure furthest past its limit names the check when several fail. The first retry setting that finds
-  a path decides, but a borderline verdict (one word in garbage, the incomplete measures under twice their
-  limits; or any word heard as another) must hold in the next setting too. Every token aligned with its own
+  a path decides, but a borderline verdict (one word in garbage, the speech measures (edges, pauses, edge
+  word stretch) under twice their limits; or any word heard as another) must hold in the next setting too. Every token aligned with its own
   words: that pass IS the alignment (no second pass). Some token in garbage but within the limit: the
   plain forced passes below time the words.
 The verification pass decodes the audio plus seeded white noise `noise_floor_db` (60) below its loud level,
@@ -284,13 +284,17 @@ class PocketsphinxAligner:
         between = sum(gaps.values())
         stretch = _edge_word_stretch(words, found.phones, set(garbage))
         side = "start" if lead >= trail else "end"
+        # the measures of speech no word accounts for: at the edges, in the pauses, under a stretched edge word
+        edge_excess = max(lead, trail) / max(verify.max_edge_speech_s, 1e-9)
+        gap_excess = between / max(verify.max_gap_speech_s, 1e-9)
+        stretch_excess = 0.0 if stretch is None else stretch[1] / max(verify.max_edge_word_stretch, 1e-9)
         candidates: list[tuple[float, Callable[[], AlignmentFailed]]] = [
             (mismatch / max(verify.max_mismatch, 1e-9), lambda: AlignmentFailed(
                 "transcript_mismatch", f"the audio does not support {len(garbage)} of {len(tokens)} words "
                 f"({', '.join(repr(tokens[i]) for i in garbage[:8])}{' ...' if len(garbage) > 8 else ''}): "
                 f"{mismatch:.0%} of the transcript's letters, above {verify.max_mismatch:.0%}: the transcript belongs "
                 "to other audio or is wrong in places", value=f"{mismatch:.3f}", threshold=f"{verify.max_mismatch:g}")),
-            (max(lead, trail) / max(verify.max_edge_speech_s, 1e-9), lambda: AlignmentFailed(
+            (edge_excess, lambda: AlignmentFailed(
                 "transcript_incomplete", f"{max(lead, trail):.2f} s of speech "
                 f"{'before the first' if side == 'start' else 'after the last'} transcript word, above "
                 f"{verify.max_edge_speech_s:g} s: the transcript misses words at its {side}",
@@ -298,7 +302,7 @@ class PocketsphinxAligner:
         ]
         if gaps:
             widest = max(gaps, key=gaps.get)
-            candidates.append((between / max(verify.max_gap_speech_s, 1e-9), lambda: AlignmentFailed(
+            candidates.append((gap_excess, lambda: AlignmentFailed(
                 "transcript_mismatch", f"{between:.2f} s of speech between transcript words that no word covers "
                 f"(most, {gaps[widest]:.2f} s, between {tokens[widest]!r} and {tokens[widest + 1]!r}), above "
                 f"{verify.max_gap_speech_s:g} s: the audio says words the transcript does not have",
@@ -306,7 +310,7 @@ class PocketsphinxAligner:
         if stretch is not None:
             index, ratio = stretch
             where = "first" if index == min(i for i in range(len(words)) if i not in garbage) else "last"
-            candidates.append((ratio / max(verify.max_edge_word_stretch, 1e-9), lambda: AlignmentFailed(
+            candidates.append((stretch_excess, lambda: AlignmentFailed(
                 "transcript_incomplete", f"the {where} word {tokens[index]!r} lasts "
                 f"{words[index].end - words[index].start:.2f} s, {ratio:.1f} times as long per sound as the "
                 f"utterance's median word, above {verify.max_edge_word_stretch:g}: it is stretched over speech the "
@@ -324,12 +328,12 @@ class PocketsphinxAligner:
             return None
         failure = failure()
         failure.attempts = attempts
-        incomplete_excess = max(c[0] for c in candidates[1:len(candidates) - bool(found.heard)])
         # A pass that heard a substitute is confirmed by the next setting whatever it found: the substitutes
         # widen the grammar, and a narrow pass that pruned the right path can escape through them (measured:
         # "Pay $1,250.50 at 3:45pm." decoded as "... fifty <sil> forty at" + garbage, 2 words unsupported;
         # without substitutes that pass finds no path and the next one aligns every word).
-        failure.borderline = bool(found.heard) or len(garbage) <= 1 and incomplete_excess <= 2.0
+        failure.borderline = bool(found.heard) or len(garbage) <= 1 and max(edge_excess, gap_excess,
+                                                                              stretch_excess) <= 2.0
         return failure
 
     def _align_long(self, forms: list[list[tuple[str, ...]]], pcm: np.ndarray, speech: np.ndarray,
@@ -526,8 +530,8 @@ class PocketsphinxAligner:
             garbage = [i for i, (first, _) in enumerate(spans) if spoken[first][0] == _GARBAGE]
             heard = {i: [w[len(_SUBSTITUTE):] for w, *_ in spoken[first:last + 1] if w.startswith(_SUBSTITUTE)]
                      for i, (first, last) in enumerate(spans)}
-            phones = [sum(len((decoder.lookup_word(w) or "x").split()) for w, *_ in spoken[first:last + 1])
-                      for first, last in spans]
+            phones = [sum(len(decoder.lookup_word(w).split()) for w, *_ in spoken[first:last + 1])
+                      for first, last in spans]  # every grammar word is in the dictionary (garbage: +SPN+)
             return _VerificationPass(timings, garbage, {i: words[0] for i, words in heard.items() if words}, phones)
         return timings, phones
 
