@@ -30,8 +30,8 @@ from jstip.model.config import load_train_config
 from jstip.storage.registry import ModelRegistry
 from jstip.model.distributed import LaunchSpec, launch_command, launch_environment, run_launcher
 from jstip.tasks.stages import build_in_process
-from jstip.synth import synthesize_corpus
 from jstip.model.training import train
+from tiny_model import publish_six_utterances
 
 pytestmark = pytest.mark.slow
 
@@ -59,10 +59,7 @@ KEY_BIAS = "self_attn.in_proj_bias"  # rows [d, 2d) are the key bias (see the mo
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
     root = tmp_path_factory.mktemp("distributed")
-    synth = synthesize_corpus(root / "synth", utterances=6, seed=11)
-    store = root / "data"
-    published = build_in_process(str(synth.nemo_manifest), str(synth.out_dir / "text_corpus.tsv"), str(store),
-                                 load_config(None))
+    store, published = publish_six_utterances(root)
     config = root / "train.yaml"
     config.write_text(CONFIG)
     return store, published.version_id, config

@@ -12,7 +12,6 @@ import pytest
 import soundfile as sf
 import torch
 
-from jstip.config import load_config
 from jstip.model.batching import collate, lay_out, load_slice, text_ids
 from jstip.model.config import SpeechLLMConfig, TinyLMConfig, TrainConfig, load_train_config
 from jstip.model.speech_llm import (IGNORE_INDEX, KIND_SPEECH, KIND_SPEECH_END, KIND_SPEECH_START, KIND_TEXT,
@@ -22,21 +21,16 @@ from jstip.schemas.sequences import AudioSlice, Segment, TrainingSequence
 from jstip.storage.registry import ModelRegistry
 from jstip.storage.store import DatasetStore
 from jstip.model.sequence_pools import BucketSampler, DatasetError, build_sequences
-from jstip.tasks.stages import build_in_process
-from jstip.synth import synthesize_corpus
 from jstip.model.training import loss_and_backward, train
 
-from tiny_model import TINY
+from tiny_model import TINY, publish_six_utterances
 
 REPO = Path(__file__).resolve().parents[2]
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
     """A published version of 6 real synthetic utterances (word-level F1 plans, the demo config)."""
     root = tmp_path_factory.mktemp("train")
-    synth = synthesize_corpus(root / "synth", utterances=6, seed=11)
-    store = root / "data"
-    published = build_in_process(str(synth.nemo_manifest), str(synth.out_dir / "text_corpus.tsv"), str(store),
-                                 load_config(None))
+    store, published = publish_six_utterances(root)
     assert published.accepted == 6
     return store, published.version_id
 
